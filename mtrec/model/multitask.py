@@ -1,0 +1,149 @@
+"""The multi-task model: backbone (+LoRA) -> pooled final hidden state -> small task heads.
+
+Heads (all in one `TaskHeads` module, which peft keeps trainable via ``modules_to_save``):
+- rating: ``lo + (hi - lo) * sigmoid(w.x)``, mapped onto the data set's rating scale;
+- like: a logit for P(like | user, item);
+- categories: one logit per category of the data set (affinity);
+- recommendation: a query ``W h`` scored against an item table (one row per catalog item) by
+  cosine similarity times a learned scale, plus a per-item bias. Full-catalog scoring is one
+  matrix product. The table starts from the backbone's own encoding of each item's text, so an item
+  with text gets a usable row before training; the bias starts from log training popularity.
+
+Everything the heads do happens inside ``forward`` because peft's ModulesToSaveWrapper dispatches
+calls, not attribute access, to the trained copy.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mtrec.model.backbone import pool_hidden
+
+KIND_RATING, KIND_LIKE, KIND_CATEGORIES, KIND_RECOMMENDATION = 0, 1, 2, 3
+NUM_KINDS = 4
+
+
+class TaskHeads(nn.Module):
+    """All task heads over a pooled hidden state of width `hidden`.
+
+    Args:
+        hidden: backbone hidden size.
+        num_categories: size of the data set's category vocabulary (0 allowed).
+        item_table: initial item table [num_items, item_dim].
+        item_bias: initial per-item bias [num_items].
+        rating_scale: (lo, hi) of ratings, or None for implicit data.
+        rating_mean: training mean rating; the rating head starts by predicting it.
+    """
+
+    def __init__(self, hidden: int, num_categories: int, item_table: torch.Tensor, item_bias: torch.Tensor,
+                 rating_scale: tuple[float, float] | None, rating_mean: float | None = None) -> None:
+        super().__init__()
+        item_dim = item_table.shape[1]
+        self.norm = nn.LayerNorm(hidden)
+        self.rating = nn.Linear(hidden, 1)
+        self.like = nn.Linear(hidden, 1)
+        self.categories = nn.Linear(hidden, max(num_categories, 1))
+        self.query = nn.Linear(hidden, item_dim, bias=False)
+        self.item_table = nn.Parameter(item_table.clone().float())
+        self.item_bias = nn.Parameter(item_bias.clone().float())
+        self.log_scale = nn.Parameter(torch.tensor(math.log(10.0)))
+        # log variances for uncertainty weighting (Kendall et al. 2018); unused with fixed weights
+        self.log_vars = nn.Parameter(torch.zeros(NUM_KINDS))
+        lo, hi = rating_scale or (0.0, 1.0)
+        self.register_buffer("rating_lo", torch.tensor(float(lo)), persistent=False)
+        self.register_buffer("rating_hi", torch.tensor(float(hi)), persistent=False)
+        with torch.no_grad():
+            if item_dim == hidden:
+                self.query.weight.copy_(torch.eye(hidden))
+            for lin in (self.rating, self.like, self.categories):
+                nn.init.normal_(lin.weight, std=0.01)
+                nn.init.zeros_(lin.bias)
+            if rating_mean is not None and rating_scale is not None:
+                p = min(max((rating_mean - lo) / (hi - lo), 1e-3), 1 - 1e-3)
+                self.rating.bias.fill_(math.log(p / (1 - p)))
+
+    def forward(self, pooled: torch.Tensor, item_subset: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Outputs of every head for every row; `item_subset` limits item scores to those columns."""
+        x = self.norm(pooled.float())
+        table, bias = self.item_table, self.item_bias
+        if item_subset is not None:
+            table, bias = table[item_subset], bias[item_subset]
+        q = F.normalize(self.query(x), dim=-1)
+        item_logits = self.log_scale.exp() * (q @ F.normalize(table, dim=-1).T) + bias
+        return {
+            "rating": self.rating_lo + (self.rating_hi - self.rating_lo) * torch.sigmoid(self.rating(x).squeeze(-1)),
+            "like_logit": self.like(x).squeeze(-1),
+            "category_logits": self.categories(x),
+            "item_logits": item_logits,
+            "log_vars": self.log_vars,
+        }
+
+
+class RecModel(nn.Module):
+    """Backbone + pooling + heads. One code path for decoders and encoders."""
+
+    def __init__(self, backbone: nn.Module, heads: TaskHeads, pooling: str) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.heads = heads
+        self.pooling = pooling
+
+    def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        out = self.backbone(input_ids=input_ids, attention_mask=attention_mask)
+        return pool_hidden(out.last_hidden_state, attention_mask, self.pooling, getattr(out, "pooler_output", None))
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                item_subset: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        return self.heads(self.encode(input_ids, attention_mask), item_subset)
+
+
+def row_losses(out: dict[str, torch.Tensor], batch: dict[str, torch.Tensor],
+               item_labels: torch.Tensor | None = None) -> torch.Tensor:
+    """Each row's loss under its own kind: squared error (rating), BCE (like), cross-entropy against
+    the uniform distribution over the target's categories (categories), softmax cross-entropy over
+    the item logits (recommendation; `item_labels` = the target's column when logits are sampled)."""
+    kind = batch["kind"]
+    rating = F.mse_loss(out["rating"], batch["rating"], reduction="none")
+    like = F.binary_cross_entropy_with_logits(out["like_logit"], batch["like"], reduction="none")
+    cats = -(batch["category_target"] * F.log_softmax(out["category_logits"], -1)).sum(-1)
+    labels = batch["item"] if item_labels is None else item_labels
+    rec = F.cross_entropy(out["item_logits"], labels.clamp(min=0), reduction="none")
+    per_row = torch.zeros_like(rating)
+    for k, loss in ((KIND_RATING, rating), (KIND_LIKE, like), (KIND_CATEGORIES, cats), (KIND_RECOMMENDATION, rec)):
+        per_row = torch.where(kind == k, loss, per_row)
+    return per_row
+
+
+def multitask_loss(out: dict[str, torch.Tensor], batch: dict[str, torch.Tensor], weights: torch.Tensor,
+                   uncertainty: bool, item_labels: torch.Tensor | None = None
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Weighted sum of per-kind mean losses over the kinds present in the batch.
+
+    Args:
+        out: `TaskHeads` outputs.
+        batch: ``kind`` [B], ``rating`` [B], ``like`` [B], ``category_target`` [B, C] (rows sum to 1
+            where the kind is categories), ``item`` [B] (target item index).
+        weights: fixed weight per kind [NUM_KINDS].
+        uncertainty: use learned log-variances instead: sum_k loss_k * exp(-s_k) + s_k.
+        item_labels: for sampled softmax, the target's column in ``item_logits`` per row.
+
+    Returns:
+        (total loss, per-kind mean loss [NUM_KINDS] (0 where absent), per-kind row counts [NUM_KINDS]).
+        All reductions are tensor ops: no host sync, so the step loop never waits on the device.
+    """
+    per_row = row_losses(out, batch, item_labels)
+    onehot = F.one_hot(batch["kind"], NUM_KINDS).float()  # [B, K]
+    counts = onehot.sum(0)
+    per_kind = (onehot * per_row[:, None]).sum(0) / counts.clamp(min=1)
+    present = (counts > 0).float()
+    if uncertainty:
+        s = out["log_vars"]
+        total = (present * (per_kind * torch.exp(-s) + s)).sum()
+    else:
+        # 0 * s keeps the log-variances in the graph, so DDP does not see an unused parameter
+        total = (present * weights * per_kind).sum() + 0.0 * out["log_vars"].sum()
+    return total, per_kind.detach(), counts

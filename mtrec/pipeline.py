@@ -1,0 +1,222 @@
+"""From split to batches: task mixing, prompt rendering, collation; and evaluation on those batches.
+
+Prompts are rendered on the fly rather than pre-tokenised with ``datasets.map``: each training draw
+picks a random training paraphrase (augmentation), and on a CPU rendering costs ~1 ms an example
+against seconds for the model step. Draws are a pure function of (seed, step, process), so a run
+resumed at step k sees the same examples as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from mtrec import metrics
+from mtrec.data.splits import TRAIN, VALID, Split
+from mtrec.model.multitask import KIND_CATEGORIES, KIND_LIKE, KIND_RATING, KIND_RECOMMENDATION, NUM_KINDS, row_losses
+from mtrec.prompts import PromptRenderer, TaskPrompts, Template
+from mtrec.tasks import KIND_IDS, KIND_NAMES, KIND_TASK, KINDS, ExampleFactory, ExampleOptions, Specs, build_specs
+
+
+def kinds_for(tasks: list[str], split: Split) -> list[str]:
+    """Prompt kinds trained for `tasks` on this data set (rating needs ratings; categories need categories)."""
+    ds = split.dataset
+    out = []
+    for task in tasks:
+        for kind in KINDS[task]:
+            if kind == "rating" and not ds.explicit:
+                continue
+            if kind == "categories" and not ds.categories:
+                continue
+            out.append(kind)
+    return out
+
+
+def mixing_probs(sizes: dict[str, int], mixing: str, temperature: float) -> dict[str, float]:
+    """Probability of drawing each kind: proportional to size, or to size^(1/T) (temperature)."""
+    power = 1.0 if mixing == "proportional" else 1.0 / temperature
+    raw = {k: float(n) ** power for k, n in sizes.items() if n > 0}
+    total = sum(raw.values())
+    return {k: v / total for k, v in raw.items()}
+
+
+@dataclass
+class Batcher:
+    """Renders spec rows into padded tensors with every label a head needs."""
+
+    factory: ExampleFactory
+    renderer: PromptRenderer
+    prompts: dict[str, TaskPrompts]
+    pad_id: int
+    num_categories: int
+
+    def templates(self, kind: str, heldout: bool = False) -> list[Template]:
+        tp = self.prompts[KIND_TASK[kind]]
+        return tp.heldout(kind) if heldout else tp.train(kind)
+
+    def collate(self, specs: Specs, rows: np.ndarray, templates: list[Template]) -> dict:
+        """Batch of `rows` of `specs`, row i rendered with templates[i]. Pads on the right."""
+        examples = [self.factory.make_row(specs, int(r)) for r in rows]
+        rendered = [self.renderer.render(ex, t) for ex, t in zip(examples, templates)]
+        width = max(r.num_tokens for r in rendered)
+        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, r in enumerate(rendered):
+            ids[i, : r.num_tokens] = torch.tensor(r.input_ids)
+            mask[i, : r.num_tokens] = 1
+        kind = torch.as_tensor(specs.kind[rows], dtype=torch.long)
+        label = torch.as_tensor(specs.label[rows], dtype=torch.float32)
+        cat_target = torch.zeros(len(rows), max(self.num_categories, 1))
+        for i, ex in enumerate(examples):
+            if int(kind[i]) == KIND_CATEGORIES and ex.label:
+                cat_target[i, list(ex.label)] = 1.0 / len(ex.label)
+        return {
+            "input_ids": ids,
+            "attention_mask": mask,
+            "kind": kind,
+            "rating": torch.where(kind == KIND_RATING, label, torch.zeros_like(label)),
+            "like": torch.where(kind == KIND_LIKE, label, torch.zeros_like(label)),
+            "category_target": cat_target,
+            "item": torch.as_tensor(specs.item[rows], dtype=torch.long),
+            "user": torch.as_tensor(self.factory.ds.user_idx[specs.interaction[rows]], dtype=torch.long),
+            "template_ids": [r.template_id for r in rendered],
+        }
+
+
+class TaskSampler:
+    """Draws training batches: a kind per row by the mixing probabilities, then a row and a
+    training paraphrase uniformly. Deterministic in (seed, step, rank)."""
+
+    def __init__(self, specs: dict[str, Specs], probs: dict[str, float], batcher: Batcher, batch_size: int, seed: int):
+        self.specs, self.batcher, self.batch_size, self.seed = specs, batcher, batch_size, seed
+        self.kinds = sorted(probs)
+        self.p = np.array([probs[k] for k in self.kinds])
+        self.all = Specs.concat([specs[k] for k in self.kinds])
+        self.offsets = np.cumsum([0] + [len(specs[k]) for k in self.kinds])
+
+    def batch(self, step: int, rank: int = 0) -> dict:
+        rng = np.random.default_rng([self.seed, step, rank])
+        which = rng.choice(len(self.kinds), size=self.batch_size, p=self.p)
+        rows, templates = [], []
+        for w in which:
+            kind = self.kinds[w]
+            rows.append(self.offsets[w] + rng.integers(len(self.specs[kind])))
+            options = self.batcher.templates(kind)
+            templates.append(options[rng.integers(len(options))])
+        return self.batcher.collate(self.all, np.array(rows), templates)
+
+
+def eval_specs(split: Split, kinds: list[str], opts: ExampleOptions, role: int = VALID,
+               max_users: int = 0, seed: int = 0) -> Specs:
+    """Evaluation rows of `role` for a seeded subset of `max_users` users (0 = all)."""
+    specs = build_specs(split, role, tuple(kinds), opts)
+    if max_users and max_users < split.dataset.num_users:
+        users = np.random.default_rng(seed).choice(split.dataset.num_users, size=max_users, replace=False)
+        keep = np.isin(split.dataset.user_idx[specs.interaction], users)
+        specs = specs.take(np.flatnonzero(keep))
+    return specs
+
+
+def train_specs(split: Split, kinds: list[str], opts: ExampleOptions, max_users: int | None = None,
+                seed: int = 0) -> dict[str, Specs]:
+    """Training rows per kind (optionally for a seeded subset of users)."""
+    all_specs = build_specs(split, TRAIN, tuple(kinds), opts)
+    if max_users and max_users < split.dataset.num_users:
+        users = np.random.default_rng(seed).choice(split.dataset.num_users, size=max_users, replace=False)
+        all_specs = all_specs.take(np.flatnonzero(np.isin(split.dataset.user_idx[all_specs.interaction], users)))
+    return {k: all_specs.take(np.flatnonzero(all_specs.kind == KIND_IDS[k])) for k in kinds}
+
+
+@torch.no_grad()
+def evaluate(model, batcher: Batcher, specs: Specs, split: Split, role: int, weights: torch.Tensor,
+             batch_size: int = 32, accelerator=None, heldout: bool = False, k: int = 10) -> dict[str, float]:
+    """Loss and metrics of every kind on `specs`, one fixed paraphrase per kind (the first training
+    one, or the first held-out one with `heldout`). Ranking is over the full catalog with the
+    user's earlier items excluded (see `metrics.exclusion_mask`); ties count against the target."""
+    model.eval()
+    device = accelerator.device if accelerator else torch.device("cpu")
+    rows, valid = _share(len(specs), accelerator)
+    fixed = {kind: batcher.templates(kind, heldout)[0] for kind in _present(specs)}
+    acc: dict[str, list[torch.Tensor]] = {}
+    for start in range(0, len(rows), batch_size):
+        chunk = rows[start : start + batch_size]
+        batch = batcher.collate(specs, chunk, [fixed[KIND_NAMES[int(specs.kind[r])]] for r in chunk])
+        batch = {n: (v.to(device) if torch.is_tensor(v) else v) for n, v in batch.items()}
+        out = model(batch["input_ids"], batch["attention_mask"])
+        piece = {"kind": batch["kind"], "rating_pred": out["rating"], "rating": batch["rating"],
+                 "like_logit": out["like_logit"], "like": batch["like"], "loss": row_losses(out, batch),
+                 "rank": _ranks(out["item_logits"], batch, split, role),
+                 "valid": torch.as_tensor(valid[start : start + batch_size], device=device),
+                 "cat_logits": out["category_logits"], "cat_target": batch["category_target"]}
+        if accelerator is not None:
+            piece = accelerator.gather(piece)
+        for n, v in piece.items():
+            acc.setdefault(n, []).append(v.float().cpu())
+    model.train()
+    gathered = {n: torch.cat(v) for n, v in acc.items()}
+    keep = gathered.pop("valid") > 0
+    return summarise({n: v[keep] for n, v in gathered.items()}, weights, k)
+
+
+def _share(n: int, accelerator) -> tuple[np.ndarray, np.ndarray]:
+    """This process's rows, padded (by repeating a row, flagged invalid) to the same count on every
+    process so that gathers line up."""
+    procs = accelerator.num_processes if accelerator is not None else 1
+    rank = accelerator.process_index if accelerator is not None else 0
+    per = -(-n // procs)
+    rows = np.arange(rank * per, min((rank + 1) * per, n))
+    valid = np.ones(per, dtype=np.float32)
+    valid[len(rows):] = 0
+    pad = np.full(per - len(rows), rows[-1] if len(rows) else 0)
+    return np.concatenate([rows, pad]).astype(np.int64), valid
+
+
+def _present(specs: Specs) -> set[str]:
+    return {KIND_NAMES[int(x)] for x in np.unique(specs.kind)}
+
+
+def _ranks(item_logits: torch.Tensor, batch: dict, split: Split, role: int) -> torch.Tensor:
+    rec = batch["kind"] == KIND_RECOMMENDATION
+    ranks = torch.full_like(batch["kind"], -1)
+    if bool(rec.any()):
+        users = batch["user"][rec].cpu().numpy()
+        rows, cols = metrics.exclusion_mask(split, users, role, as_pairs=True)
+        scores = item_logits[rec].float()
+        ranks[rec] = metrics.target_ranks(scores, batch["item"][rec], (rows, cols)).to(ranks.device)
+    return ranks
+
+
+def summarise(a: dict[str, torch.Tensor], weights: torch.Tensor, k: int) -> dict[str, float]:
+    """Metrics from gathered evaluation outputs."""
+    kind = a["kind"].long()
+    out: dict[str, float] = {}
+    total = 0.0
+    for kid in range(NUM_KINDS):
+        sel = kind == kid
+        if sel.any():
+            mean = float(a["loss"][sel].mean())
+            out[f"{KIND_NAMES[kid]}/loss"] = mean
+            total += float(weights[kid]) * mean
+    out["loss"] = total
+    r = kind == KIND_RATING
+    if r.any():
+        out["rating/rmse"] = metrics.rmse(a["rating_pred"][r], a["rating"][r])
+        out["rating/mae"] = metrics.mae(a["rating_pred"][r], a["rating"][r])
+    lk = kind == KIND_LIKE
+    if lk.any():
+        probs = torch.sigmoid(a["like_logit"][lk])
+        out["like/auc"] = metrics.auc(probs, a["like"][lk])
+        out["like/log_loss"] = metrics.log_loss(probs, a["like"][lk])
+        out["like/accuracy"] = metrics.accuracy(probs, a["like"][lk])
+    c = kind == KIND_CATEGORIES
+    if c.any():
+        out["categories/ndcg@5"] = metrics.ndcg_at_k(a["cat_logits"][c], (a["cat_target"][c] > 0).float(), 5)
+    rec = kind == KIND_RECOMMENDATION
+    if rec.any():
+        ranks = a["rank"][rec].long()
+        out[f"recommendation/hr@{k}"] = metrics.hit_rate(ranks, k)
+        out[f"recommendation/ndcg@{k}"] = metrics.ndcg(ranks, k)
+        out[f"recommendation/mrr@{k}"] = metrics.mrr(ranks, k)
+    return out

@@ -1,0 +1,280 @@
+"""Task examples: one dataclass per prompt kind, holding exactly the fields its templates may use.
+
+Tasks and their prompt kinds:
+- ``rating``: RatingExample (explicit data only) -> the user's rating of the named item.
+- ``preference``: two kinds, both read by the preference head:
+  ``like`` (PreferenceExample): does the user like the named item? Explicit data: rating >=
+  ``like_threshold``; implicit data: an observed item (1) against a sampled unobserved item (0).
+  ``categories`` (CategoryExample): which categories does the user prefer? No item is named (so the
+  head cannot just read the item's categories); the label is the categories of the user's next liked item.
+- ``recommendation``: RecommendationExample -> the next item, scored against the whole catalog.
+
+Examples are built lazily: `build_specs` returns compact numpy arrays (one row per example) and
+`ExampleFactory.make` materialises a dataclass for one row, applying the context rules of
+`mtrec.data.context`. Fields whose metadata says ``hidden`` (labels, indices) are never visible to
+templates.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+import numpy as np
+
+from mtrec.data.context import ContextIndex
+from mtrec.data.splits import ROLE_NAMES, Split
+
+TASKS = ("rating", "preference", "recommendation")
+KINDS = {"rating": ("rating",), "preference": ("like", "categories"), "recommendation": ("recommendation",)}
+KIND_IDS = {"rating": 0, "like": 1, "categories": 2, "recommendation": 3}
+KIND_NAMES = {v: k for k, v in KIND_IDS.items()}
+KIND_TASK = {k: t for t, ks in KINDS.items() for k in ks}
+
+
+def hidden(**kw: Any):
+    """A dataclass field that templates may not read (labels and bookkeeping)."""
+    return field(metadata={"hidden": True}, **kw)
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryEntry:
+    """One item of a user's own history (or a friend's), as shown in prompts."""
+
+    title: str
+    rating: float | None = None
+    weight: float | None = None
+    categories: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class SocialEntry:
+    """An item a friend / trusted user interacted with (training split, earlier in time)."""
+
+    friend: str
+    title: str
+    rating: float | None = None
+    weight: float | None = None
+
+
+@dataclass(frozen=True)
+class _UserContext:
+    user_id: str
+    user: Mapping[str, str]
+    history: tuple[HistoryEntry, ...]
+    social: tuple[SocialEntry, ...]
+    explicit: bool
+    rating_scale: tuple[float, float] | None
+    interaction: int = hidden()
+    user_index: int = hidden()
+    role: str = hidden()
+
+
+@dataclass(frozen=True)
+class RatingExample(_UserContext):
+    item_title: str = ""
+    item_text: str = ""
+    item_categories: tuple[str, ...] = ()
+    label: float = hidden(default=0.0)
+    item_index: int = hidden(default=-1)
+
+
+@dataclass(frozen=True)
+class PreferenceExample(_UserContext):
+    item_title: str = ""
+    item_text: str = ""
+    item_categories: tuple[str, ...] = ()
+    label: float = hidden(default=0.0)
+    item_index: int = hidden(default=-1)
+
+
+@dataclass(frozen=True)
+class CategoryExample(_UserContext):
+    label: tuple[int, ...] = hidden(default=())
+
+
+@dataclass(frozen=True)
+class RecommendationExample(_UserContext):
+    candidates: tuple[str, ...] = ()
+    label: int = hidden(default=-1)
+
+
+EXAMPLE_TYPES = {
+    "rating": RatingExample,
+    "like": PreferenceExample,
+    "categories": CategoryExample,
+    "recommendation": RecommendationExample,
+}
+
+
+def template_fields(kind: str) -> set[str]:
+    """The names a template of `kind` may use."""
+    return {f.name for f in fields(EXAMPLE_TYPES[kind]) if not f.metadata.get("hidden")}
+
+
+@dataclass(frozen=True)
+class ExampleOptions:
+    """How examples are built (see config section ``data``)."""
+
+    like_threshold: float = 4.0
+    negatives_per_positive: int = 1
+    max_history: int = 50
+    max_social: int = 20
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class Specs:
+    """Rows of examples: kind id, target interaction, item index (target or sampled negative), label."""
+
+    kind: np.ndarray
+    interaction: np.ndarray
+    item: np.ndarray
+    label: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.kind)
+
+    def take(self, idx: np.ndarray) -> Specs:
+        return Specs(self.kind[idx], self.interaction[idx], self.item[idx], self.label[idx])
+
+    @staticmethod
+    def concat(parts: list[Specs]) -> Specs:
+        return Specs(*(np.concatenate([getattr(p, n) for p in parts]) for n in ("kind", "interaction", "item", "label")))
+
+
+def task_available(task: str, split: Split) -> bool:
+    """Rating needs explicit ratings; category affinity needs categories."""
+    if task == "rating":
+        return split.dataset.explicit
+    return True
+
+
+def build_specs(split: Split, role: int, kinds: tuple[str, ...], opts: ExampleOptions) -> Specs:
+    """Example rows for every target interaction of `role` (TRAIN/VALID/TEST) and each kind."""
+    ds = split.dataset
+    targets = np.flatnonzero(split.role == role)
+    rng = np.random.default_rng(opts.seed + 7919 * role)
+    parts = []
+    for kind in kinds:
+        k = KIND_IDS[kind]
+        if kind == "rating" and not ds.explicit:
+            continue
+        items = ds.item_idx[targets].astype(np.int64)
+        if kind == "rating":
+            parts.append(Specs(np.full(len(targets), k), targets, items, ds.values[targets].astype(np.float32)))
+        elif kind == "like":
+            parts.append(_like_specs(split, targets, opts, rng))
+        elif kind == "categories":
+            liked = _liked(split, targets, opts)
+            has_cat = np.array([len(ds.items[i].categories) > 0 for i in ds.item_idx[targets]], bool)
+            keep = targets[liked & has_cat]
+            parts.append(Specs(np.full(len(keep), k), keep, ds.item_idx[keep].astype(np.int64), np.ones(len(keep), np.float32)))
+        elif kind == "recommendation":
+            parts.append(Specs(np.full(len(targets), k), targets, items, np.ones(len(targets), np.float32)))
+        else:
+            raise ValueError(f"unknown prompt kind {kind!r}; expected one of {sorted(KIND_IDS)}")
+    if not parts:
+        return Specs(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32))
+    return Specs.concat(parts)
+
+
+def _liked(split: Split, targets: np.ndarray, opts: ExampleOptions) -> np.ndarray:
+    ds = split.dataset
+    if ds.explicit:
+        return ds.values[targets] >= opts.like_threshold
+    return np.ones(len(targets), bool)
+
+
+def _like_specs(split: Split, targets: np.ndarray, opts: ExampleOptions, rng: np.random.Generator) -> Specs:
+    """Explicit: label = rating >= threshold. Implicit: observed (1) + sampled unobserved items (0)."""
+    ds = split.dataset
+    k = KIND_IDS["like"]
+    items = ds.item_idx[targets].astype(np.int64)
+    if ds.explicit:
+        return Specs(np.full(len(targets), k), targets, items, _liked(split, targets, opts).astype(np.float32))
+    n_neg = opts.negatives_per_positive
+    neg_targets = np.repeat(targets, n_neg)
+    neg_items = sample_unobserved(ds, ds.user_idx[neg_targets], rng)
+    return Specs(
+        np.full(len(targets) * (1 + n_neg), k),
+        np.concatenate([targets, neg_targets]),
+        np.concatenate([items, neg_items]),
+        np.concatenate([np.ones(len(targets), np.float32), np.zeros(len(neg_targets), np.float32)]),
+    )
+
+
+def sample_unobserved(ds, users: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """One item per entry of `users` that this user never interacted with (in any split).
+
+    Excluding every split's items avoids labelling a future positive as a negative; it shows the
+    model nothing about those items.
+    """
+    seen = set(zip(ds.user_idx.tolist(), ds.item_idx.tolist()))
+    out = rng.integers(0, ds.num_items, size=len(users))
+    for j, u in enumerate(users.tolist()):
+        while (u, int(out[j])) in seen:
+            out[j] = rng.integers(0, ds.num_items)
+    return out.astype(np.int64)
+
+
+class ExampleFactory:
+    """Materialises example dataclasses from spec rows under the context rules."""
+
+    def __init__(self, split: Split, opts: ExampleOptions | None = None) -> None:
+        self.split = split
+        self.ds = split.dataset
+        self.opts = opts or ExampleOptions()
+        self.context = ContextIndex(split)
+
+    def history(self, interaction: int) -> tuple[HistoryEntry, ...]:
+        """The user's own history before `interaction`, newest first, at most `max_history`."""
+        idx = self.context.own_history(interaction)[: self.opts.max_history]
+        return tuple(self._entry(int(i)) for i in idx)
+
+    def social(self, interaction: int) -> tuple[SocialEntry, ...]:
+        idx = self.context.social(interaction, limit=self.opts.max_social)
+        ds = self.ds
+        out = []
+        for i in idx.tolist():
+            e = self._entry(i)
+            out.append(SocialEntry(ds.users[ds.user_idx[i]].id, e.title, e.rating, e.weight))
+        return tuple(out)
+
+    def _entry(self, i: int) -> HistoryEntry:
+        ds = self.ds
+        item = ds.items[ds.item_idx[i]]
+        v = float(ds.values[i])
+        return HistoryEntry(item.title, v if ds.explicit else None, None if ds.explicit else v, item.categories)
+
+    def make(self, kind: int | str, interaction: int, item: int, label: float):
+        """One example of `kind` for target `interaction` (and `item`, the target or a negative)."""
+        kind = KIND_NAMES[kind] if isinstance(kind, (int, np.integer)) else kind
+        ds = self.ds
+        u = int(ds.user_idx[interaction])
+        base = dict(
+            user_id=ds.users[u].id,
+            user=ds.users[u].attributes,
+            history=self.history(interaction),
+            social=self.social(interaction),
+            explicit=ds.explicit,
+            rating_scale=ds.rating_scale,
+            interaction=int(interaction),
+            user_index=u,
+            role=ROLE_NAMES[int(self.split.role[interaction])],
+        )
+        if kind in ("rating", "like"):
+            it = ds.items[item]
+            cls = RatingExample if kind == "rating" else PreferenceExample
+            return cls(**base, item_title=it.title, item_text=it.text, item_categories=it.categories,
+                       label=float(label), item_index=int(item))
+        if kind == "categories":
+            cats = tuple(ds.category_index[c] for c in ds.items[item].categories if c in ds.category_index)
+            return CategoryExample(**base, label=cats)
+        if kind == "recommendation":
+            return RecommendationExample(**base, label=int(item))
+        raise ValueError(f"unknown prompt kind {kind!r}")
+
+    def make_row(self, specs: Specs, row: int):
+        return self.make(int(specs.kind[row]), int(specs.interaction[row]), int(specs.item[row]), float(specs.label[row]))

@@ -1,0 +1,37 @@
+"""Fine-tune mtrec: `accelerate launch train.py --config configs/quickstart.yaml [section.key=value ...]`.
+
+The same command runs on one GPU, several GPUs or the CPU; `accelerate config` chooses how.
+"""
+
+import argparse
+import sys
+from pathlib import Path
+
+from mtrec.config import ConfigError, help_text, load_config
+from mtrec.data import DataError
+from mtrec.run import RunFolderError
+from mtrec.training import train
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog="config keys:\n" + help_text())
+    parser.add_argument("--config", type=Path, help="YAML config (see configs/)")
+    parser.add_argument("--run-dir", type=Path, help="run folder (default: <run.output_root>/<run.name>)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing non-empty run folder")
+    parser.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. train.max_steps=10")
+    args = parser.parse_args(argv)
+    try:
+        cfg = load_config(args.config, args.overrides)
+        run_dir = args.run_dir or Path(cfg.run.output_root) / cfg.run.name
+        result = train(cfg, run_dir, overwrite=args.overwrite)
+    except (ConfigError, DataError, RunFolderError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    best = ", ".join(f"{k}={v:.4f}" for k, v in result["best"].items() if k != "step")
+    print(f"run folder: {run_dir}\nbest validation (step {result['best']['step']}): {best}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
