@@ -28,8 +28,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, DataError, RunFolderError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    best = ", ".join(f"{k}={v:.4f}" for k, v in result["best"].items() if k != "step")
-    print(f"run folder: {run_dir}\nbest validation (step {result['best']['step']}): {best}")
+    final = result["final"] or result["best"]
+    shown = ", ".join(f"{k}={v:.4f}" for k, v in final.items() if k not in ("step", "examples", "seconds"))
+    print(f"run folder: {run_dir}\nvalidation, best weights (step {final['step']}, {final['examples']} examples): {shown}")
     return 0
 
 

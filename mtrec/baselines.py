@@ -37,7 +37,11 @@ def _role_arrays(split: Split, role: int) -> tuple[np.ndarray, np.ndarray, np.nd
     """(users, items, values) of the split's interactions with that role, as int64/float64 arrays."""
     idx = np.flatnonzero(split.role == role)
     ds = split.dataset
-    return ds.user_idx[idx].astype(np.int64), ds.item_idx[idx].astype(np.int64), ds.values[idx].astype(np.float64)
+    return (
+        ds.user_idx[idx].astype(np.int64),
+        ds.item_idx[idx].astype(np.int64),
+        ds.values[idx].astype(np.float64),
+    )
 
 
 class Baseline:
@@ -162,7 +166,9 @@ class BiasBaseline(_RatingModel):
         like_threshold: rating counted as "like" for `like_proba`.
     """
 
-    def __init__(self, reg_user: float = 15.0, reg_item: float = 10.0, tol: float = 1e-6, like_threshold: float = 4.0):
+    def __init__(
+        self, reg_user: float = 15.0, reg_item: float = 10.0, tol: float = 1e-4, like_threshold: float = 4.0
+    ):
         super().__init__(like_threshold=like_threshold, reg_user=reg_user, reg_item=reg_item, tol=tol)
         self.reg_user, self.reg_item, self.tol = reg_user, reg_item, tol
 
@@ -252,7 +258,14 @@ class BiasedMF(_RatingModel):
         batch_size: ratings per step; like_threshold: as `BiasBaseline`.
     """
 
-    def __init__(self, dim: int = 32, lr: float = 0.01, reg: float = 0.05, batch_size: int = 4096, like_threshold: float = 4.0):
+    def __init__(
+        self,
+        dim: int = 32,
+        lr: float = 0.005,
+        reg: float = 0.03,
+        batch_size: int = 4096,
+        like_threshold: float = 4.0,
+    ):
         super().__init__(like_threshold=like_threshold, dim=dim, lr=lr, reg=reg, batch_size=batch_size)
         self.dim, self.lr, self.reg, self.batch_size = dim, lr, reg, batch_size
 
@@ -286,7 +299,9 @@ class BiasedMF(_RatingModel):
 
         vu, vi, vr = _role_arrays(split, VALID)
         evaluate = (lambda: metrics.rmse(self.predict_ratings(vu, vi), vr)) if len(vr) else (lambda: None)
-        info = _early_stopping(params, run_epoch, evaluate, max_epochs=max_epochs, patience=patience, higher_is_better=False)
+        info = _early_stopping(
+            params, run_epoch, evaluate, max_epochs=max_epochs, patience=patience, higher_is_better=False
+        )
         self._calibrate()
         self._done(started, **info)
         return self
@@ -304,7 +319,9 @@ class BiasedMF(_RatingModel):
 
 
 # ---- ranking models ----------------------------------------------------------------------------
-def _sample_negatives(users: np.ndarray, positives: np.ndarray, num_items: int, rng: np.random.Generator) -> np.ndarray:
+def _sample_negatives(
+    users: np.ndarray, positives: np.ndarray, num_items: int, rng: np.random.Generator
+) -> np.ndarray:
     """One uniform item per user that is not among the user's training items (rejection sampling).
 
     `positives` are the sorted keys user * num_items + item of training pairs. Rejection rounds stop
@@ -352,7 +369,9 @@ class BPRMF(Baseline):
         k: cut-off of the validation NDCG used for early stopping.
     """
 
-    def __init__(self, dim: int = 64, lr: float = 0.005, reg: float = 1e-4, batch_size: int = 4096, k: int = 10):
+    def __init__(
+        self, dim: int = 64, lr: float = 0.005, reg: float = 1e-4, batch_size: int = 4096, k: int = 10
+    ):
         super().__init__(dim=dim, lr=lr, reg=reg, batch_size=batch_size, k=k)
         self.dim, self.lr, self.reg, self.batch_size, self.k = dim, lr, reg, batch_size, k
 
@@ -435,7 +454,8 @@ class ItemKNN(Baseline):
             cols.append(top[keep])
             vals.append(top_sim[keep])
         self.S = sp.csr_matrix(
-            (np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(ds.num_items, ds.num_items)
+            (np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))),
+            shape=(ds.num_items, ds.num_items),
         )
         self._done(started, epochs_run=1, best_epoch=1, stopped_early=False)
         return self
@@ -473,7 +493,13 @@ def evaluate_baseline(
         out.update(rmse=metrics.rmse(pred, ratings), mae=metrics.mae(pred, ratings))
         like = ratings >= model.like_threshold
         proba = model.like_proba(users, items)
-        out.update(auc=metrics.auc(pred, like), log_loss=metrics.log_loss(proba, like), accuracy=metrics.accuracy(proba, like))
+        out.update(
+            auc=metrics.auc(pred, like),
+            log_loss=metrics.log_loss(proba, like),
+            accuracy=metrics.accuracy(proba, like),
+        )
     ranks = _full_catalog_ranks(model, split, users, items, value, batch_size)
-    out.update({f"hr@{k}": metrics.hit_rate(ranks, k), f"ndcg@{k}": metrics.ndcg(ranks, k), f"mrr@{k}": metrics.mrr(ranks, k)})
+    out[f"hr@{k}"] = metrics.hit_rate(ranks, k)
+    out[f"ndcg@{k}"] = metrics.ndcg(ranks, k)
+    out[f"mrr@{k}"] = metrics.mrr(ranks, k)
     return out

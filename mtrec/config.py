@@ -93,7 +93,9 @@ class TrainConfig:
     grad_clip: float = knob(1.0, "max gradient norm (0 = off)")
     mixed_precision: str = knob("auto", "auto, no, bf16 or fp16")
     eval_every: int = knob(50, "evaluate every N steps (0 = only at the end)")
-    eval_users: int = knob(200, "validation users evaluated (seeded subset; 0 = all)")
+    eval_users: int = knob(200, "validation users evaluated during training (seeded subset; 0 = all)")
+    final_eval_users: int | None = knob(None, "users in the final validation pass with the best weights (0 = all; null = eval_users)")
+    max_minutes: float | None = knob(None, "stop training after this many minutes of steps (null = no limit)")
     eval_batch_size: int = knob(32, "batch size in evaluation")
     early_stopping_metric: str = knob("valid/loss", "metric name for early stopping and best model")
     patience: int = knob(0, "evaluations without improvement before stopping (0 = off)")
@@ -212,7 +214,10 @@ def from_dict(raw: dict[str, Any], source: str = "config") -> Config:
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """Apply ``section.key=value`` overrides (values parsed as YAML) to a nested dict, in order."""
-    out = {k: dict(v or {}) for k, v in raw.items()}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config: expected a mapping of sections, got {type(raw).__name__}")
+    # sections that are not mappings are passed through for from_dict to reject with their name
+    out = {k: (dict(v or {}) if isinstance(v, dict) or v is None else v) for k, v in raw.items()}
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r}: expected section.key=value")
@@ -224,7 +229,10 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
             value = yaml.safe_load(text)
         except yaml.YAMLError as e:
             raise ConfigError(f"override {key}: cannot parse value {text!r}: {e}") from None
-        out.setdefault(parts[0], {})[parts[1]] = value
+        section = out.setdefault(parts[0], {})
+        if not isinstance(section, dict):
+            raise ConfigError(f"override {key}: section {parts[0]!r} is not a mapping in the config file")
+        section[parts[1]] = value
     return out
 
 

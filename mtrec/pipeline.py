@@ -144,7 +144,7 @@ def evaluate(model, batcher: Batcher, specs: Specs, split: Split, role: int, wei
         chunk = rows[start : start + batch_size]
         batch = batcher.collate(specs, chunk, [fixed[KIND_NAMES[int(specs.kind[r])]] for r in chunk])
         batch = {n: (v.to(device) if torch.is_tensor(v) else v) for n, v in batch.items()}
-        out = model(batch["input_ids"], batch["attention_mask"])
+        out = model(batch["input_ids"], batch["attention_mask"], None, batch["item"])
         piece = {"kind": batch["kind"], "rating_pred": out["rating"], "rating": batch["rating"],
                  "like_logit": out["like_logit"], "like": batch["like"], "loss": row_losses(out, batch),
                  "rank": _ranks(out["item_logits"], batch, split, role),
@@ -183,6 +183,9 @@ def _ranks(item_logits: torch.Tensor, batch: dict, split: Split, role: int) -> t
     if bool(rec.any()):
         users = batch["user"][rec].cpu().numpy()
         rows, cols = metrics.exclusion_mask(split, users, role, as_pairs=True)
+        # a repeated item (seen before, and the target again) is ranked, never excluded from itself
+        keep = cols != batch["item"][rec].cpu().numpy()[rows]
+        rows, cols = rows[keep], cols[keep]
         scores = item_logits[rec].float()
         ranks[rec] = metrics.target_ranks(scores, batch["item"][rec], (rows, cols)).to(ranks.device)
     return ranks

@@ -276,5 +276,32 @@ class ExampleFactory:
             return RecommendationExample(**base, label=int(item))
         raise ValueError(f"unknown prompt kind {kind!r}")
 
+    def make_now(self, kind: str, user: int, item: int = -1):
+        """An example for `user` *after* every interaction the split knows (serving time): the whole
+        sequence is history and friends' interactions have no time cut. With a split whose roles
+        are all TRAIN (see `serving_split`), friends' validation/test items count too."""
+        ds = self.ds
+        seq = self.split.user_sequence(user)[::-1][: self.opts.max_history]
+        social = self.context.social_for(user, None, self.opts.max_social)
+        base = dict(
+            user_id=ds.users[user].id, user=ds.users[user].attributes,
+            history=tuple(self._entry(int(i)) for i in seq),
+            social=tuple(SocialEntry(ds.users[ds.user_idx[i]].id, *self._social_fields(int(i))) for i in social),
+            explicit=ds.explicit, rating_scale=ds.rating_scale, interaction=-1, user_index=int(user), role="serve",
+        )
+        if kind in ("rating", "like"):
+            it = ds.items[item]
+            cls = RatingExample if kind == "rating" else PreferenceExample
+            return cls(**base, item_title=it.title, item_text=it.text, item_categories=it.categories, item_index=int(item))
+        if kind == "categories":
+            return CategoryExample(**base)
+        if kind == "recommendation":
+            return RecommendationExample(**base)
+        raise ValueError(f"unknown prompt kind {kind!r}")
+
+    def _social_fields(self, i: int) -> tuple:
+        e = self._entry(i)
+        return e.title, e.rating, e.weight
+
     def make_row(self, specs: Specs, row: int):
         return self.make(int(specs.kind[row]), int(specs.interaction[row]), int(specs.item[row]), float(specs.label[row]))

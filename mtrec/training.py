@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 import time
 from dataclasses import dataclass
@@ -12,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from accelerate import Accelerator
-from accelerate.utils import set_seed
+from accelerate.utils import broadcast, set_seed
 from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
@@ -20,8 +21,7 @@ from mtrec.config import Config
 from mtrec.data import load_dataset
 from mtrec.data.splits import VALID, Split, make_split
 from mtrec.model.backbone import BackboneRef, resolve_backbone
-from mtrec.model.build import (build_backbone, build_heads, count_parameters, initial_item_table, lora_config,
-                               rating_mean_of, wrap_model)
+from mtrec.model.build import build_backbone, build_heads, count_parameters, initial_item_table, lora_config, wrap_model
 from mtrec.model.multitask import NUM_KINDS, multitask_loss
 from mtrec.pipeline import Batcher, TaskSampler, evaluate, eval_specs, kinds_for, mixing_probs, train_specs
 from mtrec.prompts import DEFAULT_PROMPTS_DIR, PromptRenderer, RenderOptions, load_prompts
@@ -73,9 +73,10 @@ def build_setup(cfg: Config, accelerator: Accelerator | None = None) -> Setup:
         ref = resolve_backbone(cfg.model.backbone)
     backbone, tokenizer, token_ids, pooling = build_backbone(cfg.model, prompts, ref, cfg.run.seed)
     hidden = backbone.config.hidden_size
-    table = initial_item_table(split.dataset, cfg.model, backbone, tokenizer, prompts, pooling, hidden, cfg.run.seed)
-    train_items = split.dataset.item_idx[split.train]
-    heads = build_heads(split.dataset, table, train_items, hidden, rating_mean_of(split.dataset, split.train))
+    bf16 = choose_mixed_precision(cfg.train.mixed_precision) == "bf16"
+    table = initial_item_table(split.dataset, cfg.model, backbone, tokenizer, prompts, pooling, hidden, cfg.run.seed,
+                               ref.sha256, bf16)
+    heads = build_heads(split.dataset, table, split.train, hidden, cfg.data.like_threshold)
     model = wrap_model(backbone, heads, pooling, lora_config(cfg.model, backbone, token_ids))
     opts = example_options(cfg)
     renderer = PromptRenderer(tokenizer, {t: p.instruction_token for t, p in prompts.items()}, render_options(cfg))
@@ -106,10 +107,17 @@ def make_optimizer(model, cfg: Config) -> torch.optim.Optimizer:
     return torch.optim.AdamW(groups, weight_decay=cfg.train.weight_decay, fused=fused)
 
 
-def train(cfg: Config, run_dir: str | Path, overwrite: bool = False) -> dict:
-    """Fine-tune as configured and write the run folder. Returns the final metrics dict."""
+def train(cfg: Config, run_dir: str | Path, overwrite: bool = False, setup: Setup | None = None) -> dict:
+    """Fine-tune as configured and write the run folder. Returns the final metrics dict.
+
+    Args:
+        cfg: the configuration.
+        run_dir: the run folder; an existing non-empty one raises unless `overwrite`.
+        overwrite: replace an existing run folder.
+        setup: a prebuilt `build_setup(cfg)` (tests use it to inspect parameters before training).
+    """
     run_dir = Path(run_dir)
-    accelerator = Accelerator(gradient_accumulation_steps=cfg.train.grad_accum,
+    accelerator = Accelerator(cpu=_multi_process_cpu(), gradient_accumulation_steps=cfg.train.grad_accum,
                               mixed_precision=choose_mixed_precision(cfg.train.mixed_precision),
                               log_with="tensorboard" if cfg.train.tensorboard else None, project_dir=str(run_dir))
     if accelerator.is_main_process:
@@ -118,7 +126,7 @@ def train(cfg: Config, run_dir: str | Path, overwrite: bool = False) -> dict:
     if cfg.train.num_threads:
         torch.set_num_threads(cfg.train.num_threads)
     set_seed(cfg.run.seed)
-    s = build_setup(cfg, accelerator)
+    s = setup or build_setup(cfg, accelerator)
     if cfg.train.tensorboard:
         accelerator.init_trackers("tensorboard", config=_flat(cfg.to_dict()))
     log = _Log(accelerator, s)
@@ -127,6 +135,23 @@ def train(cfg: Config, run_dir: str | Path, overwrite: bool = False) -> dict:
         save_run(run_dir, s, accelerator.unwrap_model(s.model), result)
     accelerator.end_training()
     return result
+
+
+def _agreed_timeout(accelerator: Accelerator, start: float, minutes: float) -> bool:
+    """Whether the time budget is spent, decided by the main process and shared, so that every
+    process stops at the same step (DDP would hang otherwise)."""
+    flag = torch.tensor([float(time.perf_counter() - start > 60 * minutes)], device=accelerator.device)
+    return bool(broadcast(flag, from_process=0).item())
+
+
+def _multi_process_cpu() -> bool:
+    """True when several processes were launched on a machine without CUDA.
+
+    accelerate only sets up gloo DDP across CPU processes when asked for the CPU explicitly;
+    without it each process silently trains alone (seen with accelerate 1.15 under both
+    `accelerate launch --multi_gpu` and `torchrun`)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    return world > 1 and not torch.cuda.is_available()
 
 
 def _loop(cfg: Config, s: Setup, accelerator: Accelerator, log) -> dict:
@@ -166,7 +191,8 @@ def _loop(cfg: Config, s: Setup, accelerator: Accelerator, log) -> dict:
             log.train(bar, step, running / running_n.clamp(min=1), running_n, sched.get_last_lr()[0])
             running.zero_()
             running_n.zero_()
-        if (t.eval_every and step % t.eval_every == 0) or step == t.max_steps:
+        out_of_time = t.max_minutes is not None and step % t.log_every == 0 and _agreed_timeout(accelerator, start, t.max_minutes)
+        if (t.eval_every and step % t.eval_every == 0) or step == t.max_steps or out_of_time:
             history.append(log.evaluate(model, valid, weights, step))
             if _better(history[-1], best, t.early_stopping_metric):
                 best, best_state, bad_evals = history[-1], _trainable_state(accelerator.unwrap_model(model)), 0
@@ -176,12 +202,30 @@ def _loop(cfg: Config, s: Setup, accelerator: Accelerator, log) -> dict:
                     accelerator.print(f"early stopping at step {step}: {t.early_stopping_metric} did not improve "
                                       f"for {bad_evals} evaluations")
                     break
+        if out_of_time:
+            accelerator.print(f"stopping at step {step}: train.max_minutes={t.max_minutes} reached")
+            break
     _load_trainable_state(accelerator.unwrap_model(model), best_state)
     seconds = time.perf_counter() - start
-    return {"best": best, "history": history, "steps": step, "seconds": round(seconds, 1),
+    final = None
+    if t.final_eval_users is not None and t.final_eval_users != t.eval_users:
+        final_specs = eval_specs(s.split, s.kinds, s.example_options, VALID, t.final_eval_users, cfg.run.seed)
+        final = log.evaluate(model, final_specs, weights, step=best["step"], label="final validation (best weights)")
+    ranks = _rank_report(accelerator, model, step)
+    return {"best": best, "final": final, "history": history, "steps": step, "seconds": round(seconds, 1),
             "examples_per_process": examples, "tokens_per_second": round(tokens / seconds, 1),
             "train_sizes": sizes, "parameters": count_parameters(accelerator.unwrap_model(model)),
-            "mixed_precision": accelerator.mixed_precision, "num_processes": accelerator.num_processes}
+            "mixed_precision": accelerator.mixed_precision, "num_processes": accelerator.num_processes,
+            "ranks": ranks}
+
+
+def _rank_report(accelerator: Accelerator, model, step: int) -> dict:
+    """Steps taken and a checksum of the trainable parameters on every process: with DDP they must
+    agree, and a mismatch means the replicas diverged."""
+    total = sum(p.detach().double().sum() for p in model.parameters() if p.requires_grad)
+    mine = torch.tensor([[float(step), float(total)]], dtype=torch.float64, device=accelerator.device)
+    every = accelerator.gather(mine).cpu().tolist()
+    return {"steps": [int(r[0]) for r in every], "param_checksums": [r[1] for r in every]}
 
 
 def _step_loss(model, batch, weights, cfg: Config):
@@ -191,9 +235,9 @@ def _step_loss(model, batch, weights, cfg: Config):
         negatives = torch.randint(0, num_items, (t.num_negatives,), device=batch["item"].device)
         subset = torch.unique(torch.cat([batch["item"], negatives]))
         labels = torch.searchsorted(subset, batch["item"])
-        out = model(batch["input_ids"], batch["attention_mask"], subset)
+        out = model(batch["input_ids"], batch["attention_mask"], subset, batch["item"])
         return multitask_loss(out, batch, weights, t.loss_weighting == "uncertainty", labels)
-    out = model(batch["input_ids"], batch["attention_mask"])
+    out = model(batch["input_ids"], batch["attention_mask"], None, batch["item"])
     return multitask_loss(out, batch, weights, t.loss_weighting == "uncertainty")
 
 
@@ -229,12 +273,17 @@ class _Log:
     def __init__(self, accelerator: Accelerator, s: Setup) -> None:
         self.acc, self.s = accelerator, s
 
-    def evaluate(self, model, valid, weights, step: int) -> dict:
+    def evaluate(self, model, valid, weights, step: int, label: str | None = None) -> dict:
+        t0 = time.perf_counter()
         m = evaluate(model, self.s.batcher, valid, self.s.split, VALID, weights, self.s.cfg.train.eval_batch_size,
                      self.acc)
         m["step"] = step
-        self.acc.log({f"valid/{k}": v for k, v in m.items() if k != "step"}, step=step)
-        self.acc.print(f"step {step}: " + ", ".join(f"{k}={v:.4f}" for k, v in m.items() if k != "step"))
+        m["examples"] = len(valid)
+        m["seconds"] = round(time.perf_counter() - t0, 1)
+        if label is None:
+            self.acc.log({f"valid/{k}": v for k, v in m.items() if k not in ("step", "examples", "seconds")}, step=step)
+        shown = ", ".join(f"{k}={v:.4f}" for k, v in m.items() if k not in ("step", "examples", "seconds"))
+        self.acc.print(f"{label or 'step ' + str(step)} ({len(valid)} examples, {m['seconds']} s): {shown}")
         return m
 
     def train(self, bar, step: int, per_kind: torch.Tensor, counts: torch.Tensor, lr: float) -> None:

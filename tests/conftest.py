@@ -28,3 +28,27 @@ def require_data(folder: str) -> Path:
     if not path.is_dir():
         pytest.skip(f"{path} not found: set MTREC_DATA_DIR to the folder holding {folder}/")
     return path
+
+
+@pytest.fixture(scope="session")
+def bundled_backbone_dir():
+    """The converted bundled SmolLM2-135M folder (converted on first use into $MTREC_CACHE_DIR, ~30 s)."""
+    from mtrec.model.backbone import ensure_bundled
+
+    return ensure_bundled("smollm2-135m")
+
+
+@pytest.fixture(scope="session")
+def tiny_backbone_dir(tmp_path_factory, bundled_backbone_dir):
+    """A tiny random Llama (hidden 32, 2 layers, 4 heads) with the bundled tokenizer."""
+    from mtrec.model.backbone import tiny_backbone
+
+    return tiny_backbone(tmp_path_factory.mktemp("tiny-llama"), vocab_from=bundled_backbone_dir)
+
+
+@pytest.fixture
+def tiny_config(tiny_backbone_dir):
+    """The tiny test config (tests/configs/tiny.yaml) pointed at the tiny backbone."""
+    from mtrec.config import load_config
+
+    return lambda *overrides: load_config(ROOT / "tests/configs/tiny.yaml", [f"model.backbone={tiny_backbone_dir}", *overrides])

@@ -51,7 +51,8 @@ def test_auc_ties_count_half_and_matches_torchmetrics():
 
 def test_log_loss_and_accuracy():
     # -(ln 0.8 + ln(1 - 0.4)) / 2
-    assert log_loss(np.array([0.8, 0.4]), np.array([1, 0])) == pytest.approx(-(math.log(0.8) + math.log(0.6)) / 2)
+    expected = -(math.log(0.8) + math.log(0.6)) / 2
+    assert log_loss(np.array([0.8, 0.4]), np.array([1, 0])) == pytest.approx(expected)
     # p = 0 for a positive is clipped to 1e-7: -ln(1e-7) = 16.118..., not infinity
     assert log_loss(np.array([0.0]), np.array([1])) == pytest.approx(-math.log(1e-7), rel=1e-6)
     # predictions p > 0.5: [1, 0, 0, 1] against [1, 1, 0, 0] -> right, wrong, right, wrong = 0.5

@@ -1,8 +1,8 @@
 """Command line for the data layer.
 
-    python -m mtrec.data describe movielens-100k [--data-dir DIR] [--download] [--seed N]
-    python -m mtrec.data describe local:path/to/folder
-    python -m mtrec.data list
+python -m mtrec.data describe movielens-100k [--data-dir DIR] [--download] [--seed N]
+python -m mtrec.data describe local:path/to/folder
+python -m mtrec.data list
 """
 
 from __future__ import annotations
@@ -21,11 +21,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status (2 for bad input data)."""
     parser = argparse.ArgumentParser(prog="python -m mtrec.data", description="Inspect mtrec data sets.")
     commands = parser.add_subparsers(dest="command", required=True)
-    describe = commands.add_parser("describe", help="print sizes, rating scale, cleaning notes and split sizes")
+    describe = commands.add_parser(
+        "describe", help="print sizes, rating scale, cleaning notes and split sizes"
+    )
     describe.add_argument("name", help="a data set name (see `list`) or local:<folder>")
     describe.add_argument("--data-dir", help="folder holding the data-set folders (default: $MTREC_DATA_DIR)")
-    describe.add_argument("--download", action="store_true", help="fetch the official archive if files are missing")
-    describe.add_argument("--seed", type=int, default=0, help="seed of the random order for untimed data sets")
+    describe.add_argument(
+        "--download", action="store_true", help="fetch the official archive if files are missing"
+    )
+    describe.add_argument(
+        "--seed", type=int, default=0, help="seed of the random order for untimed data sets"
+    )
     commands.add_parser("list", help="list the data set names")
     args = parser.parse_args(argv)
     if args.command == "list":
@@ -48,16 +54,24 @@ def describe_dataset(ds: RecDataset, seed: int = 0) -> str:
     """A human-readable summary: sizes, scale, categories, raw counts, cleaning notes, split sizes."""
     from mtrec.data.splits import leave_one_out  # imported here: only `describe` needs it
 
-    sections: list[tuple[str, list]] = [(ds.name, [
-        ("users", f"{ds.num_users:,}"),
-        ("items", f"{ds.num_items:,}"),
-        ("interactions", f"{ds.num_interactions:,}"),
-        ("social edges", f"{ds.num_social_edges:,}" + (f" ({ds.social_kind})" if ds.num_social_edges else "")),
-        ("density", _percent(ds.density)),
-        ("ratings", _scale(ds)),
-        ("timestamps", "yes" if ds.timed else "no"),
-        ("categories", f"{len(ds.categories):,}"),
-    ])]
+    sections: list[tuple[str, list]] = [
+        (
+            ds.name,
+            [
+                ("users", f"{ds.num_users:,}"),
+                ("items", f"{ds.num_items:,}"),
+                ("interactions", f"{ds.num_interactions:,}"),
+                (
+                    "social edges",
+                    f"{ds.num_social_edges:,}" + (f" ({ds.social_kind})" if ds.num_social_edges else ""),
+                ),
+                ("density", _percent(ds.density)),
+                ("ratings", _scale(ds)),
+                ("timestamps", "yes" if ds.timed else "no"),
+                ("categories", f"{len(ds.categories):,}"),
+            ],
+        )
+    ]
     raw = ds.notes.get("raw")
     if isinstance(raw, dict) and raw:
         sections.append(("raw counts (before cleaning)", [(k, _number(v)) for k, v in raw.items()]))
@@ -65,12 +79,17 @@ def describe_dataset(ds: RecDataset, seed: int = 0) -> str:
         sections.append(("cleaning", [str(note) for note in ds.notes["cleaning"]]))
     split = leave_one_out(ds, seed=seed)
     order = "chronological" if ds.timed else f"random order, seed {seed}"
-    sections.append((f"leave-one-out split ({order})", [
-        ("train", f"{len(split.train):,}"),
-        ("valid", f"{len(split.valid):,}"),
-        ("test", f"{len(split.test):,}"),
-        ("users with < 3", f"{split.too_few_users:,} (all their interactions in train)"),
-    ]))
+    sections.append(
+        (
+            f"leave-one-out split ({order})",
+            [
+                ("train", f"{len(split.train):,}"),
+                ("valid", f"{len(split.valid):,}"),
+                ("test", f"{len(split.test):,}"),
+                ("users with < 3", f"{split.too_few_users:,} (all their interactions in train)"),
+            ],
+        )
+    )
     return "\n".join(_aligned(sections))
 
 

@@ -72,16 +72,29 @@ def _load(root: Path, name: str, site: str, catalog_file: str, download: bool) -
     notes["raw"]["trust rows"] = len(trust)
     notes["cleaning"] += trust_notes
     return RecDataset(
-        name, [User(str(u)) for u in users], items, cols["user"], cols["item"], cols["rating"], None,
-        explicit=True, social_src=src_idx, social_dst=dst_idx, social_kind="trust",
-        categories=list(categories.values()), rating_scale=RATING_SCALE, notes=notes,
+        name,
+        [User(str(u)) for u in users],
+        items,
+        cols["user"],
+        cols["item"],
+        cols["rating"],
+        None,
+        explicit=True,
+        social_src=src_idx,
+        social_dst=dst_idx,
+        social_kind="trust",
+        categories=list(categories.values()),
+        rating_scale=RATING_SCALE,
+        notes=notes,
     )
 
 
 def _member(archive: Path, filename: str, name: str) -> Source:
     member = zip_member(archive, filename)
     if member is None:
-        raise DataError(archive, f"no {filename} inside; expected {name}/rating.mat and {name}/trustnetwork.mat")
+        raise DataError(
+            archive, f"no {filename} inside; expected {name}/rating.mat and {name}/trustnetwork.mat"
+        )
     return Source(archive, member)
 
 
@@ -95,7 +108,8 @@ def _read_mat(source: Source, variable: str, min_columns: int) -> np.ndarray:
     if not isinstance(value, np.ndarray) or value.ndim != 2 or value.shape[1] < min_columns:
         found = ", ".join(k for k in mat if not k.startswith("__")) or "none"
         raise DataError(
-            source, f"expected a matrix {variable!r} with at least {min_columns} columns; variables found: {found}"
+            source,
+            f"expected a matrix {variable!r} with at least {min_columns} columns; variables found: {found}",
         )
     if not np.issubdtype(value.dtype, np.number):
         raise DataError(source, f"{variable!r} holds {value.dtype}; expected integers")
@@ -105,12 +119,16 @@ def _read_mat(source: Source, variable: str, min_columns: int) -> np.ndarray:
 def _read_catalog(source: Source) -> dict[int, str]:
     """Category id -> name, from lines ``<id> <name>``."""
     categories = {}
-    for line_no, line in enumerate(read_text(source, "latin-1", "lines '<category id> <name>'").split("\n"), 1):
+    for line_no, line in enumerate(
+        read_text(source, "latin-1", "lines '<category id> <name>'").split("\n"), 1
+    ):
         if not line.strip():
             continue
         code, _, label = line.strip().partition(" ")
         if not code.isdigit() or not label.strip():
-            raise DataError(source, f"expected '<category id> <name>' (e.g. '1 DVDs'), found {line.strip()!r}", line_no)
+            raise DataError(
+                source, f"expected '<category id> <name>' (e.g. '1 DVDs'), found {line.strip()!r}", line_no
+            )
         label = label.strip()
         categories[int(code)] = _CATEGORY_FIXES.get(label, label)
     return categories
@@ -121,8 +139,12 @@ def _clean_ratings(
 ) -> tuple[np.ndarray, list[Item], dict[str, np.ndarray], dict]:
     """Apply cleaning steps 1-3; return user ids, items, interaction columns and notes."""
     user, product, category, rating = rows.T
-    raw = {"rating rows": len(rows), "users": _n_unique(user), "products": _n_unique(product),
-           "categories": _n_unique(category)}
+    raw = {
+        "rating rows": len(rows),
+        "users": _n_unique(user),
+        "products": _n_unique(product),
+        "categories": _n_unique(category),
+    }
     unknown = np.setdiff1d(category, list(categories))
     if len(unknown):
         raise DataError(catalog, f"category id {unknown[0]} occurs in the ratings but is not listed here")
@@ -142,18 +164,24 @@ def _clean_ratings(
         user, product, category, rating = (a[keep] for a in (user, product, category, rating))
     users, user_idx = np.unique(user, return_inverse=True)
     products, item_idx = np.unique(product, return_inverse=True)
-    for label, before, after in (("users", raw["users"], len(users)), ("products", raw["products"], len(products))):
+    for label, before, after in (
+        ("users", raw["users"], len(users)),
+        ("products", raw["products"], len(products)),
+    ):
         if after < before:
             cleaning.append(f"{before - after:,} {label} had no rating left and were dropped")
     items, multi = _items(products, item_idx, category, categories, site)
     if multi:
-        cleaning.append(f"{multi:,} products appear under several categories: all are kept, most frequent first")
+        cleaning.append(
+            f"{multi:,} products appear under several categories: all are kept, most frequent first"
+        )
     columns = {"user": user_idx, "item": item_idx, "rating": rating.astype(np.float32)}
     return users, items, columns, {"raw": raw, "cleaning": cleaning}
 
 
 def _last_of_duplicates(key: np.ndarray, rating: np.ndarray) -> tuple[np.ndarray, int, int, int]:
-    """Rows to keep (the last of each key, in file order), repeated keys, extra rows, keys whose ratings differ."""
+    """Rows to keep (the last of each key, in file order) and counts: repeated keys, extra rows,
+    keys whose ratings differ."""
     _, first_from_end = np.unique(key[::-1], return_index=True)
     keep = np.sort(len(key) - 1 - first_from_end)
     order = np.argsort(key, kind="stable")
@@ -200,7 +228,8 @@ def _clean_trust(edges: np.ndarray, users: np.ndarray) -> tuple[np.ndarray, np.n
     if unknown.any():
         strangers = _n_unique(np.r_[source[~known_source], target[~known_target]])
         cleaning.append(
-            f"dropped {int(unknown.sum()):,} trust rows naming a user without ratings ({strangers:,} such user{"s" if strangers != 1 else ""})"
+            f"dropped {int(unknown.sum()):,} trust rows naming a user without ratings "
+            f"({strangers:,} distinct user id{'s' if strangers != 1 else ''})"
         )
         source, target = source[~unknown], target[~unknown]
     _, first = np.unique(source * (users.max() + 1) + target, return_index=True)

@@ -61,8 +61,12 @@ class ContextIndex:
         active friend does not fill the whole budget.
         """
         ds = self.dataset
-        user = int(ds.user_idx[interaction])
         before = int(ds.timestamps[interaction]) if ds.timed else None
+        return self.social_for(int(ds.user_idx[interaction]), before, limit)
+
+    def social_for(self, user: int, before: int | None, limit: int | None = None) -> np.ndarray:
+        """`social` for a user at time `before` (None: no time cut)."""
+        ds = self.dataset
         parts = [self.friend_train_interactions(int(f), before) for f in self.friends(user)]
         parts = [p for p in parts if len(p)]
         if not parts:

@@ -123,8 +123,7 @@ def ensure_files(
     url = archive_url(dataset, base_url)
     if not download:
         hint = (
-            f"Or pass download=True (config key `data.download: true`) to fetch {url} "
-            f"and extract it there."
+            f"Or pass download=True (config key `data.download: true`) to fetch {url} and extract it there."
         )
         raise missing_files_error(folder, dataset, missing, list(spec.files), [spec.archive], hint)
     archive = fetch(url, cache_dir() / "downloads" / spec.archive)

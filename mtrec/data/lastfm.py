@@ -69,9 +69,19 @@ def load_lastfm_2k(
         "categories": f"the {len(vocabulary)} most used tags",
     }
     return RecDataset(
-        "lastfm-2k", [User(u) for u in user_ids], items, user_idx, item_idx, weights, None,
-        explicit=False, social_src=src_idx, social_dst=dst_idx, social_kind="friend",
-        categories=vocabulary, notes=notes,
+        "lastfm-2k",
+        [User(u) for u in user_ids],
+        items,
+        user_idx,
+        item_idx,
+        weights,
+        None,
+        explicit=False,
+        social_src=src_idx,
+        social_dst=dst_idx,
+        social_kind="friend",
+        categories=vocabulary,
+        notes=notes,
     )
 
 
@@ -90,7 +100,9 @@ def _artist_tags(assignments: Source, tag_file: Source, artist_index: dict[str, 
     names_table = read_table(tag_file, ("tag id", "tag"), "\t", encoding="latin-1", header=True)
     tag_ids = names_table.strings("tag id")
     names = [t.strip() for t in names_table.strings("tag")]
-    table = read_table(assignments, ("user id", "artist id", "tag id", "day", "month", "year"), "\t", header=True)
+    table = read_table(
+        assignments, ("user id", "artist id", "tag id", "day", "month", "year"), "\t", header=True
+    )
     tag_idx = table.lookup("tag id", {t: k for k, t in enumerate(tag_ids)}, "tag id", "tags.dat")
     per_artist: dict[int, Counter] = defaultdict(Counter)
     overall: Counter = Counter()
@@ -108,7 +120,9 @@ def _artist_tags(assignments: Source, tag_file: Source, artist_index: dict[str, 
     def ranked(counter: Counter) -> list[tuple[str, int]]:
         return [(names[t], c) for t, c in sorted(counter.items(), key=lambda tc: (-tc[1], tc[0]))]
 
-    return _TagStats({k: ranked(c) for k, c in per_artist.items()}, ranked(overall), skipped_rows, len(skipped_artists))
+    return _TagStats(
+        {k: ranked(c) for k, c in per_artist.items()}, ranked(overall), skipped_rows, len(skipped_artists)
+    )
 
 
 def _vocabulary(overall: list[tuple[str, int]], size: int) -> list[str]:
@@ -122,7 +136,9 @@ def _vocabulary(overall: list[tuple[str, int]], size: int) -> list[str]:
     return vocabulary
 
 
-def _artist_item(artist_id: str, name: str, tags: list[tuple[str, int]], vocabulary: set[str], top: int) -> Item:
+def _artist_item(
+    artist_id: str, name: str, tags: list[tuple[str, int]], vocabulary: set[str], top: int
+) -> Item:
     # dict.fromkeys de-duplicates names while keeping the most-used-first order.
     names = list(dict.fromkeys(t for t, _ in tags))
     text = f"{name}. Tags: {', '.join(names[:top])}." if names else name

@@ -23,7 +23,13 @@ from pathlib import Path
 import numpy as np
 
 from mtrec.data.errors import DataError
-from mtrec.data.readers import Source, iter_csv_records, iter_jsonl_records, missing_files_error, unknown_id_error
+from mtrec.data.readers import (
+    Source,
+    iter_csv_records,
+    iter_jsonl_records,
+    missing_files_error,
+    unknown_id_error,
+)
 from mtrec.data.records import Item, RecDataset, User
 from mtrec.data.registry import register
 
@@ -35,7 +41,9 @@ SOCIAL_KINDS = ("friend", "trust")
 
 
 @register("local")
-def load_local(folder: Path, rating_scale: tuple[float, float] | None = None, name: str | None = None) -> RecDataset:
+def load_local(
+    folder: Path, rating_scale: tuple[float, float] | None = None, name: str | None = None
+) -> RecDataset:
     """Load a folder in the local format.
 
     Args:
@@ -79,8 +87,14 @@ def _open(folder: Path, stem: str, columns: tuple, required: bool) -> tuple[Sour
     if not found:
         if required:
             needed = ["items.csv|items.jsonl", "interactions.csv|interactions.jsonl"]
-            raise missing_files_error(folder, "local", [f"{stem}.csv|{stem}.jsonl"], needed,
-                                      hint="See docs/data-format.md for the format.")
+            raise missing_files_error(
+                folder,
+                "local",
+                [f"{stem}.csv|{stem}.jsonl"],
+                needed,
+                hint="See docs/data-format.md for the format.",
+                under_data_dir=False,
+            )
         return None
     source = Source(found[0])
     reader = iter_csv_records if found[0].suffix == ".csv" else iter_jsonl_records
@@ -98,7 +112,9 @@ def _read_items(folder: Path) -> tuple[list[Item], Source]:
         title = _text(row["title"])
         if not title:
             raise DataError(source, "empty title; every item needs a title", line)
-        items.append(Item(item_id, title, _text(row.get("text")), _categories(row.get("categories"), source, line)))
+        items.append(
+            Item(item_id, title, _text(row.get("text")), _categories(row.get("categories"), source, line))
+        )
     return items, source
 
 
@@ -117,7 +133,9 @@ def _read_users(folder: Path) -> tuple[dict[str, User], Source | None]:
     return users, source
 
 
-def _read_interactions(folder: Path, items: list[Item], users: dict[str, User], items_src: Source) -> tuple[dict, bool]:
+def _read_interactions(
+    folder: Path, items: list[Item], users: dict[str, User], items_src: Source
+) -> tuple[dict, bool]:
     """Interaction columns (user ids, item positions, values, timestamps); adds unseen users to `users`."""
     source, records = _open(folder, "interactions", INTERACTION_COLUMNS, required=True)
     item_index = {it.id: k for k, it in enumerate(items)}
@@ -126,7 +144,10 @@ def _read_interactions(folder: Path, items: list[Item], users: dict[str, User], 
     untimed_line = timed_line = None  # first line without / with a timestamp
     for line, row in records:
         value_field = value_field or _value_field(row, source, line)  # fixed by the first row
-        user_id, item_id = _id(row["user_id"], "user_id", source, line), _id(row["item_id"], "item_id", source, line)
+        user_id, item_id = (
+            _id(row["user_id"], "user_id", source, line),
+            _id(row["item_id"], "item_id", source, line),
+        )
         if item_id not in item_index:
             raise unknown_id_error(source, line, "item_id", item_id, items_src.filename)
         if user_id not in users:
@@ -142,8 +163,11 @@ def _read_interactions(folder: Path, items: list[Item], users: dict[str, User], 
     if value_field is None:
         raise DataError(source, "no interactions; expected at least one row")
     if timed_line and untimed_line:
-        raise DataError(source, f"no timestamp, while line {timed_line} has one; give every row a timestamp or none",
-                        untimed_line)
+        raise DataError(
+            source,
+            f"no timestamp, while line {timed_line} has one; give every row a timestamp or none",
+            untimed_line,
+        )
     cols["timestamp"] = np.asarray(cols["timestamp"], np.int64) if timed_line else None
     return cols, value_field == "rating"
 
@@ -152,7 +176,11 @@ def _value_field(row: dict, source: Source, line: int) -> str:
     present = [f for f in ("rating", "weight") if f in row]
     if len(present) != 1:
         found = "both" if present else "neither"
-        raise DataError(source, f"expected exactly one of the columns rating (explicit) or weight (implicit), found {found}", line)
+        raise DataError(
+            source,
+            f"expected exactly one of the columns rating (explicit) or weight (implicit), found {found}",
+            line,
+        )
     return present[0]
 
 
@@ -167,13 +195,19 @@ def _read_social(folder: Path, user_index: dict[str, int]) -> tuple[np.ndarray, 
         if this_kind not in SOCIAL_KINDS:
             raise DataError(source, f"kind {this_kind!r}; expected one of {', '.join(SOCIAL_KINDS)}", line)
         if kind is not None and this_kind != kind:
-            raise DataError(source, f"kind {this_kind!r} differs from {kind!r} on line {kind_line}; "
-                                    f"a data set holds one kind of social relation", line)
+            raise DataError(
+                source,
+                f"kind {this_kind!r} differs from {kind!r} on line {kind_line}; "
+                f"a data set holds one kind of social relation",
+                line,
+            )
         kind, kind_line = this_kind, kind_line or line
         for field, out in (("source", src), ("target", dst)):
             user_id = _id(row[field], field, source, line)
             if user_id not in user_index:
-                raise unknown_id_error(source, line, f"user ({field})", user_id, "the users and interactions files")
+                raise unknown_id_error(
+                    source, line, f"user ({field})", user_id, "the users and interactions files"
+                )
             out.append(user_index[user_id])
     return np.asarray(src, np.int64), np.asarray(dst, np.int64), kind or "friend"
 
@@ -214,7 +248,9 @@ def _timestamp(value: object, source: Source, line: int) -> int:
     try:
         moment = datetime.fromisoformat(text)
     except ValueError:
-        raise DataError(source, f"field 'timestamp' is {value!r}; expected unix seconds or an ISO 8601 date", line) from None
+        raise DataError(
+            source, f"field 'timestamp' is {value!r}; expected unix seconds or an ISO 8601 date", line
+        ) from None
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=timezone.utc)
     return int(moment.timestamp())
@@ -228,5 +264,7 @@ def _categories(value: object, source: Source, line: int) -> tuple[str, ...]:
     elif isinstance(value, list) and all(isinstance(v, str) for v in value):
         parts = value
     else:
-        raise DataError(source, f"field 'categories' is {value!r}; expected names separated by '|' (or a JSON list)", line)
+        raise DataError(
+            source, f"field 'categories' is {value!r}; expected names separated by '|' (or a JSON list)", line
+        )
     return tuple(dict.fromkeys(p.strip() for p in parts if p.strip()))

@@ -26,6 +26,7 @@ from mtrec.data.registry import register
 
 RATING_SCALE = (1.0, 5.0)
 
+# fmt: off
 ML1M_AGES = {
     "1": "Under 18", "18": "18-24", "25": "25-34", "35": "35-44", "45": "45-49", "50": "50-55", "56": "56+",
 }
@@ -40,6 +41,7 @@ ML1M_GENRES = (
     "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery", "Romance", "Sci-Fi", "Thriller", "War",
     "Western",
 )
+# fmt: on
 
 
 def movie_text(genres: Sequence[str], released: str) -> str:
@@ -76,7 +78,9 @@ def _read_100k_genres(source: Source) -> list[str]:
     table = read_table(source, ("genre", "genre index"), "|")
     codes = table.ints("genre index")
     if sorted(codes.tolist()) != list(range(len(codes))):
-        raise DataError(source, f"genre indices are {codes.tolist()}; expected 0..{len(codes) - 1}, each once")
+        raise DataError(
+            source, f"genre indices are {codes.tolist()}; expected 0..{len(codes) - 1}, each once"
+        )
     names = table.strings("genre")
     return [names[k] for k in np.argsort(codes)]
 
@@ -86,7 +90,7 @@ def _read_100k_items(source: Source, genres: list[str]) -> list[Item]:
     table = read_table(source, head + tuple(f"genre flag {g}" for g in genres), "|", encoding="latin-1")
     items = []
     for line_no, fields in table:
-        flags = fields[len(head):]
+        flags = fields[len(head) :]
         if not set(flags) <= {"0", "1"}:
             bad = next(k for k, f in enumerate(flags) if f not in ("0", "1"))
             raise DataError(source, f"genre flag {genres[bad]!r} is {flags[bad]!r}; expected 0 or 1", line_no)
@@ -109,7 +113,9 @@ def load_movielens_1m(root: Path, download: bool = False, keep_unrated: bool = F
     items, genres = _read_1m_movies(src["movies.dat"])
     users = _read_1m_users(src["users.dat"])
     ratings = read_table(src["ratings.dat"], ("user id", "movie id", "rating", "timestamp"), "::")
-    return _build("movielens-1m", users, items, ratings, genres, keep_unrated, src["users.dat"], src["movies.dat"])
+    return _build(
+        "movielens-1m", users, items, ratings, genres, keep_unrated, src["users.dat"], src["movies.dat"]
+    )
 
 
 def _read_1m_movies(source: Source) -> tuple[list[Item], list[str]]:
@@ -129,11 +135,15 @@ def _read_1m_users(source: Source) -> list[User]:
     users = []
     for line_no, (user_id, gender, age, occupation, zip_code) in table:
         if age not in ML1M_AGES:
-            raise DataError(source, f"field 'age' is {age!r}; expected one of the codes {', '.join(ML1M_AGES)}", line_no)
+            raise DataError(
+                source, f"field 'age' is {age!r}; expected one of the codes {', '.join(ML1M_AGES)}", line_no
+            )
         job = ML1M_OCCUPATIONS.get(int(occupation)) if occupation.isdigit() else None
         if job is None:
             raise DataError(source, f"field 'occupation' is {occupation!r}; expected a code 0-20", line_no)
-        users.append(User(user_id, {"age": ML1M_AGES[age], "gender": gender, "occupation": job, "zip": zip_code}))
+        users.append(
+            User(user_id, {"age": ML1M_AGES[age], "gender": gender, "occupation": job, "zip": zip_code})
+        )
     return users
 
 
@@ -149,9 +159,13 @@ def _build(
     item_file: Source,
 ) -> RecDataset:
     """Interactions from `ratings` (user id, movie/item id, rating, timestamp) -> RecDataset."""
-    id_columns = ratings.columns[:2]
-    user_idx = ratings.lookup(id_columns[0], {u.id: k for k, u in enumerate(users)}, "user id", user_file.filename)
-    item_idx = ratings.lookup(id_columns[1], {it.id: k for k, it in enumerate(items)}, "movie id", item_file.filename)
+    user_column, item_column = ratings.columns[:2]
+    user_idx = ratings.lookup(
+        user_column, {u.id: k for k, u in enumerate(users)}, user_column, user_file.filename
+    )
+    item_idx = ratings.lookup(
+        item_column, {it.id: k for k, it in enumerate(items)}, item_column, item_file.filename
+    )
     values = ratings.floats("rating")
     out = np.flatnonzero((values < RATING_SCALE[0]) | (values > RATING_SCALE[1]))
     if len(out):
@@ -164,12 +178,20 @@ def _build(
         users, user_idx, n_users = _drop_unused(users, user_idx)
         items, item_idx, n_items = _drop_unused(items, item_idx)
         if n_users:
-            cleaning.append(f"dropped {n_users:,} users with no rating (keep_unrated=True keeps them)")
+            cleaning.append(f"users with no rating: {n_users:,} dropped (keep_unrated=True keeps them)")
         if n_items:
-            cleaning.append(f"dropped {n_items:,} movies with no rating (keep_unrated=True keeps them)")
+            cleaning.append(f"movies with no rating: {n_items:,} dropped (keep_unrated=True keeps them)")
     return RecDataset(
-        name, users, items, user_idx, item_idx, values, timestamps,
-        explicit=True, categories=genres, rating_scale=RATING_SCALE,
+        name,
+        users,
+        items,
+        user_idx,
+        item_idx,
+        values,
+        timestamps,
+        explicit=True,
+        categories=genres,
+        rating_scale=RATING_SCALE,
         notes={"raw": raw, "cleaning": cleaning},
     )
 

@@ -16,6 +16,7 @@ import zipfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import NoReturn
 
 import numpy as np
 
@@ -59,6 +60,8 @@ class Source:
             raise DataError(self, "member not found in the archive") from None
         except zipfile.BadZipFile as exc:
             raise DataError(self.path, f"not a readable zip archive ({exc})") from None
+        except OSError as exc:  # permissions, I/O errors
+            raise DataError(self, f"cannot read the file ({exc.strerror or exc})") from None
 
 
 def zip_member(archive: Path, filename: str) -> str | None:
@@ -113,14 +116,18 @@ def missing_files_error(
     required: Sequence[str],
     archives: Sequence[str] = (),
     hint: str = "",
+    under_data_dir: bool = True,
 ) -> DataError:
-    """The `DataError` for files a data set needs but the folder lacks."""
+    """The `DataError` for files a data set needs but the folder lacks.
+
+    `under_data_dir`: the folder lies under the data folder (say how to point MTREC_DATA_DIR at it).
+    """
     where = "folder not found" if not folder.is_dir() else f"missing {', '.join(missing)}"
     alt = f" (or the official archive {' / '.join(archives)} in that folder)" if archives else ""
-    message = (
-        f"{where}. Data set {dataset!r} expects the folder {folder.name}/ to hold: "
-        f"{', '.join(required)}{alt}. {DATA_DIR_HINT} (now: {folder.parent})."
-    )
+    message = f"{where}. Data set {dataset!r} expects the folder {folder.name}/ to hold: "
+    message += f"{', '.join(required)}{alt}."
+    if under_data_dir:
+        message += f" {DATA_DIR_HINT} (now: {folder.parent})."
     return DataError(folder, message + (f" {hint}" if hint else ""))
 
 
@@ -255,7 +262,7 @@ class Table:
                     self._raise_bad(column, row, expected)
             raise
 
-    def _raise_bad(self, column: str, row: int, expected: str):
+    def _raise_bad(self, column: str, row: int, expected: str) -> NoReturn:
         value = self.strings(column)[row]
         raise DataError(self.source, f"field {column!r} is {value!r}; expected {expected}", self.line(row))
 
@@ -294,9 +301,13 @@ def read_table(
     return Table(source, columns, delimiter.join(lines).split(delimiter), line_nos)
 
 
-def unknown_id_error(source: Source | str, line: int | None, what: str, value: str, defined_in: str) -> DataError:
+def unknown_id_error(
+    source: Source | str, line: int | None, what: str, value: str, defined_in: str
+) -> DataError:
     """An id that the defining file does not list."""
-    return DataError(source, f"unknown {what} {value!r}: the valid ids are those listed in {defined_in}", line)
+    return DataError(
+        source, f"unknown {what} {value!r}: the valid ids are those listed in {defined_in}", line
+    )
 
 
 # ---- records with named columns (CSV with header, JSON lines) --------------------------------
@@ -310,22 +321,31 @@ def iter_csv_records(
     """
     text = read_text(source, "utf-8", f"a CSV file with a header row ({', '.join(required)})")
     reader = csv.reader(io.StringIO(text, newline=""))
-    header = [h.strip() for h in next(reader)]
+    try:
+        header = [h.strip() for h in next(reader)]
+    except csv.Error as exc:
+        raise DataError(source, f"not valid CSV ({exc}); expected a header row", 1) from None
     _check_header(source, header, required, optional)
     start = reader.line_num + 1
-    for fields in reader:
-        if fields and any(f.strip() for f in fields):
-            if len(fields) != len(header):
-                raise field_count_error(source, start, ",".join(fields), ",", header, len(fields))
-            yield start, dict(zip(header, fields))
-        start = reader.line_num + 1
+    try:
+        for fields in reader:
+            if fields and any(f.strip() for f in fields):
+                if len(fields) != len(header):
+                    raise field_count_error(source, start, ",".join(fields), ",", header, len(fields))
+                yield start, dict(zip(header, fields))
+            start = reader.line_num + 1
+    except csv.Error as exc:  # e.g. a quote left open until the end of the file
+        raise DataError(source, f"not valid CSV ({exc}); expected comma-separated fields", start) from None
 
 
-def _check_header(source: Source, header: Sequence[str], required: Sequence[str], optional: Sequence[str]) -> None:
+def _check_header(
+    source: Source, header: Sequence[str], required: Sequence[str], optional: Sequence[str]
+) -> None:
     missing = [c for c in required if c not in header]
     if missing:
         expected = ", ".join(list(required) + [f"{c} (optional)" for c in optional])
-        hint = " — is the delimiter ','?" if len(header) == 1 else ""
+        used = [d for d in _CANDIDATE_DELIMITERS if len(header) == 1 and d != "," and d in header[0]]
+        hint = f" — the header seems to use {_show(used[0])}; columns must be comma-separated" if used else ""
         raise DataError(
             source,
             f"header lacks the column(s) {', '.join(missing)}; expected columns: {expected}; "
@@ -350,11 +370,17 @@ def iter_jsonl_records(
             record = json.loads(line)
         except json.JSONDecodeError as exc:
             raise DataError(
-                source, f"not valid JSON ({exc.msg} at column {exc.colno}); expected one JSON object per line", line_no
+                source,
+                f"not valid JSON ({exc.msg} at column {exc.colno}); expected one JSON object per line",
+                line_no,
             ) from None
         if not isinstance(record, dict):
-            raise DataError(source, f"expected a JSON object with keys {expected}, found {type(record).__name__}", line_no)
+            raise DataError(
+                source, f"expected a JSON object with keys {expected}, found {type(record).__name__}", line_no
+            )
         missing = [k for k in required if record.get(k) is None]
         if missing:
-            raise DataError(source, f"missing key(s) {', '.join(missing)}; expected keys: {expected}", line_no)
+            raise DataError(
+                source, f"missing key(s) {', '.join(missing)}; expected keys: {expected}", line_no
+            )
         yield line_no, record

@@ -18,10 +18,12 @@ import numpy as np
 from mtrec.data.records import Item, RecDataset, User
 from mtrec.data.registry import register
 
+# fmt: off
 CATEGORY_NAMES = (
     "jazz", "rock", "classical", "folk", "electronic", "blues", "hip-hop", "soul", "country",
     "reggae", "metal", "pop", "punk", "ambient", "funk", "gospel", "latin", "opera",
 )
+# fmt: on
 START_TIME = 1_600_000_000  # 2020-09-13, so the timestamps look like real ones
 CANDIDATE_FRIENDS = 30
 
@@ -46,30 +48,56 @@ def load_synthetic(
         explicit: 1-5 ratings (True) or implicit play counts (False).
         social: generate friend edges with homophily.
     """
-    low, high = (int(v) for v in interactions_per_user)
-    if min(num_users, num_items, num_categories, low) < 1 or low > high:
-        raise ValueError(
-            "synthetic: num_users, num_items, num_categories and interactions_per_user must be positive, "
-            f"with min <= max; got {num_users}, {num_items}, {num_categories}, {interactions_per_user}"
-        )
+    low, high = _check_sizes(num_users, num_items, num_categories, interactions_per_user)
     rng = np.random.default_rng(seed)
-    names = [CATEGORY_NAMES[k] if k < len(CATEGORY_NAMES) else f"style {k + 1}" for k in range(num_categories)]
+    names = [
+        CATEGORY_NAMES[k] if k < len(CATEGORY_NAMES) else f"style {k + 1}" for k in range(num_categories)
+    ]
     tastes = rng.dirichlet(np.full(num_categories, 0.5), size=num_users)
     item_cats, items = _items(rng, num_items, names)
     quality = rng.normal(0.0, 0.4, num_items)
     user_idx, item_idx, values, timestamps = _interactions(
-        rng, tastes @ item_cats.T, quality, (low, min(high, num_items)), explicit
+        rng, tastes @ item_cats.T, quality, (min(low, num_items), min(high, num_items)), explicit
     )
     src, dst = _friends(rng, tastes) if social else (None, None)
     users = [User(str(u + 1)) for u in range(num_users)]
-    options = dict(num_users=num_users, num_items=num_items, num_categories=num_categories,
-                   interactions_per_user=(low, high), seed=seed, explicit=explicit, social=social)
+    options = {
+        "num_users": num_users,
+        "num_items": num_items,
+        "num_categories": num_categories,
+        "interactions_per_user": (low, high),
+        "seed": seed,
+        "explicit": explicit,
+        "social": social,
+    }
     return RecDataset(
-        "synthetic", users, items, user_idx, item_idx, values, timestamps,
-        explicit=explicit, social_src=src, social_dst=dst, social_kind="friend",
-        categories=names, rating_scale=(1.0, 5.0) if explicit else None,
+        "synthetic",
+        users,
+        items,
+        user_idx,
+        item_idx,
+        values,
+        timestamps,
+        explicit=explicit,
+        social_src=src,
+        social_dst=dst,
+        social_kind="friend",
+        categories=names,
+        rating_scale=(1.0, 5.0) if explicit else None,
         notes={"generator": options},
     )
+
+
+def _check_sizes(
+    num_users: int, num_items: int, num_categories: int, per_user: tuple[int, int]
+) -> tuple[int, int]:
+    low, high = (int(v) for v in per_user)
+    if min(num_users, num_items, num_categories, low) < 1 or low > high:
+        raise ValueError(
+            "synthetic: num_users, num_items, num_categories and interactions_per_user must be positive, "
+            f"with min <= max; got {num_users}, {num_items}, {num_categories}, {per_user}"
+        )
+    return low, high
 
 
 def _items(rng: np.random.Generator, num_items: int, names: list[str]) -> tuple[np.ndarray, list[Item]]:
@@ -90,7 +118,11 @@ def _items(rng: np.random.Generator, num_items: int, names: list[str]) -> tuple[
 
 
 def _interactions(
-    rng: np.random.Generator, affinity: np.ndarray, quality: np.ndarray, length: tuple[int, int], explicit: bool
+    rng: np.random.Generator,
+    affinity: np.ndarray,
+    quality: np.ndarray,
+    length: tuple[int, int],
+    explicit: bool,
 ) -> tuple[np.ndarray, ...]:
     """Per user: a history of distinct items drawn by affinity, values and increasing timestamps."""
     users, items, values, times = [], [], [], []
@@ -101,7 +133,9 @@ def _interactions(
         chosen = rng.choice(len(row), size=n, replace=False, p=p / p.sum())
         noise = rng.normal(0.0, 0.5, n)
         if explicit:
-            value = np.clip(np.rint(1.0 + 4.0 * relative[chosen] + quality[chosen] + rng.normal(0, 0.3) + noise), 1, 5)
+            value = np.clip(
+                np.rint(1.0 + 4.0 * relative[chosen] + quality[chosen] + rng.normal(0, 0.3) + noise), 1, 5
+            )
         else:
             value = np.maximum(1.0, np.rint(np.exp(1.0 + 3.0 * relative[chosen] + quality[chosen] + noise)))
         start = START_TIME + int(rng.integers(0, 90 * 86400))

@@ -395,7 +395,9 @@ def _check_loading_info(model: nn.Module, info: dict[str, Any], where: str) -> N
     if pooler_keys:
         warnings.warn(f"{where}: pooler weights not in checkpoint ({sorted(pooler_keys)}); do not use pooling='pooler'")
     if missing - pooler_keys:
-        raise RuntimeError(f"{where}: weights missing from the checkpoint, left random: {sorted(missing - pooler_keys)}")
+        raise RuntimeError(
+            f"{where}: weights missing from the checkpoint, left random: {sorted(missing - pooler_keys)}"
+        )
 
 
 # ----------------------------------------------------------------------------- pooling
@@ -420,12 +422,16 @@ def default_pooling(config: Any) -> str:
 
     model_type = getattr(config, "model_type", None)
     if getattr(config, "is_encoder_decoder", False):
-        raise NotImplementedError(f"encoder-decoder backbones ({model_type}) are not supported; use a decoder or an encoder")
+        raise NotImplementedError(
+            f"encoder-decoder backbones ({model_type}) are not supported; use a decoder or an encoder"
+        )
     if model_type in MODEL_FOR_MASKED_LM_MAPPING_NAMES and not getattr(config, "is_decoder", False):
         return "mean"
     if model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
         return "last"
-    raise ValueError(f"cannot tell whether model type {model_type!r} is a decoder or an encoder; set the pooling explicitly")
+    raise ValueError(
+        f"cannot tell whether model type {model_type!r} is a decoder or an encoder; set the pooling explicitly"
+    )
 
 
 def pool_hidden(
@@ -503,7 +509,9 @@ def lora_target_modules(model: nn.Module) -> list[str]:
     """
     names = {n for block in _blocks(model) for n in _projection_leaves(block)}
     if not names:
-        raise ValueError(f"{type(model).__name__} has no Linear layers inside an nn.ModuleList; set LoRA targets explicitly")
+        raise ValueError(
+            f"{type(model).__name__} has no Linear layers inside an nn.ModuleList; set LoRA targets explicitly"
+        )
     return sorted(names)
 
 
@@ -527,7 +535,9 @@ def attention_projections(model: nn.Module) -> list[str]:
             (inside if is_attention else outside).update(_projection_leaves(child))
     names = inside - outside
     if not names:
-        raise ValueError(f"cannot find the attention projections of {type(model).__name__}; set LoRA targets explicitly")
+        raise ValueError(
+            f"cannot find the attention projections of {type(model).__name__}; set LoRA targets explicitly"
+        )
     return sorted(names)
 
 

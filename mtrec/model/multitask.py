@@ -40,7 +40,8 @@ class TaskHeads(nn.Module):
     """
 
     def __init__(self, hidden: int, num_categories: int, item_table: torch.Tensor, item_bias: torch.Tensor,
-                 rating_scale: tuple[float, float] | None, rating_mean: float | None = None) -> None:
+                 rating_scale: tuple[float, float] | None, rating_mean: float | None = None,
+                 item_rating_offset: torch.Tensor | None = None, item_like_offset: torch.Tensor | None = None) -> None:
         super().__init__()
         item_dim = item_table.shape[1]
         self.norm = nn.LayerNorm(hidden)
@@ -51,6 +52,11 @@ class TaskHeads(nn.Module):
         self.item_table = nn.Parameter(item_table.clone().float())
         self.item_bias = nn.Parameter(item_bias.clone().float())
         self.log_scale = nn.Parameter(torch.tensor(math.log(10.0)))
+        # Per-item offsets (logit space) for the rating and like heads: the named item's own
+        # tendency, so the backbone learns what the user's history adds on top of it.
+        zeros = torch.zeros(item_table.shape[0])
+        self.item_rating_offset = nn.Parameter((zeros if item_rating_offset is None else item_rating_offset).clone().float())
+        self.item_like_offset = nn.Parameter((zeros if item_like_offset is None else item_like_offset).clone().float())
         # log variances for uncertainty weighting (Kendall et al. 2018); unused with fixed weights
         self.log_vars = nn.Parameter(torch.zeros(NUM_KINDS))
         lo, hi = rating_scale or (0.0, 1.0)
@@ -66,17 +72,30 @@ class TaskHeads(nn.Module):
                 p = min(max((rating_mean - lo) / (hi - lo), 1e-3), 1 - 1e-3)
                 self.rating.bias.fill_(math.log(p / (1 - p)))
 
-    def forward(self, pooled: torch.Tensor, item_subset: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        """Outputs of every head for every row; `item_subset` limits item scores to those columns."""
+    def forward(self, pooled: torch.Tensor, item_subset: torch.Tensor | None = None,
+                items: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Outputs of every head for every row.
+
+        Args:
+            pooled: [B, hidden] pooled backbone states.
+            item_subset: limit item scores to these columns (sampled softmax).
+            items: [B] the item each row names (rating/like rows; -1 or anything for others), whose
+                offsets are added; None adds none.
+        """
         x = self.norm(pooled.float())
+        rating_z, like_z = self.rating(x).squeeze(-1), self.like(x).squeeze(-1)
+        if items is not None:
+            named = items.clamp(min=0)
+            rating_z = rating_z + self.item_rating_offset[named]
+            like_z = like_z + self.item_like_offset[named]
         table, bias = self.item_table, self.item_bias
         if item_subset is not None:
             table, bias = table[item_subset], bias[item_subset]
         q = F.normalize(self.query(x), dim=-1)
         item_logits = self.log_scale.exp() * (q @ F.normalize(table, dim=-1).T) + bias
         return {
-            "rating": self.rating_lo + (self.rating_hi - self.rating_lo) * torch.sigmoid(self.rating(x).squeeze(-1)),
-            "like_logit": self.like(x).squeeze(-1),
+            "rating": self.rating_lo + (self.rating_hi - self.rating_lo) * torch.sigmoid(rating_z),
+            "like_logit": like_z,
             "category_logits": self.categories(x),
             "item_logits": item_logits,
             "log_vars": self.log_vars,
@@ -97,8 +116,8 @@ class RecModel(nn.Module):
         return pool_hidden(out.last_hidden_state, attention_mask, self.pooling, getattr(out, "pooler_output", None))
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                item_subset: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        return self.heads(self.encode(input_ids, attention_mask), item_subset)
+                item_subset: torch.Tensor | None = None, items: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        return self.heads(self.encode(input_ids, attention_mask), item_subset, items)
 
 
 def row_losses(out: dict[str, torch.Tensor], batch: dict[str, torch.Tensor],

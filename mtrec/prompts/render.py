@@ -8,8 +8,11 @@ Rules (deterministic, no randomness):
    the trailing one is where a decoder's last-token pooling reads the answer.
 3. If the whole prompt exceeds ``max_length``, own history keeps its newest entries and drops the
    oldest, then social context does the same (at most ``social_share`` of the spare budget is held
-   for it while history is cut), then candidates; the largest counts that fit are found by binary
-   search on the real token count. The counts cut are returned.
+   for it while history is cut), then candidates; the largest counts that fit are found on the real
+   token count. The search starts from an estimate (the measured cost of a whole list spread over
+   its entries by their own token counts) and gallops, then bisects, from there: the same counts
+   as a plain binary search, with ~2 tokenisations per list instead of ~log2(n). The counts cut
+   are returned.
 4. If nothing is left to cut and the prompt still does not fit, `PromptTooLongError` names the
    template and the lengths; no prompt is ever returned over budget.
 """
@@ -73,6 +76,7 @@ class PromptRenderer:
         specials = set(getattr(tokenizer, "all_special_tokens", [])) | set(self.instruction_tokens.values())
         self._specials = sorted((s for s in specials if s), key=len, reverse=True)
         self._cap = lru_cache(maxsize=200_000)(self._cap_uncached)
+        self._ntok = lru_cache(maxsize=200_000)(self._ntok_uncached)
 
     # ---- field hygiene ------------------------------------------------------------------------
     def _defuse(self, text: str) -> str:
@@ -89,6 +93,9 @@ class PromptRenderer:
         if len(ids) <= limit:
             return text
         return self.tokenizer.decode(ids[:limit], skip_special_tokens=True).rstrip() + "…"
+
+    def _ntok_uncached(self, text: str) -> int:
+        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
     def clean(self, example):
         """A copy of `example` with every text value capped and defused."""
@@ -123,22 +130,38 @@ class PromptRenderer:
         """Render `example` with `template`, cut to `max_length` tokens (see module docstring)."""
         ex = self.clean(example)
         budget = self.options.max_length
-        full = self._attempt(ex, template, len(ex.history), len(ex.social), self._n_cands(ex))
-        if len(full[1]) <= budget:
-            return self._result(full, template, ex, len(ex.history), len(ex.social), self._n_cands(ex))
-        # Hold back part of the spare budget for social context while history is cut.
-        empty = self._attempt(ex, template, 0, 0, 0)
-        if len(empty[1]) > budget:
+        n_h, n_s, n_c = len(ex.history), len(ex.social), self._n_cands(ex)
+        memo: dict[tuple[int, int, int], tuple[str, list[int]]] = {}
+
+        def attempt(h: int, s: int, c: int) -> tuple[str, list[int]]:
+            if (h, s, c) not in memo:
+                memo[h, s, c] = self._attempt(ex, template, h, s, c)
+            return memo[h, s, c]
+
+        def size(h: int, s: int, c: int) -> int:
+            return len(attempt(h, s, c)[1])
+
+        full = size(n_h, n_s, n_c)
+        if full <= budget:
+            return self._result(attempt(n_h, n_s, n_c), template, ex, n_h, n_s, n_c)
+        empty = size(0, 0, 0)
+        if empty > budget:
             raise PromptTooLongError(
-                f"template {template.id!r} ({template.task}) needs {len(empty[1])} tokens with no history, social "
+                f"template {template.id!r} ({template.task}) needs {empty} tokens with no history, social "
                 f"context or candidates, over max_length={budget}; raise prompt.max_length or shorten the template"
             )
-        social_cost = len(self._attempt(ex, template, 0, len(ex.social), 0)[1]) - len(empty[1])
-        reserve = min(social_cost, int(self.options.social_share * (budget - len(empty[1]))))
-        h = _largest(len(ex.history), lambda k: len(self._attempt(ex, template, k, 0, 0)[1]) <= budget - reserve)
-        s = _largest(len(ex.social), lambda k: len(self._attempt(ex, template, h, k, 0)[1]) <= budget)
-        c = _largest(self._n_cands(ex), lambda k: len(self._attempt(ex, template, h, s, k)[1]) <= budget)
-        return self._result(self._attempt(ex, template, h, s, c), template, ex, h, s, c)
+        # Hold back part of the spare budget for social context while history is cut.
+        social_cost = size(0, n_s, 0) - empty
+        reserve = min(social_cost, int(self.options.social_share * (budget - empty)))
+        h_guess = _guess([self._ntok(e.title) + 2 for e in ex.history], empty, full - social_cost - empty, budget - reserve)
+        h = _largest(n_h, lambda k: size(k, 0, 0) <= budget - reserve, h_guess)
+        base = size(h, 0, 0)
+        s_guess = _guess([self._ntok(e.title) + 2 for e in ex.social], base, social_cost, budget)
+        s = _largest(n_s, lambda k: size(h, k, 0) <= budget, s_guess)
+        cand_costs = [self._ntok(t) + 1 for t in getattr(ex, "candidates", ())]
+        c_guess = _guess(cand_costs, size(h, s, 0) if n_c else base, sum(cand_costs), budget)
+        c = _largest(n_c, lambda k: size(h, s, k) <= budget, c_guess)
+        return self._result(attempt(h, s, c), template, ex, h, s, c)
 
     @staticmethod
     def _n_cands(ex) -> int:
@@ -155,9 +178,41 @@ class PromptRenderer:
         return RenderedPrompt(text, ids, template.id, h, len(ex.history) - h, s, len(ex.social) - s, self._n_cands(ex) - c)
 
 
-def _largest(n: int, fits) -> int:
-    """The largest k in [0, n] with fits(k), assuming fits is monotone (True then False)."""
+def _guess(costs: list[int], base: int, total: int, limit: int) -> int:
+    """How many leading entries fit `limit`, estimating the length with k entries as
+    ``base + total * (cost of the first k) / (cost of all)``."""
+    whole = sum(costs)
+    k, run = 0, 0
+    for cost in costs:
+        run += cost
+        if base + total * run / max(whole, 1) > limit:
+            break
+        k += 1
+    return k
+
+
+def _largest(n: int, fits, guess: int = 0) -> int:
+    """The largest k in [0, n] with fits(k), assuming fits is monotone (True then False); 0 when
+    no k >= 1 fits. Probes around `guess` first (galloping), then bisects the bracket found."""
     lo, hi = 0, n
+    g = min(max(guess, 0), n)
+    step = 1
+    if g == 0 or fits(g):
+        lo = g
+        while lo < hi:
+            probe = min(hi, lo + step)
+            if not fits(probe):
+                hi = probe - 1
+                break
+            lo, step = probe, step * 2
+    else:
+        hi = g - 1
+        while hi > 0:
+            probe = max(1, g - step)
+            if fits(probe):
+                lo = probe
+                break
+            hi, step = probe - 1, step * 2
     while lo < hi:
         mid = (lo + hi + 1) // 2
         if fits(mid):

@@ -110,7 +110,8 @@ def test_default_pooling_from_config_class_mapping():
 
 
 def test_lora_targets_found_from_structure():
-    assert lora_target_modules(_tiny_llama()) == ["down_proj", "gate_proj", "k_proj", "o_proj", "q_proj", "up_proj", "v_proj"]
+    llama = ["down_proj", "gate_proj", "k_proj", "o_proj", "q_proj", "up_proj", "v_proj"]
+    assert lora_target_modules(_tiny_llama()) == llama
     assert lora_target_modules(_tiny_bert()) == ["dense", "key", "query", "value"]
     assert lora_target_modules(_tiny_gpt2()) == ["c_attn", "c_fc", "c_proj"]  # transformers Conv1D
     with pytest.raises(ValueError, match="explicitly"):

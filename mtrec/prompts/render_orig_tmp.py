@@ -1,0 +1,167 @@
+"""Render examples into prompts that fit a token budget, measured with the real tokenizer.
+
+Rules (deterministic, no randomness):
+1. Every free-text value (titles, item text, user attributes, candidates) is capped to a per-field
+   token count, and any instruction/special token spelled inside it is defused, so data can never
+   inject a task token.
+2. The prompt is ``<task token> body <task token>``: the leading token conditions every position,
+   the trailing one is where a decoder's last-token pooling reads the answer.
+3. If the whole prompt exceeds ``max_length``, own history keeps its newest entries and drops the
+   oldest, then social context does the same (at most ``social_share`` of the spare budget is held
+   for it while history is cut), then candidates; the largest counts that fit are found by binary
+   search on the real token count. The counts cut are returned.
+4. If nothing is left to cut and the prompt still does not fit, `PromptTooLongError` names the
+   template and the lengths; no prompt is ever returned over budget.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from functools import lru_cache
+
+from mtrec.prompts.templates import Template
+from mtrec.tasks import HistoryEntry, SocialEntry
+
+
+class PromptTooLongError(ValueError):
+    """Even with no history, social context or candidates, the prompt exceeds max_length."""
+
+
+@dataclass(frozen=True)
+class RenderOptions:
+    """Token budget settings (config section ``prompt``)."""
+
+    max_length: int = 256
+    max_title_tokens: int = 24
+    max_text_tokens: int = 48
+    max_attribute_tokens: int = 8
+    social_share: float = 0.3
+
+
+@dataclass(frozen=True)
+class RenderedPrompt:
+    """A prompt ready for the model, with what was cut to fit."""
+
+    text: str
+    input_ids: list[int]
+    template_id: str
+    history_shown: int
+    history_cut: int
+    social_shown: int
+    social_cut: int
+    candidates_cut: int = 0
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.input_ids)
+
+
+class PromptRenderer:
+    """Renders examples with a tokenizer and instruction tokens under `RenderOptions`.
+
+    Args:
+        tokenizer: a Hugging Face tokenizer that already holds the instruction tokens.
+        instruction_tokens: task -> token string (e.g. ``{"rating": "<|rating|>"}``).
+        options: budget settings.
+    """
+
+    def __init__(self, tokenizer, instruction_tokens: dict[str, str], options: RenderOptions | None = None) -> None:
+        self.tokenizer = tokenizer
+        self.instruction_tokens = dict(instruction_tokens)
+        self.options = options or RenderOptions()
+        specials = set(getattr(tokenizer, "all_special_tokens", [])) | set(self.instruction_tokens.values())
+        self._specials = sorted((s for s in specials if s), key=len, reverse=True)
+        self._cap = lru_cache(maxsize=200_000)(self._cap_uncached)
+
+    # ---- field hygiene ------------------------------------------------------------------------
+    def _defuse(self, text: str) -> str:
+        # A zero-width space after the first character keeps the text readable but stops the
+        # tokenizer from matching a special token spelled inside data.
+        for s in self._specials:
+            if s in text:
+                text = text.replace(s, s[0] + "\u200b" + s[1:])
+        return text
+
+    def _cap_uncached(self, text: str, limit: int) -> str:
+        text = self._defuse(text)
+        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        if len(ids) <= limit:
+            return text
+        return self.tokenizer.decode(ids[:limit], skip_special_tokens=True).rstrip() + "…"
+
+    def clean(self, example):
+        """A copy of `example` with every text value capped and defused."""
+        o = self.options
+        title, text, attr = o.max_title_tokens, o.max_text_tokens, o.max_attribute_tokens
+        changes = {
+            "user_id": self._cap(example.user_id, attr),
+            "user": {self._cap(str(k), attr): self._cap(str(v), attr) for k, v in example.user.items()},
+            "history": tuple(
+                HistoryEntry(self._cap(h.title, title), h.rating, h.weight, tuple(self._cap(c, attr) for c in h.categories))
+                for h in example.history
+            ),
+            "social": tuple(
+                SocialEntry(self._cap(s.friend, attr), self._cap(s.title, title), s.rating, s.weight) for s in example.social
+            ),
+        }
+        if hasattr(example, "item_title"):
+            changes["item_title"] = self._cap(example.item_title, title)
+            changes["item_text"] = self._cap(example.item_text, text)
+            changes["item_categories"] = tuple(self._cap(c, attr) for c in example.item_categories)
+        if hasattr(example, "candidates"):
+            changes["candidates"] = tuple(self._cap(c, title) for c in example.candidates)
+        return dataclasses.replace(example, **changes)
+
+    # ---- rendering ----------------------------------------------------------------------------
+    def encode(self, task: str, body: str) -> tuple[str, list[int]]:
+        tok = self.instruction_tokens[task]
+        text = f"{tok}{body}{tok}"
+        return text, self.tokenizer(text, add_special_tokens=True)["input_ids"]
+
+    def render(self, example, template: Template) -> RenderedPrompt:
+        """Render `example` with `template`, cut to `max_length` tokens (see module docstring)."""
+        ex = self.clean(example)
+        budget = self.options.max_length
+        full = self._attempt(ex, template, len(ex.history), len(ex.social), self._n_cands(ex))
+        if len(full[1]) <= budget:
+            return self._result(full, template, ex, len(ex.history), len(ex.social), self._n_cands(ex))
+        # Hold back part of the spare budget for social context while history is cut.
+        empty = self._attempt(ex, template, 0, 0, 0)
+        if len(empty[1]) > budget:
+            raise PromptTooLongError(
+                f"template {template.id!r} ({template.task}) needs {len(empty[1])} tokens with no history, social "
+                f"context or candidates, over max_length={budget}; raise prompt.max_length or shorten the template"
+            )
+        social_cost = len(self._attempt(ex, template, 0, len(ex.social), 0)[1]) - len(empty[1])
+        reserve = min(social_cost, int(self.options.social_share * (budget - len(empty[1]))))
+        h = _largest(len(ex.history), lambda k: len(self._attempt(ex, template, k, 0, 0)[1]) <= budget - reserve)
+        s = _largest(len(ex.social), lambda k: len(self._attempt(ex, template, h, k, 0)[1]) <= budget)
+        c = _largest(self._n_cands(ex), lambda k: len(self._attempt(ex, template, h, s, k)[1]) <= budget)
+        return self._result(self._attempt(ex, template, h, s, c), template, ex, h, s, c)
+
+    @staticmethod
+    def _n_cands(ex) -> int:
+        return len(getattr(ex, "candidates", ()))
+
+    def _attempt(self, ex, template: Template, h: int, s: int, c: int) -> tuple[str, list[int]]:
+        changes = {"history": ex.history[:h], "social": ex.social[:s]}
+        if hasattr(ex, "candidates"):
+            changes["candidates"] = ex.candidates[:c]
+        return self.encode(template.task, template.render(dataclasses.replace(ex, **changes)))
+
+    def _result(self, attempt, template, ex, h: int, s: int, c: int) -> RenderedPrompt:
+        text, ids = attempt
+        return RenderedPrompt(text, ids, template.id, h, len(ex.history) - h, s, len(ex.social) - s, self._n_cands(ex) - c)
+
+
+def _largest(n: int, fits) -> int:
+    """The largest k in [0, n] with fits(k), assuming fits is monotone (True then False)."""
+    lo, hi = 0, n
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if fits(mid):
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo

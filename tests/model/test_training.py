@@ -1,0 +1,119 @@
+"""Training a tiny model: what trains, what stays frozen, the run folder, and reloading it."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from mtrec.data.splits import VALID
+from mtrec.inference import Recommender
+from mtrec.pipeline import eval_specs
+from mtrec.run import RunFolderError, check_run_dir
+from mtrec.tasks import KIND_NAMES
+from mtrec.training import build_setup, train
+
+
+def _embedding(model):
+    return model.base_model.model.backbone.get_input_embeddings()
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, tiny_backbone_dir):
+    from mtrec.config import load_config
+    from tests_paths import ROOT
+
+    cfg = load_config(ROOT / "tests/configs/tiny.yaml", [f"model.backbone={tiny_backbone_dir}", "train.max_steps=12",
+                                                         "train.eval_every=6", "train.warmup_steps=1"])
+    setup = build_setup(cfg)
+    before = {n: p.detach().clone() for n, p in setup.model.named_parameters()}
+    token_ids = torch.tensor(sorted(setup.token_ids.values()))
+    other_ids = torch.tensor([5, 100, 1000])
+    emb_before = (_embedding(setup.model)(token_ids).detach().clone(), _embedding(setup.model)(other_ids).detach().clone())
+    run_dir = tmp_path_factory.mktemp("runs") / "tiny"
+    result = train(cfg, run_dir, setup=setup)
+    return cfg, setup, before, emb_before, (token_ids, other_ids), run_dir, result
+
+
+def test_base_frozen_adapters_heads_and_token_rows_trained(trained):
+    _, setup, before, emb_before, (token_ids, other_ids), _, _ = trained
+    changed, frozen_changed = [], []
+    for name, p in setup.model.named_parameters():
+        moved = not torch.equal(before[name], p.detach())
+        if p.requires_grad:
+            changed.append((name, moved))
+        elif moved:
+            frozen_changed.append(name)
+    assert frozen_changed == [], f"frozen base weights changed: {frozen_changed[:5]}"
+    trainable = dict(changed)
+    # LoRA: B starts at zero and must move; heads (modules_to_save) and the token-row delta must move
+    assert any(moved for n, moved in trainable.items() if "lora_B" in n)
+    for part in ("modules_to_save.default.rating.weight", "modules_to_save.default.item_table",
+                 "modules_to_save.default.item_rating_offset",
+                 "modules_to_save.default.like.weight", "trainable_tokens_delta"):
+        hits = [moved for n, moved in trainable.items() if part in n]
+        assert hits and all(hits), f"{part} did not train"
+    emb = _embedding(setup.model)
+    assert not torch.allclose(emb(token_ids), emb_before[0]), "instruction-token rows did not train"
+    assert torch.equal(emb(other_ids), emb_before[1]), "ordinary token rows must stay frozen"
+
+
+def test_multitask_validation_loss_falls(trained):
+    *_, result = trained
+    losses = [h["loss"] for h in result["history"]]
+    assert result["history"][0]["step"] == 0 and result["steps"] == 12
+    assert losses[-1] < losses[0], losses
+    assert result["ranks"]["steps"] == [12]
+
+
+def test_run_folder_is_complete_and_reloads_exactly(trained):
+    cfg, setup, _, _, _, run_dir, result = trained
+    manifest = check_run_dir(run_dir)
+    assert manifest["pooling"] == "last" and set(manifest["token_ids"]) == {"rating", "preference", "recommendation"}
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["best"]["loss"] == pytest.approx(result["best"]["loss"])
+    backbone = json.loads((run_dir / "backbone.json").read_text())
+    assert backbone["kind"] == "path" and len(backbone["sha256"]) == 64
+    assert (run_dir / "prompts" / "rating.yaml").is_file()
+
+    rec = Recommender.from_run(run_dir, device="cpu")
+    specs = eval_specs(setup.split, setup.kinds, setup.example_options, VALID, max_users=8)
+    rows = np.arange(min(len(specs), 16))
+    templates = [setup.batcher.templates(KIND_NAMES[int(k)])[0] for k in specs.kind[rows]]
+    batch = setup.batcher.collate(specs, rows, templates)
+    setup.model.eval()
+    with torch.no_grad():
+        want = setup.model(batch["input_ids"], batch["attention_mask"], None, batch["item"])
+        got = rec.model(batch["input_ids"], batch["attention_mask"], None, batch["item"])
+    for key in ("rating", "like_logit", "category_logits", "item_logits"):
+        assert torch.equal(want[key], got[key]), key
+
+
+def test_recommender_api_answers(trained):
+    *_, run_dir, _ = trained
+    rec = Recommender.from_run(run_dir, device="cpu")
+    user = rec.dataset.users[0].id
+    top = rec.recommend(user, k=5)[0]
+    seen = {rec.dataset.items[i].id for i in rec.dataset.item_idx[rec.dataset.user_idx == 0]}
+    assert len(top) == 5 and len({i for i, _ in top}) == 5 and not seen & {i for i, _ in top}
+    scores = [s for _, s in top]
+    assert scores == sorted(scores, reverse=True)
+    lo, hi = rec.dataset.rating_scale
+    assert all(lo <= r <= hi for r in rec.rate(user, [i for i, _ in top]))
+    assert all(0 <= p <= 1 for p in rec.prefer([user, user], [top[0][0], top[1][0]]))
+    cats = rec.categories(user)[0]
+    assert len(cats) == len(rec.dataset.categories) and sum(p for _, p in cats) == pytest.approx(1, abs=1e-5)
+    with pytest.raises(KeyError, match="unknown user id 'nobody'"):
+        rec.recommend("nobody")
+
+
+def test_existing_run_folder_is_never_overwritten(trained, tiny_config):
+    *_, run_dir, _ = trained
+    with pytest.raises(RunFolderError, match="exists and is not empty"):
+        train(tiny_config(), run_dir)
+
+
+def test_incomplete_run_folder_is_refused(tmp_path):
+    (tmp_path / "manifest.json").write_text("{}")
+    with pytest.raises(RunFolderError, match="missing config.yaml"):
+        check_run_dir(tmp_path)

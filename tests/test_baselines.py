@@ -1,0 +1,173 @@
+"""Baselines on small data with known answers: recovered biases, falling losses, hand-computed scores."""
+
+import numpy as np
+import pytest
+import torch
+
+from mtrec.baselines import BiasBaseline, BiasedMF, BPRMF, ItemKNN, Popularity, evaluate_baseline
+from mtrec.data import Interaction, Item, RecDataset, User
+from mtrec.data.splits import TRAIN, VALID, leave_one_out
+from mtrec.metrics import exclusion_mask, target_ranks
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # Tests share two cores with other jobs; one thread keeps timings stable and results exact.
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+def _columnar(name, users, items, values, n_users, n_items, explicit=True, rating_scale=None, seed=0):
+    """A RecDataset from index columns, with random distinct timestamps (so LOO picks random targets)."""
+    ts = np.random.default_rng(seed).permutation(len(users))
+    return RecDataset(
+        name, [User(str(u)) for u in range(n_users)], [Item(str(i), f"item {i}") for i in range(n_items)],
+        users, items, values, ts, explicit=explicit, rating_scale=rating_scale,
+    )
+
+
+def _bias_data(seed=0, n_users=150, n_items=80, density=0.4, noise=0.3):
+    """Ratings = 3.5 + b_u + b_i + N(0, noise^2) on a random 40% of cells."""
+    rng = np.random.default_rng(seed)
+    b_u, b_i = rng.normal(0, 0.5, n_users), rng.normal(0, 0.5, n_items)
+    u, i = np.nonzero(rng.random((n_users, n_items)) < density)
+    r = 3.5 + b_u[u] + b_i[i] + rng.normal(0, noise, len(u))
+    return _columnar("bias", u, i, r, n_users, n_items), b_u, b_i
+
+
+def test_bias_baseline_recovers_known_biases():
+    ds, b_u, b_i = _bias_data()
+    split = leave_one_out(ds)
+    model = BiasBaseline(reg_user=1.0, reg_item=1.0).fit(split, max_epochs=50)
+    # biases are identified up to a shared shift (absorbed by mu): compare centred values
+    est_i, est_u = model.b_i - model.b_i.mean(), model.b_u - model.b_u.mean()
+    rms = lambda err: np.sqrt(np.mean(err**2))
+    assert rms(est_i - (b_i - b_i.mean())) < 0.08  # ~60 ratings per item: s.e. 0.3/sqrt(60) ~ 0.04
+    assert rms(est_u - (b_u - b_u.mean())) < 0.1  # ~32 per user: s.e. ~0.055
+    assert np.corrcoef(est_i, b_i)[0, 1] > 0.98
+    valid = evaluate_baseline(model, split, "valid")
+    assert 0.25 < valid["rmse"] < 0.36  # near the noise level 0.3
+    assert model.info["stopped_early"] and model.info["epochs_run"] < 50  # converged before 50 sweeps
+    # far better than the global mean, which misses the biases' sd of ~0.7
+    assert evaluate_baseline(Popularity().fit(split), split, "valid")["rmse"] > 0.6
+
+
+def _low_rank_data(seed=0, n_users=120, n_items=60, rank=3):
+    rng = np.random.default_rng(seed)
+    p, q = rng.normal(0, 0.6, (n_users, rank)), rng.normal(0, 0.6, (n_items, rank))
+    u, i = np.nonzero(rng.random((n_users, n_items)) < 0.5)
+    r = 3.0 + (p[u] * q[i]).sum(1) + rng.normal(0, 0.2, len(u))
+    return _columnar("lowrank", u, i, r, n_users, n_items)
+
+
+def test_biased_mf_loss_falls_beats_biases_and_is_deterministic():
+    split = leave_one_out(_low_rank_data())
+    mf = BiasedMF(dim=8, lr=0.02, reg=0.01, batch_size=512).fit(split, seed=0, max_epochs=40, patience=4)
+    losses = mf.info["train_loss"]
+    assert len(losses) == mf.info["epochs_run"] == len(mf.info["valid"])
+    assert losses[-1] < 0.5 * losses[0]
+    assert 1 <= mf.info["best_epoch"] <= mf.info["epochs_run"]
+    bias_rmse = evaluate_baseline(BiasBaseline().fit(split), split, "valid")["rmse"]
+    assert evaluate_baseline(mf, split, "valid")["rmse"] < 0.7 * bias_rmse  # the interaction term is learnt
+    again = BiasedMF(dim=8, lr=0.02, reg=0.01, batch_size=512).fit(split, seed=0, max_epochs=40, patience=4)
+    users, items = np.arange(10), np.arange(10)
+    assert np.array_equal(mf.predict_ratings(users, items), again.predict_ratings(users, items))
+
+
+def test_early_stopping_keeps_the_best_epoch():
+    split = leave_one_out(_low_rank_data(n_users=60, n_items=40))
+    # no regularisation, a large model and a high learning rate: validation RMSE soon rises
+    mf = BiasedMF(dim=32, lr=0.05, reg=0.0, batch_size=256).fit(split, max_epochs=200, patience=3)
+    info = mf.info
+    assert info["stopped_early"] and info["epochs_run"] == info["best_epoch"] + 3 < 200
+    assert info["best_valid"] == min(info["valid"])
+    # the restored parameters are the best epoch's: evaluating now gives the best RMSE again
+    assert evaluate_baseline(mf, split, VALID)["rmse"] == pytest.approx(info["best_valid"])
+
+
+def _cluster_data(seed=0, n_users=80, n_items=40, groups=4):
+    """Implicit data: each user consumes 8 random items of its group's block of 10 items."""
+    rng = np.random.default_rng(seed)
+    size = n_items // groups
+    u = np.repeat(np.arange(n_users), 8)
+    i = np.concatenate([(g % groups) * size + rng.choice(size, 8, replace=False) for g in range(n_users)])
+    return _columnar("clusters", u, i, np.ones(len(u)), n_users, n_items, explicit=False)
+
+
+def test_bpr_loss_falls_and_ranks_within_the_cluster():
+    split = leave_one_out(_cluster_data())
+    bpr = BPRMF(dim=8, lr=0.05, reg=1e-4, batch_size=256).fit(split, seed=0, max_epochs=30, patience=5)
+    info = bpr.info
+    assert info["train_loss"][-1] < 0.5 * info["train_loss"][0]
+    assert len(info["valid"]) == info["epochs_run"] and info["best_valid"] == max(info["valid"])
+    test = evaluate_baseline(bpr, split, "test")
+    # a target is one of the <= 2-3 unseen items of its block among 40 - 6 candidates: random HR@10 ~ 0.3
+    assert test["hr@10"] > 0.9 and "rmse" not in test
+    with pytest.raises(ValueError, match="implicit"):
+        BiasBaseline().fit(split)
+
+
+def test_popularity_ranks_most_popular_unseen_item_first():
+    # item counts in training: a=3, b=2, c=1 (+ valid/test items d, e). User "1" has seen a in training,
+    # so for validation the most popular unseen item is b.
+    rows = [("1", "a", 1), ("1", "d", 2), ("1", "e", 3),
+            ("2", "a", 1), ("2", "b", 2), ("2", "d", 3), ("2", "e", 4),
+            ("3", "a", 1), ("3", "b", 2), ("3", "c", 3), ("3", "d", 4), ("3", "e", 5)]
+    ds = RecDataset.from_records(
+        "pop", [User(u) for u in "123"], [Item(i, i) for i in "abcde"],
+        [Interaction(u, i, rating=4.0, timestamp=t) for u, i, t in rows], rating_scale=(1, 5),
+    )
+    split = leave_one_out(ds)
+    pop = Popularity().fit(split)
+    assert pop.counts.tolist() == [3, 2, 1, 0, 0]
+    scores = pop.score_all([0])
+    mask = exclusion_mask(split, [0], VALID)
+    assert mask[0].tolist() == [True, False, False, False, False]
+    best = np.argmax(np.where(mask, -np.inf, scores), axis=1)
+    assert best.tolist() == [1]  # b
+    # user "1"'s validation target d (count 0) ties with e: pessimistic rank = b, c, e ahead -> 3
+    assert target_ranks(scores, [3], mask).tolist() == [3]
+    assert pop.predict_ratings([0], [0]).tolist() == [4.0]  # the global training mean
+
+
+def test_item_knn_hand_computed_scores():
+    # Training matrix (items 0-3); each user then has valid item 4 and test item 5 (never in training):
+    #   u0: 0, 1   u1: 0, 1, 2   u2: 1, 2   u3: 3
+    # item user counts: |U0|=2, |U1|=3, |U2|=2, |U3|=1
+    # cos(0,1) = 2/sqrt(2*3) = 0.8165, cos(0,2) = 1/sqrt(2*2) = 0.5, cos(1,2) = 2/sqrt(3*2) = 0.8165,
+    # item 3 shares no user with any item -> 0.
+    train = {0: [0, 1], 1: [0, 1, 2], 2: [1, 2], 3: [3]}
+    u, i = [], []
+    for user, items in train.items():
+        u += [user] * (len(items) + 2)
+        i += items + [4, 5]
+    ts = np.concatenate([np.arange(len(v) + 2) for v in train.values()])  # 4 then 5 come last
+    ds = RecDataset("knn", [User(str(x)) for x in range(4)], [Item(str(x), str(x)) for x in range(6)],
+                    np.array(u), np.array(i), np.ones(len(u)), ts, explicit=False)
+    split = leave_one_out(ds)
+    assert sorted(ds.item_idx[split.train].tolist()) == sorted(sum(train.values(), []))
+    c01, c02, c12 = 2 / np.sqrt(6), 0.5, 2 / np.sqrt(6)
+    full = ItemKNN(neighbours=5).fit(split)
+    # u0 (items 0, 1): row 0 + row 1 = [0, c01, c02, 0] + [c01, 0, c12, 0] = [c01, c01, c02 + c12, 0]
+    assert full.score_all([0])[0] == pytest.approx([c01, c01, c02 + c12, 0, 0, 0])
+    assert full.score_all([3])[0] == pytest.approx([0] * 6)
+    # one neighbour per item: row 0 keeps item 1; row 1 ties (0 and 2 at 0.8165) -> lower index 0;
+    # row 2 keeps item 1. u2 (items 1, 2): [c01, 0, 0, 0] + [0, c12, 0, 0]
+    top1 = ItemKNN(neighbours=1).fit(split)
+    assert top1.score_all([2])[0] == pytest.approx([c01, c12, 0, 0, 0, 0])
+    assert top1.info["hparams"] == {"neighbours": 1, "chunk": 1024}
+
+
+def test_like_probability_is_calibrated_on_training():
+    ds, _, _ = _bias_data(seed=1)
+    split = leave_one_out(ds)
+    model = BiasBaseline().fit(split)
+    tr = split.train
+    p = model.like_proba(ds.user_idx[tr], ds.item_idx[tr])
+    # Platt scaling with an intercept matches the training like-rate on average
+    assert p.mean() == pytest.approx((ds.values[tr] >= 4.0).mean(), abs=0.01)
+    out = evaluate_baseline(model, split, "test")
+    assert out["auc"] > 0.75 and out["n"] == 150 and 0 < out["log_loss"] < 0.69
+    assert split.role[tr].max() == TRAIN
