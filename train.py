@@ -7,6 +7,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from mtrec.checkpoint import NonFiniteLossError
 from mtrec.config import ConfigError, help_text, load_config
 from mtrec.data import DataError
 from mtrec.run import RunFolderError
@@ -19,15 +20,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", type=Path, help="YAML config (see configs/)")
     parser.add_argument("--run-dir", type=Path, help="run folder (default: <run.output_root>/<run.name>)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing non-empty run folder")
+    parser.add_argument("--resume", action="store_true", help="continue the run folder's latest checkpoint")
     parser.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. train.max_steps=10")
     args = parser.parse_args(argv)
     try:
         cfg = load_config(args.config, args.overrides)
         run_dir = args.run_dir or Path(cfg.run.output_root) / cfg.run.name
-        result = train(cfg, run_dir, overwrite=args.overwrite)
+        result = train(cfg, run_dir, overwrite=args.overwrite, resume=args.resume)
     except (ConfigError, DataError, RunFolderError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except NonFiniteLossError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 3
     final = result["final"] or result["best"]
     shown = ", ".join(f"{k}={v:.4f}" for k, v in final.items() if k not in ("step", "examples", "seconds"))
     print(f"run folder: {run_dir}\nvalidation, best weights (step {final['step']}, {final['examples']} examples): {shown}")

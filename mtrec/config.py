@@ -99,7 +99,9 @@ class TrainConfig:
     eval_batch_size: int = knob(32, "batch size in evaluation")
     early_stopping_metric: str = knob("valid/loss", "metric name for early stopping and best model")
     patience: int = knob(0, "evaluations without improvement before stopping (0 = off)")
-    log_every: int = knob(10, "log to TensorBoard every N steps")
+    log_every: int = knob(10, "log (and check the loss is finite) every N steps")
+    checkpoint_every: int = knob(0, "write a resumable checkpoint every N steps (0 = none)")
+    keep_checkpoints: int = knob(2, "keep the last K checkpoints")
     tensorboard: bool = knob(True, "write TensorBoard logs into the run folder")
     num_threads: int | None = knob(None, "torch CPU threads; null = torch default")
 

@@ -17,6 +17,9 @@ from accelerate.utils import broadcast, set_seed
 from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
+from mtrec.checkpoint import (NonFiniteLossError, checkpoint_bytes, checkpoint_dir, latest_checkpoint,
+                              load_checkpoint, load_trainable_state, preflight_run_dir, save_checkpoint,
+                              trainable_state)
 from mtrec.config import Config
 from mtrec.data import load_dataset
 from mtrec.data.splits import VALID, Split, make_split
@@ -25,8 +28,8 @@ from mtrec.model.build import build_backbone, build_heads, count_parameters, ini
 from mtrec.model.multitask import NUM_KINDS, multitask_loss
 from mtrec.pipeline import Batcher, TaskSampler, evaluate, eval_specs, kinds_for, mixing_probs, train_specs
 from mtrec.prompts import DEFAULT_PROMPTS_DIR, PromptRenderer, RenderOptions, load_prompts
-from mtrec.run import prepare_run_dir, save_catalog, save_config, write_manifest
-from mtrec.tasks import KIND_IDS, ExampleFactory, ExampleOptions
+from mtrec.run import RunFolderError, prepare_run_dir, save_catalog, save_config, write_manifest
+from mtrec.tasks import KIND_IDS, KIND_TASK, ExampleFactory, ExampleOptions
 
 
 @dataclass
@@ -107,40 +110,54 @@ def make_optimizer(model, cfg: Config) -> torch.optim.Optimizer:
     return torch.optim.AdamW(groups, weight_decay=cfg.train.weight_decay, fused=fused)
 
 
-def train(cfg: Config, run_dir: str | Path, overwrite: bool = False, setup: Setup | None = None) -> dict:
+def train(cfg: Config, run_dir: str | Path, overwrite: bool = False, setup: Setup | None = None,
+          resume: bool = False) -> dict:
     """Fine-tune as configured and write the run folder. Returns the final metrics dict.
 
     Args:
         cfg: the configuration.
-        run_dir: the run folder; an existing non-empty one raises unless `overwrite`.
+        run_dir: the run folder; an existing non-empty one raises unless `overwrite` or `resume`.
         overwrite: replace an existing run folder.
         setup: a prebuilt `build_setup(cfg)` (tests use it to inspect parameters before training).
+        resume: continue from the run folder's latest checkpoint (model, optimizer, scheduler, RNG
+            states and position in the data order), to the same result as an uninterrupted run.
+
+    Raises:
+        RunFolderError: the run folder exists (without overwrite/resume), is not writable, lacks
+            room for a checkpoint, or has nothing to resume.
+        NonFiniteLossError: the loss became NaN/inf; the last good checkpoint is kept.
     """
     run_dir = Path(run_dir)
     accelerator = Accelerator(cpu=_multi_process_cpu(), gradient_accumulation_steps=cfg.train.grad_accum,
                               mixed_precision=choose_mixed_precision(cfg.train.mixed_precision),
                               log_with="tensorboard" if cfg.train.tensorboard else None, project_dir=str(run_dir))
     if accelerator.is_main_process:
-        prepare_run_dir(run_dir, overwrite)
+        if resume:
+            if latest_checkpoint(run_dir) is None:
+                raise RunFolderError(f"{run_dir}: nothing to resume (no complete checkpoint in {checkpoint_dir(run_dir)})")
+        else:
+            prepare_run_dir(run_dir, overwrite)
+        preflight_run_dir(run_dir, 1 << 20)  # writable before anything expensive; room is checked below
     accelerator.wait_for_everyone()
     if cfg.train.num_threads:
         torch.set_num_threads(cfg.train.num_threads)
     set_seed(cfg.run.seed)
     s = setup or build_setup(cfg, accelerator)
+    if accelerator.is_main_process:
+        preflight_run_dir(run_dir, checkpoint_bytes(s.model))
     if cfg.train.tensorboard:
         accelerator.init_trackers("tensorboard", config=_flat(cfg.to_dict()))
-    log = _Log(accelerator, s)
-    result = _loop(cfg, s, accelerator, log)
+    result = _Loop(cfg, s, accelerator, run_dir).run(resume)
     if accelerator.is_main_process:
         save_run(run_dir, s, accelerator.unwrap_model(s.model), result)
     accelerator.end_training()
     return result
 
 
-def _agreed_timeout(accelerator: Accelerator, start: float, minutes: float) -> bool:
+def _agreed_timeout(accelerator: Accelerator, elapsed: float, minutes: float) -> bool:
     """Whether the time budget is spent, decided by the main process and shared, so that every
     process stops at the same step (DDP would hang otherwise)."""
-    flag = torch.tensor([float(time.perf_counter() - start > 60 * minutes)], device=accelerator.device)
+    flag = torch.tensor([float(elapsed > 60 * minutes)], device=accelerator.device)
     return bool(broadcast(flag, from_process=0).item())
 
 
@@ -154,69 +171,132 @@ def _multi_process_cpu() -> bool:
     return world > 1 and not torch.cuda.is_available()
 
 
-def _loop(cfg: Config, s: Setup, accelerator: Accelerator, log) -> dict:
-    t = cfg.train
-    specs = train_specs(s.split, s.kinds, s.example_options, cfg.data.max_train_users, cfg.run.seed)
-    sizes = {k: len(v) for k, v in specs.items()}
-    sampler = TaskSampler(specs, mixing_probs(sizes, t.mixing, t.temperature), s.batcher, t.batch_size, cfg.run.seed)
-    valid = eval_specs(s.split, s.kinds, s.example_options, VALID, t.eval_users, cfg.run.seed)
-    opt = make_optimizer(s.model, cfg)
-    sched = get_cosine_schedule_with_warmup(opt, t.warmup_steps, t.max_steps)
-    model, opt, sched = accelerator.prepare(s.model, opt, sched)
-    weights = s.weights.to(accelerator.device)
-    history = [log.evaluate(model, valid, weights, step=0)]
-    best, best_state, bad_evals = history[0], _trainable_state(accelerator.unwrap_model(model)), 0
-    start, tokens, examples = time.perf_counter(), 0, 0
-    bar = tqdm(range(1, t.max_steps + 1), desc="training", disable=not accelerator.is_main_process)
-    running = torch.zeros(NUM_KINDS, device=accelerator.device)
-    running_n = torch.zeros(NUM_KINDS, device=accelerator.device)
-    model.train()
-    for step in bar:
-        for micro in range(t.grad_accum):
-            batch = sampler.batch((step - 1) * t.grad_accum + micro, accelerator.process_index)
-            tokens += int(batch["attention_mask"].sum())
-            examples += len(batch["kind"])
-            batch = {n: (v.to(accelerator.device) if torch.is_tensor(v) else v) for n, v in batch.items()}
-            with accelerator.accumulate(model):
-                loss, per_kind, counts = _step_loss(model, batch, weights, cfg)
-                accelerator.backward(loss)
-                if accelerator.sync_gradients and t.grad_clip > 0:
-                    accelerator.clip_grad_norm_(model.parameters(), t.grad_clip)
-                opt.step()
-                sched.step()
-                opt.zero_grad(set_to_none=True)
-            running += per_kind * counts
-            running_n += counts
-        if step % t.log_every == 0 or step == t.max_steps:
-            log.train(bar, step, running / running_n.clamp(min=1), running_n, sched.get_last_lr()[0])
-            running.zero_()
-            running_n.zero_()
-        out_of_time = t.max_minutes is not None and step % t.log_every == 0 and _agreed_timeout(accelerator, start, t.max_minutes)
-        if (t.eval_every and step % t.eval_every == 0) or step == t.max_steps or out_of_time:
-            history.append(log.evaluate(model, valid, weights, step))
-            if _better(history[-1], best, t.early_stopping_metric):
-                best, best_state, bad_evals = history[-1], _trainable_state(accelerator.unwrap_model(model)), 0
-            else:
-                bad_evals += 1
-                if t.patience and bad_evals >= t.patience:
-                    accelerator.print(f"early stopping at step {step}: {t.early_stopping_metric} did not improve "
-                                      f"for {bad_evals} evaluations")
-                    break
-        if out_of_time:
-            accelerator.print(f"stopping at step {step}: train.max_minutes={t.max_minutes} reached")
-            break
-    _load_trainable_state(accelerator.unwrap_model(model), best_state)
-    seconds = time.perf_counter() - start
-    final = None
-    if t.final_eval_users is not None and t.final_eval_users != t.eval_users:
-        final_specs = eval_specs(s.split, s.kinds, s.example_options, VALID, t.final_eval_users, cfg.run.seed)
-        final = log.evaluate(model, final_specs, weights, step=best["step"], label="final validation (best weights)")
-    ranks = _rank_report(accelerator, model, step)
-    return {"best": best, "final": final, "history": history, "steps": step, "seconds": round(seconds, 1),
-            "examples_per_process": examples, "tokens_per_second": round(tokens / seconds, 1),
-            "train_sizes": sizes, "parameters": count_parameters(accelerator.unwrap_model(model)),
-            "mixed_precision": accelerator.mixed_precision, "num_processes": accelerator.num_processes,
-            "ranks": ranks}
+class _Loop:
+    """The training loop's state and steps. Everything in `self.state` is JSON and goes into
+    checkpoints; parameters, optimizer and RNG go there through `mtrec.checkpoint`."""
+
+    def __init__(self, cfg: Config, s: Setup, accelerator: Accelerator, run_dir: Path) -> None:
+        t = self.t = cfg.train
+        self.cfg, self.s, self.acc, self.run_dir = cfg, s, accelerator, run_dir
+        specs = train_specs(s.split, s.kinds, s.example_options, cfg.data.max_train_users, cfg.run.seed)
+        self.sizes = {k: len(v) for k, v in specs.items()}
+        self.sampler = TaskSampler(specs, mixing_probs(self.sizes, t.mixing, t.temperature), s.batcher, t.batch_size,
+                                   cfg.run.seed)
+        self.valid = eval_specs(s.split, s.kinds, s.example_options, VALID, t.eval_users, cfg.run.seed)
+        opt = make_optimizer(s.model, cfg)
+        sched = get_cosine_schedule_with_warmup(opt, t.warmup_steps, t.max_steps)
+        self.model, self.opt, self.sched = accelerator.prepare(s.model, opt, sched)
+        self.weights = s.weights.to(accelerator.device)
+        self.log = _Log(accelerator, s)
+        dev = accelerator.device
+        self.running, self.running_n = torch.zeros(NUM_KINDS, device=dev), torch.zeros(NUM_KINDS, device=dev)
+        # first step with a non-finite loss and its kind, kept on the device: no host sync per step
+        self.bad_step, self.bad_kind = torch.tensor(-1, device=dev), torch.tensor(-1, device=dev)
+
+    def run(self, resume: bool) -> dict:
+        if resume:
+            state, self.best_state = load_checkpoint(self.acc, latest_checkpoint(self.run_dir), self.model,
+                                                     self.opt, self.sched)
+            self.state = state
+            self.acc.print(f"resumed from step {state['step']}")
+        else:
+            first = self.log.evaluate(self.model, self.valid, self.weights, step=0)
+            self.state = {"step": 0, "history": [first], "best": first, "bad_evals": 0, "tokens": 0, "examples": 0,
+                          "elapsed": 0.0}
+            self.best_state = trainable_state(self.acc.unwrap_model(self.model))
+        self._train()
+        return self._finish()
+
+    def _train(self) -> None:
+        t, st = self.t, self.state
+        bar = tqdm(range(st["step"] + 1, t.max_steps + 1), desc="training", initial=st["step"], total=t.max_steps,
+                   disable=not self.acc.is_main_process)
+        began = time.perf_counter() - st["elapsed"]
+        self.model.train()
+        for step in bar:
+            for micro in range(t.grad_accum):
+                self._micro_step(step, (step - 1) * t.grad_accum + micro)
+            st["step"], st["elapsed"] = step, time.perf_counter() - began
+            if step % t.log_every == 0 or step == t.max_steps:
+                self._check_finite()
+                self.log.train(bar, step, self.running / self.running_n.clamp(min=1), self.running_n,
+                               self.sched.get_last_lr()[0])
+                self.running.zero_()
+                self.running_n.zero_()
+            out_of_time = (t.max_minutes is not None and step % t.log_every == 0
+                           and _agreed_timeout(self.acc, st["elapsed"], t.max_minutes))
+            stop = False
+            if (t.eval_every and step % t.eval_every == 0) or step == t.max_steps or out_of_time:
+                stop = self._evaluate(step)
+            if t.checkpoint_every and step % t.checkpoint_every == 0 and step < t.max_steps:
+                self._check_finite()
+                save_checkpoint(self.acc, self.run_dir, step, self.model, self.opt, self.sched, st,
+                                self.best_state, t.keep_checkpoints)
+            if out_of_time:
+                self.acc.print(f"stopping at step {step}: train.max_minutes={t.max_minutes} reached")
+            if stop or out_of_time:
+                break
+
+    def _micro_step(self, step: int, draw: int) -> None:
+        batch = self.sampler.batch(draw, self.acc.process_index)
+        self.state["tokens"] += int(batch["attention_mask"].sum())
+        self.state["examples"] += len(batch["kind"])
+        batch = {n: (v.to(self.acc.device) if torch.is_tensor(v) else v) for n, v in batch.items()}
+        with self.acc.accumulate(self.model):
+            loss, per_kind, counts = _step_loss(self.model, batch, self.weights, self.cfg)
+            self.acc.backward(loss)
+            if self.acc.sync_gradients and self.t.grad_clip > 0:
+                self.acc.clip_grad_norm_(self.model.parameters(), self.t.grad_clip)
+            self.opt.step()
+            self.sched.step()
+            self.opt.zero_grad(set_to_none=True)
+        bad = ~torch.isfinite(per_kind) & (counts > 0)
+        first = bad.any() & (self.bad_step < 0)
+        self.bad_step = torch.where(first, torch.tensor(step, device=self.bad_step.device), self.bad_step)
+        self.bad_kind = torch.where(first, bad.int().argmax(), self.bad_kind)
+        self.running += per_kind * counts
+        self.running_n += counts
+
+    def _check_finite(self) -> None:
+        """Raise if any step so far had a non-finite loss (one host sync, at log/checkpoint time)."""
+        step = int(self.bad_step)
+        if step >= 0:
+            kind = sorted(KIND_IDS, key=KIND_IDS.get)[int(self.bad_kind)]
+            last = latest_checkpoint(self.run_dir)
+            kept = f"the last good checkpoint is {last}" if last else "no checkpoint had been written yet"
+            raise NonFiniteLossError(f"non-finite loss at step {step} (task {KIND_TASK[kind]}, prompt kind {kind}); "
+                                     f"training stopped; {kept}")
+
+    def _evaluate(self, step: int) -> bool:
+        """Evaluate, keep the best weights; True when early stopping says stop."""
+        st, t = self.state, self.t
+        st["history"].append(self.log.evaluate(self.model, self.valid, self.weights, step))
+        if _better(st["history"][-1], st["best"], t.early_stopping_metric):
+            st["best"], st["bad_evals"] = st["history"][-1], 0
+            self.best_state = trainable_state(self.acc.unwrap_model(self.model))
+            return False
+        st["bad_evals"] += 1
+        if t.patience and st["bad_evals"] >= t.patience:
+            self.acc.print(f"early stopping at step {step}: {t.early_stopping_metric} did not improve "
+                           f"for {st['bad_evals']} evaluations")
+            return True
+        return False
+
+    def _finish(self) -> dict:
+        st, t, model = self.state, self.t, self.model
+        load_trainable_state(self.acc.unwrap_model(model), self.best_state)
+        final = None
+        if t.final_eval_users is not None and t.final_eval_users != t.eval_users:
+            specs = eval_specs(self.s.split, self.s.kinds, self.s.example_options, VALID, t.final_eval_users,
+                               self.cfg.run.seed)
+            final = self.log.evaluate(model, specs, self.weights, step=st["best"]["step"],
+                                      label="final validation (best weights)")
+        seconds = st["elapsed"]
+        return {"best": st["best"], "final": final, "history": st["history"], "steps": st["step"],
+                "seconds": round(seconds, 1), "examples_per_process": st["examples"],
+                "tokens_per_second": round(st["tokens"] / max(seconds, 1e-9), 1), "train_sizes": self.sizes,
+                "parameters": count_parameters(self.acc.unwrap_model(model)), "mixed_precision": self.acc.mixed_precision,
+                "num_processes": self.acc.num_processes, "ranks": _rank_report(self.acc, model, st["step"])}
 
 
 def _rank_report(accelerator: Accelerator, model, step: int) -> dict:
@@ -254,17 +334,6 @@ def _better(new: dict, old: dict, metric: str) -> bool:
         raise KeyError(f"train.early_stopping_metric: {metric!r} is not among the validation metrics {sorted(new)}")
     lower = name.endswith("loss") or name.endswith("rmse") or name.endswith("mae")
     return new[name] < old[name] if lower else new[name] > old[name]
-
-
-def _trainable_state(model) -> dict[str, torch.Tensor]:
-    return {n: p.detach().to("cpu", copy=True) for n, p in model.named_parameters() if p.requires_grad}
-
-
-def _load_trainable_state(model, state: dict[str, torch.Tensor]) -> None:
-    with torch.no_grad():
-        for n, p in model.named_parameters():
-            if n in state:
-                p.copy_(state[n].to(p.device))
 
 
 class _Log:

@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 from data_helpers import load_shared, shared_data_root
 
-from mtrec.data import Interaction, Item, RecDataset, SocialEdge, User, sorted_ids
+from mtrec.data import RecDataset, SocialEdge, sorted_ids
 from mtrec.data.context import ContextIndex
 from mtrec.data.splits import MIN_INTERACTIONS, ROLE_NAMES, TEST, TRAIN, VALID, Split, make_split
 from mtrec.tasks import ExampleFactory, ExampleOptions, build_specs
@@ -55,15 +55,25 @@ def _split(name: str, method: str = "leave_one_out", seed: int = 0) -> Split:
     return _cached_split(name, method, seed)
 
 
+def _same_second_pairs(ds: RecDataset) -> tuple[np.ndarray, np.ndarray]:
+    """Interactions (a, b) of different users in the same second (ML-100K has 157 such neighbours)."""
+    o = np.lexsort((ds.user_idx, ds.timestamps))
+    same = (np.diff(ds.timestamps[o]) == 0) & (np.diff(ds.user_idx[o]) != 0)
+    return o[:-1][same], o[1:][same]
+
+
 @functools.cache
 def _ml_with_friends() -> RecDataset:
-    """ML-100K's interactions (timed) plus a seeded random directed friend graph (6 edges a user)."""
+    """ML-100K's interactions (timed) plus a seeded random directed friend graph (6 edges a user),
+    plus edges both ways between users who rated something in the same second (to test "strictly")."""
     base = _ds("movielens-100k")
     n = base.num_users
     rng = np.random.default_rng(12345)
     src = np.repeat(np.arange(n), 6)
     dst = rng.integers(0, n - 1, size=len(src))
     dst = dst + (dst >= src)  # no self edges
+    a, b = (base.user_idx[x].astype(np.int64) for x in _same_second_pairs(base))
+    src, dst = np.concatenate([src, a, b]), np.concatenate([dst, b, a])
     pairs = np.unique(src * n + dst)  # no repeated edges
     return RecDataset(
         "movielens-100k+friends", base.users, base.items, base.user_idx, base.item_idx, base.values,
@@ -210,19 +220,22 @@ def test_timed_social_context_on_movielens_with_synthetic_friends(method: str):
     ctx = ContextIndex(sp)
     ts = ds.timestamps
     is_train = sp.role == TRAIN
-    nonempty = 0
-    for i in _sample_by_role(sp, 150, seed=4).tolist():
+    nonempty = at_same_second = 0
+    ties = np.concatenate(_same_second_pairs(ds))
+    for i in np.concatenate([_sample_by_role(sp, 150, seed=4), ties]).tolist():
         t = ts[i]
         friends = ds.social_dst[ds.social_src == ds.user_idx[i]]
+        of_friends = np.isin(ds.user_idx, friends)
+        at_same_second += bool((of_friends & is_train & (ts == t)).any())
         got = ctx.social(i)
         assert (sp.role[got] == TRAIN).all()
         assert (ts[got] < t).all(), "a friend's interaction at or after the target's time is shown"
         assert (np.diff(ts[got]) <= 0).all()  # newest first
-        expect = np.flatnonzero(is_train & (ts < t) & np.isin(ds.user_idx, friends))
+        expect = np.flatnonzero(is_train & (ts < t) & of_friends)
         assert np.array_equal(np.sort(got), expect)
         assert np.array_equal(ctx.social(i, limit=20), got[:20])
         nonempty += len(got) > 0
-    assert nonempty > 100
+    assert nonempty > 100 and at_same_second > 100  # friends' items in the target's second are excluded
     # popularity before t: TRAIN interactions strictly before t, against a brute-force count
     rng = np.random.default_rng(5)
     cuts = [int(ts.min()), int(ts.max()) + 1, *np.quantile(ts, [0.1, 0.5, 0.9]).astype(int),
@@ -258,7 +271,8 @@ def test_movielens_split_does_not_depend_on_row_order():
     shuffled = RecDataset("shuffled", ds.users[::-1], ds.items[::-1], ds.num_users - 1 - ds.user_idx[perm],
                           ds.num_items - 1 - ds.item_idx[perm], ds.values[perm], ds.timestamps[perm],
                           explicit=True)
-    assert np.array_equal(shuffled.user_idx, ds.user_idx[perm]) and np.array_equal(shuffled.item_idx, ds.item_idx[perm])
+    assert np.array_equal(shuffled.user_idx, ds.user_idx[perm])
+    assert np.array_equal(shuffled.item_idx, ds.item_idx[perm])
     assert np.array_equal(make_split(shuffled).role, _split("movielens-100k").role[perm])
 
 
@@ -320,15 +334,17 @@ def test_shuffled_records_give_identical_index_maps(name: str):
     assert sorted(a.iter_interactions(), key=repr) == sorted(b.iter_interactions(), key=repr)
     assert sorted(a.social_edges(), key=repr) == sorted(b.social_edges(), key=repr)
     if a.timed:  # the chronological split then assigns each (user, item) the same role
-        roles = lambda d: sorted(  # noqa: E731
-            (d.users[d.user_idx[i]].id, d.items[d.item_idx[i]].id, int(r)) for i, r in enumerate(make_split(d).role))
+        def roles(d: RecDataset) -> list:
+            return sorted((d.users[u].id, d.items[i].id, int(r))
+                          for u, i, r in zip(d.user_idx, d.item_idx, make_split(d).role))
+
         assert roles(a) == roles(b)
 
 
 # ---- 6: examples built by ExampleFactory ------------------------------------------------------
 def _factory_cases():
-    return [("movielens-100k", "leave_one_out"), ("movielens-100k", "ratio"), ("movielens-100k+friends", "ratio"),
-            ("lastfm-2k", "leave_one_out")]
+    return [("movielens-100k", "leave_one_out"), ("movielens-100k", "ratio"),
+            ("movielens-100k+friends", "ratio"), ("lastfm-2k", "leave_one_out")]
 
 
 def _case_split(name: str, method: str) -> Split:
@@ -413,7 +429,8 @@ def test_examples_obey_the_context_rules(name: str, method: str):
             oracle.check_social(ex, u, int(ds.timestamps[i]) if ds.timed else None, opts.max_social)
 
 
-@pytest.mark.parametrize("name,method", [("movielens-100k+friends", "leave_one_out"), ("lastfm-2k", "leave_one_out")])
+@pytest.mark.parametrize("name,method", [("movielens-100k+friends", "leave_one_out"),
+                                         ("lastfm-2k", "leave_one_out")])
 def test_serving_examples_use_the_whole_sequence(name: str, method: str):
     sp = _case_split(name, method)
     ds = sp.dataset
