@@ -1,16 +1,29 @@
-"""Use a trained run folder: `python infer.py --run runs/<name> --show-user 42`.
+"""Use a trained run folder.
 
---show-user prints one user's top-K (with predicted rating and P(like) for each item) and
-category affinities. --task recommend|rate|prefer|categories scores in batch (JSONL to --out).
+  python infer.py --run runs/NAME --show-user 42          one user's top-K, ratings, P(like), categories
+  python infer.py --run runs/NAME --chat                  a prompt-style session (type help)
+  python infer.py --run runs/NAME --task recommend --all-users -k 10 --out recs.jsonl
+  python infer.py --run runs/NAME --task recommend --input users.csv --out recs.csv
+  python infer.py --run runs/NAME --task rate 42:50 42:181          (USER:ITEM on the command line)
+  python infer.py --run runs/NAME --check recs.jsonl -k 10 --all-users
+
+Batch input (--input): CSV with a header (a user/user_id column; rate and prefer also need
+item/item_id), JSONL objects with the same keys, or text (user ids, or "USER ITEM" per line).
+Unusable lines and unknown ids are reported on stderr as file:line and skipped; the rest is scored.
+Output is JSONL (default) or CSV, to --out or stdout; time and users/s (rows/s) go to stderr.
+Exit status: 0 when anything was scored, 2 when the input is unusable (missing file, bad header,
+no valid row) or the run folder is.
 """
 
 import argparse
-import json
 import sys
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
-from mtrec.inference import Recommender, UnknownIdError
+from mtrec.inference import (PAIR_TASKS, TASKS, USER_TASKS, BadInputError, Recommender, Request, ResultWriter,
+                             UnknownIdError, check_ids, check_recommendations, read_requests, requests_from_args,
+                             run_batch)
 from mtrec.run import RunFolderError
 
 
@@ -32,49 +45,98 @@ def show_user(rec: Recommender, user: str, k: int) -> None:
         print("preferred categories: " + ", ".join(f"{c} ({p:.2f})" for c, p in cats))
 
 
-def batch(rec: Recommender, args) -> None:
-    users = [u.strip() for u in (Path(args.users).read_text().split() if args.users else args.user_ids)]
-    start = time.perf_counter()
-    out = open(args.out, "w", encoding="utf-8") if args.out else sys.stdout
-    rejected = 0
-    for u in users:
-        try:
-            if args.task == "recommend":
-                row = {"user": u, "items": [{"item": i, "score": s} for i, s in rec.recommend(u, k=args.k)[0]]}
-            elif args.task == "categories":
-                row = {"user": u, "categories": [{"category": c, "p": p} for c, p in rec.categories(u, k=args.k)[0]]}
-            else:
-                raise SystemExit(f"--task {args.task}: batch mode supports recommend and categories")
-        except UnknownIdError as e:
-            print(f"skipped: {e}", file=sys.stderr)
-            rejected += 1
-            continue
-        out.write(json.dumps(row) + "\n")
-    seconds = time.perf_counter() - start
-    print(f"{len(users) - rejected} users in {seconds:.1f} s ({(len(users) - rejected) / seconds:.1f} users/s); "
-          f"{rejected} rejected", file=sys.stderr)
+def read_inputs(args) -> list:
+    """Requests from --input and the command line, read before the model loads so that bad input
+    fails in a second, not after loading a backbone."""
+    requests = read_requests(args.input, args.task, args.input_format) if args.input else []
+    return requests + requests_from_args(args.ids, args.task)
+
+
+def batch(rec: Recommender, args, requests: list) -> int:
+    """Score the requests, report rejected lines, timing and throughput on stderr."""
+    if args.all_users:
+        requests = requests + [Request("all users", u.id) for u in rec.dataset.users]
+    if args.task == "rate" and not rec.dataset.explicit:
+        raise BadInputError(f"--task rate: data set {rec.dataset.name!r} has implicit feedback only; use --task prefer")
+    good, bad = check_ids(rec.dataset, requests)
+    for r in bad:
+        print(f"rejected {r}", file=sys.stderr)
+    if not good:
+        raise BadInputError(f"no valid rows to score ({len(bad)} rejected)")
+    fmt = args.format or ("csv" if args.out and args.out.suffix.lower() == ".csv" else "jsonl")
+    # the output file is opened only now: bad input never truncates an earlier result
+    with open(args.out, "w", encoding="utf-8", newline="") if args.out else nullcontext(sys.stdout) as out:
+        seconds = run_batch(rec, args.task, good, ResultWriter(out, fmt, args.task), k=args.k,
+                            exclude_seen=not args.include_seen, batch_size=args.batch_size,
+                            progress=not args.no_progress)
+    unit = "users" if args.task in USER_TASKS else "rows"
+    print(f"{args.task}: {len(good)} {unit} in {seconds:.2f} s ({len(good) / max(seconds, 1e-9):.1f} {unit}/s); "
+          f"{len(bad)} rejected", file=sys.stderr)
+    return 0
+
+
+def check(args) -> int:
+    """--check: verify a recommend JSONL file against the run's catalog (no model is loaded)."""
+    rows, problems = check_recommendations(args.run, args.check, args.k, not args.include_seen, args.all_users)
+    for p in problems[:50]:
+        print(p, file=sys.stderr)
+    seen = "seen items allowed" if args.include_seen else "none seen"
+    print(f"{args.check}: {rows} rows, {len(problems)} problems (k={args.k}, distinct known items, {seen}"
+          f"{', every user once' if args.all_users else ''})")
+    return 1 if problems else 0
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--run", required=True, type=Path, help="run folder written by train.py")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--show-user", help="print one user's top-K, ratings, P(like) and categories")
+    mode.add_argument("--task", choices=TASKS, help="batch mode: score the requests from --input / the command line")
+    mode.add_argument("--chat", action="store_true", help="a prompt-style session on stdin/stdout (type help)")
+    mode.add_argument("--check", type=Path, metavar="RECS.jsonl",
+                      help="check a recommend JSONL file against the run (see -k, --all-users); loads no model")
+    p.add_argument("ids", nargs="*",
+                   help=f"batch ids: USER for {'/'.join(USER_TASKS)}, USER:ITEM for {'/'.join(PAIR_TASKS)}")
+    p.add_argument("--input", "--users", type=Path, help="batch input file: .csv, .jsonl, or text (ids)")
+    p.add_argument("--input-format", choices=["csv", "jsonl", "txt"], help="input format (default: from the suffix)")
+    p.add_argument("--all-users", action="store_true", help="recommend/categories for every user of the run")
+    p.add_argument("--out", type=Path, help="output file (default stdout)")
+    p.add_argument("--format", choices=["jsonl", "csv"],
+                   help="output format (default: from --out's suffix, else jsonl)")
+    p.add_argument("-k", type=int, default=10, help="how many items / categories per user (default 10)")
+    p.add_argument("--batch-size", type=int, default=32, help="prompts per forward pass (default 32)")
+    p.add_argument("--include-seen", action="store_true", help="let top-K include items the user already has")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    p.add_argument("--no-prompt", action="store_true", help="chat: do not print the 'mtrec> ' prompt")
+    p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    args = p.parse_args(argv)
+    if args.k < 1 or args.batch_size < 1:
+        p.error("-k and --batch-size must be at least 1")
+    return args
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--run", required=True, type=Path, help="run folder written by train.py")
-    p.add_argument("--show-user", help="print one user's top-K, ratings, P(like) and categories")
-    p.add_argument("--task", choices=["recommend", "categories"], help="batch mode")
-    p.add_argument("--users", help="file of user ids (whitespace-separated) for batch mode")
-    p.add_argument("user_ids", nargs="*", help="user ids for batch mode")
-    p.add_argument("--out", help="JSONL output (default stdout)")
-    p.add_argument("-k", type=int, default=10, help="how many items / categories")
-    p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
-    args = p.parse_args(argv)
+    args = parse_args(argv)
     try:
+        if args.check:
+            return check(args)
+        if not (args.show_user or args.task or args.chat):
+            print("error: give --show-user ID, --task TASK, --chat or --check FILE (see --help)", file=sys.stderr)
+            return 2
+        if args.task and not (args.input or args.ids or args.all_users):
+            raise BadInputError(f"--task {args.task}: give ids, --input FILE or --all-users")
+        requests = read_inputs(args) if args.task else []
+        start = time.perf_counter()
         rec = Recommender.from_run(args.run, device=args.device)
-        if args.show_user:
-            show_user(rec, args.show_user, args.k)
-        elif args.task:
-            batch(rec, args)
-        else:
-            p.error("give --show-user ID or --task")
-    except (RunFolderError, UnknownIdError) as e:
+        print(f"loaded {args.run} on {rec.device} in {time.perf_counter() - start:.1f} s", file=sys.stderr)
+        if args.chat:
+            from mtrec.chat import run_chat
+
+            return run_chat(rec, prompt=not args.no_prompt)
+        if args.task:
+            return batch(rec, args, requests)
+        show_user(rec, args.show_user, args.k)
+    except (RunFolderError, BadInputError, UnknownIdError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0

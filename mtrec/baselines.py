@@ -7,16 +7,22 @@
 | `BiasedMF`     | mu + b_u + b_i + p_u.q_i   | predicted rating                             |
 | `BPRMF`        | -                          | p_u.q_i, BPR loss, uniform negatives         |
 | `ItemKNN`      | -                          | sum of top-k cosine similarities to history  |
+| `SASRec`       | -                          | causal self-attention over the item sequence |
 
 Every model: ``fit(split, *, seed=0, max_epochs=..., patience=...) -> self`` (learns from the split's
 TRAIN interactions only; iterative models early-stop on the VALID interactions and keep the best
-epoch), ``score_all(users) -> [len(users), num_items]``, an ``info`` dict (epochs run, best epoch,
-stopped_early, hyper-parameters, fit seconds, per-epoch history). Rating models also give
+epoch, and take ``max_seconds`` to cut training short), ``score_all(users, role="valid") ->
+[len(users), num_items]``, an ``info`` dict (epochs run, best epoch, stopped_early, budget_stopped,
+hyper-parameters, fit seconds, per-epoch history). Rating models also give
 ``predict_ratings(users, items)`` and ``like_proba(users, items)`` (P(rating >= like_threshold),
 a logistic on the predicted rating fitted on training). `evaluate_baseline` scores any of them
 with the metrics and exclusion protocol of `mtrec.metrics`.
 
-TODO: SASRec (sequential) belongs here too; it is not written yet.
+The `role` of `score_all` says which targets are being ranked, hence which history a model may
+read: for validation the user's TRAIN interactions, for test TRAIN + VALID (the validation item
+precedes the test item; the language model's prompts show it too). Models that read a history at
+scoring time (`ItemKNN`, `SASRec`) use it; models with fitted user factors ignore it (their users
+are not re-fitted with the validation item).
 """
 
 from __future__ import annotations
@@ -30,7 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from mtrec import metrics
-from mtrec.data.splits import TRAIN, VALID, Split
+from mtrec.data.splits import TEST, TRAIN, VALID, Split
 
 
 def _role_arrays(split: Split, role: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -57,8 +63,11 @@ class Baseline:
     def fit(self, split: Split, *, seed: int = 0, max_epochs: int | None = None, patience: int | None = None):
         raise NotImplementedError
 
-    def score_all(self, users: Sequence[int] | np.ndarray) -> np.ndarray:
-        """Scores of every catalog item for each user: float array [len(users), num_items]."""
+    def score_all(self, users: Sequence[int] | np.ndarray, role: int | str = VALID) -> np.ndarray:
+        """Scores of every catalog item for each user: float array [len(users), num_items].
+
+        `role` (``"valid"``/``"test"``) picks the history the model may read (see the module docstring).
+        """
         raise NotImplementedError
 
     def _start(self, split: Split, seed: int) -> float:
@@ -149,7 +158,7 @@ class Popularity(_RatingModel):
         _require_explicit(self.split, "Popularity")
         return np.full(len(users), self.mu)
 
-    def score_all(self, users):
+    def score_all(self, users, role=VALID):
         return np.broadcast_to(self.counts, (len(users), len(self.counts))).copy()
 
 
@@ -196,7 +205,7 @@ class BiasBaseline(_RatingModel):
     def _raw_ratings(self, users, items):
         return self.mu + self.b_u[users] + self.b_i[items]
 
-    def score_all(self, users):
+    def score_all(self, users, role=VALID):
         users = np.asarray(users, np.int64)
         return self.mu + self.b_u[users][:, None] + self.b_i[None, :]
 
@@ -210,37 +219,49 @@ def _early_stopping(
     max_epochs: int,
     patience: int,
     higher_is_better: bool,
+    max_seconds: float | None = None,
 ) -> dict:
     """Train epoch by epoch, keep the parameters of the best validation epoch, stop after `patience`
     epochs without improvement. Without validation data (`evaluate` -> None) all epochs run.
+    With `max_seconds`, no new epoch starts once that much time has passed (``budget_stopped``):
+    a benchmark then reports the model as cut short rather than waiting for it.
 
     Returns:
-        info entries: epochs_run, best_epoch, stopped_early, best_valid, train_loss, valid history.
+        info entries: epochs_run, best_epoch, stopped_early, budget_stopped, best_valid, train_loss,
+        valid history.
     """
     best, best_epoch, bad, epoch = None, 0, 0, 0
     losses, history = [], []
     best_state = [p.detach().clone() for p in params]
+    started, budget_stopped = time.perf_counter(), False
     for epoch in range(1, max_epochs + 1):
         losses.append(run_epoch())
         score = evaluate()
-        if score is None:
-            continue
-        history.append(score)
-        if best is None or (score > best if higher_is_better else score < best):
-            best, best_epoch, bad = score, epoch, 0
-            best_state = [p.detach().clone() for p in params]
-        else:
-            bad += 1
-            if bad >= patience:
-                break
+        if score is not None:
+            history.append(score)
+            if best is None or (score > best if higher_is_better else score < best):
+                best, best_epoch, bad = score, epoch, 0
+                best_state = [p.detach().clone() for p in params]
+            else:
+                bad += 1
+                if bad >= patience:
+                    break
+        if max_seconds is not None and time.perf_counter() - started > max_seconds and epoch < max_epochs:
+            budget_stopped = True
+            break
     if best is not None:
         with torch.no_grad():  # roll back to the best epoch: the model we report is that one
             for p, saved in zip(params, best_state):
                 p.copy_(saved)
-    return dict(
-        epochs_run=epoch, best_epoch=best_epoch or epoch, stopped_early=best is not None and bad >= patience,
-        best_valid=best, train_loss=losses, valid=history,
-    )
+    return {
+        "epochs_run": epoch,
+        "best_epoch": best_epoch or epoch,
+        "stopped_early": best is not None and bad >= patience,
+        "budget_stopped": budget_stopped,
+        "best_valid": best,
+        "train_loss": losses,
+        "valid": history,
+    }
 
 
 def _batches(n: int, batch_size: int, gen: torch.Generator):
@@ -269,8 +290,16 @@ class BiasedMF(_RatingModel):
         super().__init__(like_threshold=like_threshold, dim=dim, lr=lr, reg=reg, batch_size=batch_size)
         self.dim, self.lr, self.reg, self.batch_size = dim, lr, reg, batch_size
 
-    def fit(self, split: Split, *, seed: int = 0, max_epochs: int = 100, patience: int = 5):
-        """Train on TRAIN ratings, early-stopping on VALID RMSE. Returns self."""
+    def fit(
+        self,
+        split: Split,
+        *,
+        seed: int = 0,
+        max_epochs: int = 100,
+        patience: int = 5,
+        max_seconds: float | None = None,
+    ):
+        """Train on TRAIN ratings, early-stopping on VALID RMSE (time budget `max_seconds`). Returns self."""
         _require_explicit(split, "BiasedMF")
         started = self._start(split, seed)
         ds = split.dataset
@@ -300,7 +329,13 @@ class BiasedMF(_RatingModel):
         vu, vi, vr = _role_arrays(split, VALID)
         evaluate = (lambda: metrics.rmse(self.predict_ratings(vu, vi), vr)) if len(vr) else (lambda: None)
         info = _early_stopping(
-            params, run_epoch, evaluate, max_epochs=max_epochs, patience=patience, higher_is_better=False
+            params,
+            run_epoch,
+            evaluate,
+            max_epochs=max_epochs,
+            patience=patience,
+            higher_is_better=False,
+            max_seconds=max_seconds,
         )
         self._calibrate()
         self._done(started, **info)
@@ -313,7 +348,7 @@ class BiasedMF(_RatingModel):
         return pred.double().numpy()
 
     @torch.no_grad()
-    def score_all(self, users):
+    def score_all(self, users, role=VALID):
         u = torch.as_tensor(np.asarray(users, np.int64))
         return (self.mu + self.bu[u][:, None] + self.bi[None, :] + self.P[u] @ self.Q.T).numpy()
 
@@ -338,14 +373,35 @@ def _sample_negatives(
     return neg
 
 
+# Score matrices are built in blocks of at most this many entries (users x items): 1024 users on
+# MovieLens, ~190 on Ciao's 105k items, so memory stays ~100 MB whatever the catalog.
+SCORE_BLOCK = 20_000_000
+
+
+def score_batch_size(num_items: int, batch_size: int | None = None) -> int:
+    """Users scored at once: `batch_size`, or as many as fit in `SCORE_BLOCK` entries (at most 1024)."""
+    return batch_size or max(1, min(1024, SCORE_BLOCK // max(num_items, 1)))
+
+
 def _full_catalog_ranks(
-    model: Baseline, split: Split, users: np.ndarray, items: np.ndarray, role: int, batch_size: int = 1024
+    model: Baseline,
+    split: Split,
+    users: np.ndarray,
+    items: np.ndarray,
+    role: int,
+    batch_size: int | None = None,
 ) -> np.ndarray:
-    """0-based full-catalog rank of each (user, target item), earlier-role items excluded, in batches."""
+    """0-based full-catalog rank of each (user, target item), earlier-role items excluded, in batches.
+
+    A target the user already met earlier (repeat consumption) is ranked, not excluded from its own
+    ranking, exactly as `mtrec.pipeline` does for the language model."""
     parts = [np.zeros(0, np.int64)]
-    for a in range(0, len(users), batch_size):
-        u, i = users[a : a + batch_size], items[a : a + batch_size]
-        parts.append(metrics.target_ranks(model.score_all(u), i, metrics.exclusion_mask(split, u, role)))
+    step = score_batch_size(split.dataset.num_items, batch_size)
+    for a in range(0, len(users), step):
+        u, i = users[a : a + step], items[a : a + step]
+        rows, cols = metrics.exclusion_mask(split, u, role, as_pairs=True)
+        keep = cols != i[rows]
+        parts.append(metrics.target_ranks(model.score_all(u, role=role), i, (rows[keep], cols[keep])))
     return np.concatenate(parts)
 
 
@@ -375,8 +431,17 @@ class BPRMF(Baseline):
         super().__init__(dim=dim, lr=lr, reg=reg, batch_size=batch_size, k=k)
         self.dim, self.lr, self.reg, self.batch_size, self.k = dim, lr, reg, batch_size, k
 
-    def fit(self, split: Split, *, seed: int = 0, max_epochs: int = 200, patience: int = 10):
-        """Train on TRAIN pairs (repeats collapsed), early-stopping on VALID NDCG@k. Returns self."""
+    def fit(
+        self,
+        split: Split,
+        *,
+        seed: int = 0,
+        max_epochs: int = 200,
+        patience: int = 10,
+        max_seconds: float | None = None,
+    ):
+        """Train on TRAIN pairs (repeats collapsed), early-stopping on VALID NDCG@k (time budget
+        `max_seconds`). Returns self."""
         started = self._start(split, seed)
         ds = split.dataset
         gen, rng = torch.Generator().manual_seed(seed), np.random.default_rng(seed)
@@ -402,14 +467,19 @@ class BPRMF(Baseline):
             return total / len(u)
 
         info = _early_stopping(
-            [self.P, self.Q], run_epoch, lambda: _valid_ndcg(self, split, self.k),
-            max_epochs=max_epochs, patience=patience, higher_is_better=True,
+            [self.P, self.Q],
+            run_epoch,
+            lambda: _valid_ndcg(self, split, self.k),
+            max_epochs=max_epochs,
+            patience=patience,
+            higher_is_better=True,
+            max_seconds=max_seconds,
         )
         self._done(started, **info)
         return self
 
     @torch.no_grad()
-    def score_all(self, users):
+    def score_all(self, users, role=VALID):
         return (self.P[torch.as_tensor(np.asarray(users, np.int64))] @ self.Q.T).numpy()
 
 
@@ -418,8 +488,10 @@ class ItemKNN(Baseline):
 
     sim(i, j) = |U_i & U_j| / sqrt(|U_i| |U_j|) (cosine of item columns); each item i keeps its
     `neighbours` most similar items (ties: lower item index); score(u, j) = sum over the user's
-    training items i of sim_k(i, j). Similarities are computed in row chunks, so memory stays
-    O(chunk * num_items) even for large catalogs.
+    history items i of sim_k(i, j). The history is the user's TRAIN items for validation and
+    TRAIN + VALID items for test (`score_all`'s role); similarities come from TRAIN only.
+    Similarities are computed in sparse row chunks and only co-occurring pairs are ever stored, so
+    memory follows the co-occurrence count, not num_items^2 (Ciao has 105k items).
 
     Args:
         neighbours: k, the similar items kept per item.
@@ -434,39 +506,289 @@ class ItemKNN(Baseline):
         """Build the top-k similarity matrix (deterministic; `seed`, `max_epochs`, `patience` unused)."""
         started = self._start(split, seed)
         ds = split.dataset
-        u, i, _ = _role_arrays(split, TRAIN)
-        x = sp.csr_matrix((np.ones(len(u)), (u, i)), shape=(ds.num_users, ds.num_items))
-        x.data[:] = 1.0  # repeats collapse to one
-        self.X = x
-        norms = np.sqrt(np.asarray(x.sum(0)).ravel())
-        xt = x.T.tocsr()
-        rows, cols, vals = [], [], []
+        self.X = _binary_matrix(split, split.role == TRAIN)
+        self._history = {VALID: self.X, TEST: _binary_matrix(split, split.role <= VALID)}
+        norms = np.sqrt(np.asarray(self.X.sum(0)).ravel())
+        xt = self.X.T.tocsr()
         k = min(self.neighbours, ds.num_items - 1)
-        for start in range(0, ds.num_items, self.chunk):
-            co = (xt[start : start + self.chunk] @ x).toarray()
-            denom = norms[start : start + len(co), None] * norms[None, :]
-            sim = np.divide(co, denom, out=np.zeros_like(co), where=denom > 0)
-            sim[np.arange(len(co)), start + np.arange(len(co))] = 0.0  # an item is not its own neighbour
-            top = np.argsort(-sim, axis=1, kind="stable")[:, :k]
-            top_sim = np.take_along_axis(sim, top, 1)
-            keep = top_sim > 0
-            rows.append(np.nonzero(keep)[0] + start)
-            cols.append(top[keep])
-            vals.append(top_sim[keep])
-        self.S = sp.csr_matrix(
-            (np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))),
-            shape=(ds.num_items, ds.num_items),
-        )
+        starts = range(0, ds.num_items, self.chunk)
+        parts = [_top_k_similar(xt[a : a + self.chunk] @ self.X, norms, a, k) for a in starts]
+        rows, cols, vals = (np.concatenate([part[n] for part in parts]) for n in range(3))
+        self.S = sp.csr_matrix((vals, (rows, cols)), shape=(ds.num_items, ds.num_items))
         self._done(started, epochs_run=1, best_epoch=1, stopped_early=False)
         return self
 
-    def score_all(self, users):
-        return (self.X[np.asarray(users, np.int64)] @ self.S).toarray()
+    def score_all(self, users, role=VALID):
+        history = self._history[metrics.ranking_role(role)]
+        return (history[np.asarray(users, np.int64)] @ self.S).toarray()
+
+
+def _binary_matrix(split: Split, keep: np.ndarray) -> sp.csr_matrix:
+    """[num_users, num_items] 0/1 CSR matrix of the interactions where `keep` (repeats count once)."""
+    ds = split.dataset
+    idx = np.flatnonzero(keep)
+    x = sp.csr_matrix(
+        (np.ones(len(idx)), (ds.user_idx[idx], ds.item_idx[idx])), shape=(ds.num_users, ds.num_items)
+    )
+    x.data[:] = 1.0
+    return x
+
+
+def _top_k_similar(co: sp.spmatrix, norms: np.ndarray, start: int, k: int):
+    """(rows, cols, sims) of each row's k most similar items, from a chunk of co-occurrence counts.
+
+    `co` holds rows start.. of X^T X; sim = co / (norm_row * norm_col). Within a row the order is
+    similarity descending, then item index ascending, so ties keep the lower index."""
+    co = co.tocoo()
+    r, c = co.row.astype(np.int64), co.col.astype(np.int64)
+    sim = co.data / (norms[start + r] * norms[c])  # co > 0 implies both norms > 0
+    keep = (start + r != c) & (sim > 0)  # an item is not its own neighbour
+    r, c, sim = r[keep], c[keep], sim[keep]
+    order = np.lexsort((c, -sim, r))
+    r, c, sim = r[order], c[order], sim[order]
+    rank = np.arange(len(r)) - np.searchsorted(r, r, side="left")  # position within the row
+    top = rank < k
+    return r[top] + start, c[top], sim[top]
+
+
+# ---- sequential -------------------------------------------------------------------------------
+class _AttentionBlock(torch.nn.Module):
+    """Pre-LayerNorm transformer block: masked self-attention, then a position-wise feed-forward."""
+
+    def __init__(self, hidden: int, heads: int, dropout: float) -> None:
+        super().__init__()
+        self.heads, self.dropout = heads, dropout
+        self.norm1, self.norm2 = torch.nn.LayerNorm(hidden), torch.nn.LayerNorm(hidden)
+        self.qkv, self.out = torch.nn.Linear(hidden, 3 * hidden), torch.nn.Linear(hidden, hidden)
+        self.ff = torch.nn.Sequential(
+            torch.nn.Linear(hidden, hidden),
+            torch.nn.ReLU(),
+            torch.nn.Dropout(dropout),
+            torch.nn.Linear(hidden, hidden),
+        )
+        self.drop = torch.nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+        b, n, h = x.shape
+        q, k, v = self.qkv(self.norm1(x)).view(b, n, 3, self.heads, h // self.heads).permute(2, 0, 3, 1, 4)
+        p = self.dropout if self.training else 0.0
+        att = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, dropout_p=p)
+        x = x + self.drop(self.out(att.transpose(1, 2).reshape(b, n, h)))
+        return x + self.drop(self.ff(self.norm2(x)))
+
+
+class _SASRecNet(torch.nn.Module):
+    """Item + learned position embeddings, causal attention blocks, final LayerNorm.
+
+    Input: [B, L] item index + 1, left-padded with 0, so the newest item always sits at position
+    L - 1 (in training windows and at scoring time alike). Output: [B, L, hidden]; the score of item
+    i after position t is out[:, t] . E[i + 1] (the input embedding table, shared as output)."""
+
+    def __init__(
+        self, num_items: int, max_len: int, hidden: int, blocks: int, heads: int, dropout: float
+    ) -> None:
+        super().__init__()
+        self.item = torch.nn.Embedding(num_items + 1, hidden, padding_idx=0)
+        self.pos = torch.nn.Embedding(max_len, hidden)
+        self.drop = torch.nn.Dropout(dropout)
+        self.blocks = torch.nn.ModuleList(_AttentionBlock(hidden, heads, dropout) for _ in range(blocks))
+        self.norm = torch.nn.LayerNorm(hidden)
+        torch.nn.init.normal_(self.item.weight, std=hidden**-0.5)
+        with torch.no_grad():
+            self.item.weight[0].zero_()
+
+    def forward(self, seq: torch.Tensor) -> torch.Tensor:
+        n = seq.shape[1]
+        real = (seq > 0).unsqueeze(-1)
+        x = self.item(seq) * self.item.embedding_dim**0.5 + self.pos(torch.arange(n, device=seq.device))
+        x = self.drop(x) * real
+        # Causal, and no attention to padding; a padded position still sees itself so that no
+        # softmax row is empty (its output is zeroed anyway).
+        causal = torch.ones(n, n, dtype=torch.bool, device=seq.device).tril()
+        allowed = (causal & (seq > 0)[:, None, :]) | torch.eye(n, dtype=torch.bool, device=seq.device)
+        for block in self.blocks:
+            x = block(x, allowed[:, None]) * real
+        return self.norm(x)
+
+    def catalog(self) -> torch.Tensor:
+        """[num_items, hidden] output embeddings (the padding row left out)."""
+        return self.item.weight[1:]
+
+
+def _softmax_backward(hidden: torch.Tensor, net: _SASRecNet, labels: torch.Tensor, max_logits: int) -> float:
+    """Backpropagate mean full-catalog cross-entropy of `hidden` [P, H] against `labels` [P].
+
+    The [P, num_items] logits are built `max_logits` entries at a time: each chunk's loss is
+    backpropagated into a detached copy of `hidden` (and the item table) and freed, then the
+    accumulated gradient flows through the transformer once. Same gradient as one big softmax,
+    memory bounded on large catalogs. Returns the loss value."""
+    if len(labels) == 0:
+        return 0.0
+    leaf = hidden.detach().requires_grad_()
+    rows = max(1, max_logits // net.catalog().shape[0])
+    total = 0.0
+    for a in range(0, len(labels), rows):
+        logits = leaf[a : a + rows] @ net.catalog().T
+        loss = F.cross_entropy(logits, labels[a : a + rows], reduction="sum") / len(labels)
+        loss.backward()
+        total += float(loss.detach())
+    hidden.backward(leaf.grad)
+    return total
+
+
+class SASRec(Baseline):
+    """Self-attentive sequential recommendation (Kang & McAuley 2018), trained with a full softmax.
+
+    Training: each user's TRAIN sequence is cut from its end into windows of `max_len` + 1 items;
+    at every position the model predicts the next item with a cross-entropy over the whole catalog
+    (stronger than the paper's one-negative BCE; Klenitskiy & Vasilev 2023). Early stopping on
+    full-catalog validation NDCG@k with training items excluded. Scoring reads the user's TRAIN
+    items for validation and TRAIN + VALID items for test (the `role` of `score_all`).
+    Deterministic on CPU for a given seed (the global torch RNG is forked, not disturbed).
+
+    Args:
+        max_len: items of history read; hidden: embedding width; blocks: attention blocks;
+        heads: attention heads; dropout: dropout rate; lr: Adam learning rate; batch_size: windows
+        per step; k: validation NDCG cut-off; device: torch device to train and score on;
+        max_logits: logits computed at once in the loss (memory bound on big catalogs).
+    """
+
+    def __init__(
+        self,
+        max_len: int = 50,
+        hidden: int = 64,
+        blocks: int = 2,
+        heads: int = 1,
+        dropout: float = 0.2,
+        lr: float = 1e-3,
+        batch_size: int = 128,
+        k: int = 10,
+        device: str = "cpu",
+        max_logits: int = 1 << 23,
+    ):
+        super().__init__(
+            max_len=max_len,
+            hidden=hidden,
+            blocks=blocks,
+            heads=heads,
+            dropout=dropout,
+            lr=lr,
+            batch_size=batch_size,
+            k=k,
+            device=device,
+            max_logits=max_logits,
+        )
+        self.max_len, self.hidden, self.blocks, self.heads, self.dropout = (
+            max_len,
+            hidden,
+            blocks,
+            heads,
+            dropout,
+        )
+        self.lr, self.batch_size, self.k, self.device, self.max_logits = lr, batch_size, k, device, max_logits
+
+    def fit(
+        self,
+        split: Split,
+        *,
+        seed: int = 0,
+        max_epochs: int = 200,
+        patience: int = 10,
+        max_seconds: float | None = None,
+    ):
+        """Train on TRAIN sequences, early-stopping on VALID NDCG@k (time budget `max_seconds`).
+
+        Returns:
+            self.
+        """
+        started = self._start(split, seed)
+        ds = split.dataset
+        self._seq_items = ds.item_idx[split.seq].astype(np.int64) + 1  # 0 is padding
+        self._seq_roles = split.role[split.seq]
+        windows = self._training_windows()
+        devices = [torch.device(self.device)] if torch.device(self.device).type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(seed)
+            self.net = _SASRecNet(
+                ds.num_items, self.max_len, self.hidden, self.blocks, self.heads, self.dropout
+            )
+            self.net.to(self.device)
+            opt = torch.optim.Adam(self.net.parameters(), lr=self.lr, betas=(0.9, 0.98))
+            gen = torch.Generator().manual_seed(seed)
+            deadline = None if max_seconds is None else time.perf_counter() + max_seconds
+            info = _early_stopping(
+                list(self.net.parameters()),
+                lambda: self._epoch(windows, opt, gen, deadline),
+                lambda: _valid_ndcg(self, split, self.k),
+                max_epochs=max_epochs,
+                patience=patience,
+                higher_is_better=True,
+                max_seconds=max_seconds,
+            )
+        self.net.eval()
+        self._done(started, windows=len(windows), **info)
+        return self
+
+    def _training_windows(self) -> torch.Tensor:
+        """[W, max_len + 1] windows of TRAIN item ids, cut from each sequence's end, left-padded.
+
+        Consecutive windows overlap by one item (the last input of one is the first target of the
+        next), so every training item but each user's first is a target exactly once."""
+        out, offsets = [], self.split.offsets
+        for u in range(self.split.dataset.num_users):
+            a, b = offsets[u], offsets[u + 1]
+            seq = self._seq_items[a:b][self._seq_roles[a:b] == TRAIN]
+            for end in range(len(seq), 1, -self.max_len):
+                w = seq[max(0, end - self.max_len - 1) : end]
+                out.append(np.pad(w, (self.max_len + 1 - len(w), 0)))
+        return torch.as_tensor(np.array(out, dtype=np.int64).reshape(-1, self.max_len + 1))
+
+    def _epoch(
+        self, windows: torch.Tensor, opt: torch.optim.Optimizer, gen: torch.Generator, deadline: float | None
+    ) -> float:
+        """One pass over the shuffled windows; returns the mean training loss per batch.
+
+        Past `deadline` (perf_counter seconds) the epoch ends early: one epoch over Ciao's 105k-item
+        softmax takes minutes on a CPU, longer than a quick benchmark's whole budget."""
+        self.net.train()
+        losses = []
+        for b in _batches(len(windows), self.batch_size, gen):
+            if deadline is not None and losses and time.perf_counter() > deadline:
+                break
+            w = windows[b].to(self.device)
+            target = w[:, 1:]
+            keep = target > 0
+            opt.zero_grad(set_to_none=True)
+            hidden = self.net(w[:, :-1])[keep]
+            losses.append(_softmax_backward(hidden, self.net, target[keep] - 1, self.max_logits))
+            opt.step()
+        return float(np.mean(losses)) if losses else float("nan")
+
+    def history_inputs(self, users: np.ndarray, role: int | str) -> torch.Tensor:
+        """[B, max_len] the newest `max_len` items each user had before the `role` targets, left-padded."""
+        value = metrics.ranking_role(role)
+        out = np.zeros((len(users), self.max_len), np.int64)
+        for row, u in enumerate(np.asarray(users, np.int64)):
+            a, b = self.split.offsets[u], self.split.offsets[u + 1]
+            items = self._seq_items[a:b][self._seq_roles[a:b] < value][-self.max_len :]
+            out[row, self.max_len - len(items) :] = items
+        return torch.as_tensor(out)
+
+    @torch.no_grad()
+    def score_all(self, users, role=VALID):
+        self.net.eval()
+        seq = self.history_inputs(users, role).to(self.device)
+        return (self.net(seq)[:, -1] @ self.net.catalog().T).float().cpu().numpy()
 
 
 # ---- evaluation --------------------------------------------------------------------------------
 def evaluate_baseline(
-    model: Baseline, split: Split, role: int | str, k: int = 10, batch_size: int = 1024
+    model: Baseline,
+    split: Split,
+    role: int | str,
+    k: int = 10,
+    batch_size: int | None = None,
+    users: np.ndarray | None = None,
 ) -> dict[str, float]:
     """Metrics of a fitted baseline on the split's VALID or TEST interactions.
 
@@ -480,25 +802,29 @@ def evaluate_baseline(
         split: the split it was fitted on.
         role: ``"valid"``/``VALID`` or ``"test"``/``TEST``.
         k: ranking cut-off.
-        batch_size: users scored at once.
+        batch_size: users scored at once (default: sized to the catalog, see `score_batch_size`).
+        users: evaluate only these users' targets (a benchmark's seeded subset); None = every user.
 
     Returns:
         Metric name -> value, plus ``n`` (interactions evaluated).
     """
     value = metrics.ranking_role(role)
-    users, items, ratings = _role_arrays(split, value)
-    out: dict[str, float] = {"n": len(users)}
+    users_, items, ratings = _role_arrays(split, value)
+    if users is not None:
+        keep = np.isin(users_, np.asarray(users, np.int64))
+        users_, items, ratings = users_[keep], items[keep], ratings[keep]
+    out: dict[str, float] = {"n": len(users_)}
     if model.rates and split.dataset.explicit:
-        pred = model.predict_ratings(users, items)
+        pred = model.predict_ratings(users_, items)
         out.update(rmse=metrics.rmse(pred, ratings), mae=metrics.mae(pred, ratings))
         like = ratings >= model.like_threshold
-        proba = model.like_proba(users, items)
+        proba = model.like_proba(users_, items)
         out.update(
             auc=metrics.auc(pred, like),
             log_loss=metrics.log_loss(proba, like),
             accuracy=metrics.accuracy(proba, like),
         )
-    ranks = _full_catalog_ranks(model, split, users, items, value, batch_size)
+    ranks = _full_catalog_ranks(model, split, users_, items, value, batch_size)
     out[f"hr@{k}"] = metrics.hit_rate(ranks, k)
     out[f"ndcg@{k}"] = metrics.ndcg(ranks, k)
     out[f"mrr@{k}"] = metrics.mrr(ranks, k)

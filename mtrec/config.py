@@ -55,6 +55,7 @@ class PromptConfig:
     max_length: int = knob(256, "hard token budget per prompt, instruction tokens included")
     max_title_tokens: int = knob(24, "cap on each title")
     max_text_tokens: int = knob(48, "cap on the target item's text")
+    max_categories: int = knob(5, "at most this many categories per item in a prompt")
     social: bool = knob(True, "show friends' / trusted users' recent items in prompts")
     social_share: float = knob(0.3, "share of spare budget held for social context while history is cut")
 
@@ -96,6 +97,7 @@ class TrainConfig:
     eval_users: int = knob(200, "validation users evaluated during training (seeded subset; 0 = all)")
     final_eval_users: int | None = knob(None, "users in the final validation pass with the best weights (0 = all; null = eval_users)")
     max_minutes: float | None = knob(None, "stop training after this many minutes of steps (null = no limit)")
+    final_eval_kinds: list | None = knob(None, "prompt kinds in the final validation pass (null = all trained kinds)")
     eval_batch_size: int = knob(32, "batch size in evaluation")
     early_stopping_metric: str = knob("valid/loss", "metric name for early stopping and best model")
     patience: int = knob(0, "evaluations without improvement before stopping (0 = off)")
@@ -155,6 +157,9 @@ def check(cfg: Config) -> None:
             raise ConfigError(f"{key}: must be > 0, got {value}")
     if t.warmup_steps >= t.max_steps and t.max_steps > 1:
         raise ConfigError(f"train.warmup_steps ({t.warmup_steps}) must be below train.max_steps ({t.max_steps})")
+    for k in t.final_eval_kinds or []:
+        if k not in KIND_NAMES:
+            raise ConfigError(f"train.final_eval_kinds: unknown kind {k!r}; expected some of {list(KIND_NAMES)}")
     if t.patience and not t.eval_every:
         raise ConfigError("train.patience needs train.eval_every > 0 (early stopping evaluates during training)")
     if not 0 <= cfg.prompt.social_share < 1:

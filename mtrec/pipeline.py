@@ -144,7 +144,7 @@ def evaluate(model, batcher: Batcher, specs: Specs, split: Split, role: int, wei
         chunk = rows[start : start + batch_size]
         batch = batcher.collate(specs, chunk, [fixed[KIND_NAMES[int(specs.kind[r])]] for r in chunk])
         batch = {n: (v.to(device) if torch.is_tensor(v) else v) for n, v in batch.items()}
-        out = model(batch["input_ids"], batch["attention_mask"], None, batch["item"])
+        out = model(batch["input_ids"], batch["attention_mask"], None, batch["item"], batch["user"])
         piece = {"kind": batch["kind"], "rating_pred": out["rating"], "rating": batch["rating"],
                  "like_logit": out["like_logit"], "like": batch["like"], "loss": row_losses(out, batch),
                  "rank": _ranks(out["item_logits"], batch, split, role),

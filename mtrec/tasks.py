@@ -72,7 +72,9 @@ class _UserContext:
 
 
 @dataclass(frozen=True)
-class RatingExample(_UserContext):
+class _NamedItemExample(_UserContext):
+    """A prompt about one named item (the target, or a sampled negative)."""
+
     item_title: str = ""
     item_text: str = ""
     item_categories: tuple[str, ...] = ()
@@ -81,12 +83,13 @@ class RatingExample(_UserContext):
 
 
 @dataclass(frozen=True)
-class PreferenceExample(_UserContext):
-    item_title: str = ""
-    item_text: str = ""
-    item_categories: tuple[str, ...] = ()
-    label: float = hidden(default=0.0)
-    item_index: int = hidden(default=-1)
+class RatingExample(_NamedItemExample):
+    """How would this user rate the named item? label = the rating."""
+
+
+@dataclass(frozen=True)
+class PreferenceExample(_NamedItemExample):
+    """Does this user like the named item? label = 1 or 0."""
 
 
 @dataclass(frozen=True)
@@ -197,8 +200,10 @@ def _like_specs(split: Split, targets: np.ndarray, opts: ExampleOptions, rng: np
     n_neg = opts.negatives_per_positive
     neg_targets = np.repeat(targets, n_neg)
     neg_items = sample_unobserved(ds, ds.user_idx[neg_targets], rng)
+    keep = neg_items >= 0  # users who have seen the whole catalog get no negatives
+    neg_targets, neg_items = neg_targets[keep], neg_items[keep]
     return Specs(
-        np.full(len(targets) * (1 + n_neg), k),
+        np.full(len(targets) + len(neg_targets), k),
         np.concatenate([targets, neg_targets]),
         np.concatenate([items, neg_items]),
         np.concatenate([np.ones(len(targets), np.float32), np.zeros(len(neg_targets), np.float32)]),
@@ -206,14 +211,20 @@ def _like_specs(split: Split, targets: np.ndarray, opts: ExampleOptions, rng: np
 
 
 def sample_unobserved(ds, users: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """One item per entry of `users` that this user never interacted with (in any split).
+    """One item per entry of `users` that this user never interacted with (in any split), or -1
+    for a user who has interacted with every item (nothing left to sample).
 
     Excluding every split's items avoids labelling a future positive as a negative; it shows the
     model nothing about those items.
     """
     seen = set(zip(ds.user_idx.tolist(), ds.item_idx.tolist()))
+    distinct = np.bincount(np.unique(ds.user_idx.astype(np.int64) * ds.num_items + ds.item_idx) // ds.num_items,
+                           minlength=ds.num_users)
     out = rng.integers(0, ds.num_items, size=len(users))
     for j, u in enumerate(users.tolist()):
+        if distinct[u] >= ds.num_items:
+            out[j] = -1
+            continue
         while (u, int(out[j])) in seen:
             out[j] = rng.integers(0, ds.num_items)
     return out.astype(np.int64)
@@ -234,13 +245,8 @@ class ExampleFactory:
         return tuple(self._entry(int(i)) for i in idx)
 
     def social(self, interaction: int) -> tuple[SocialEntry, ...]:
-        idx = self.context.social(interaction, limit=self.opts.max_social)
-        ds = self.ds
-        out = []
-        for i in idx.tolist():
-            e = self._entry(i)
-            out.append(SocialEntry(ds.users[ds.user_idx[i]].id, e.title, e.rating, e.weight))
-        return tuple(out)
+        """Friends' items allowed as context for `interaction`, newest first, at most `max_social`."""
+        return tuple(self._social_entry(i) for i in self.context.social(interaction, limit=self.opts.max_social).tolist())
 
     def _entry(self, i: int) -> HistoryEntry:
         ds = self.ds
@@ -253,55 +259,39 @@ class ExampleFactory:
         kind = KIND_NAMES[kind] if isinstance(kind, (int, np.integer)) else kind
         ds = self.ds
         u = int(ds.user_idx[interaction])
-        base = dict(
-            user_id=ds.users[u].id,
-            user=ds.users[u].attributes,
-            history=self.history(interaction),
-            social=self.social(interaction),
-            explicit=ds.explicit,
-            rating_scale=ds.rating_scale,
-            interaction=int(interaction),
-            user_index=u,
-            role=ROLE_NAMES[int(self.split.role[interaction])],
-        )
+        context = dict(history=self.history(interaction), social=self.social(interaction), interaction=int(interaction),
+                       role=ROLE_NAMES[int(self.split.role[interaction])])
+        return self._example(kind, u, item, label, context)
+
+    def make_now(self, kind: str, user: int, item: int = -1):
+        """An example for `user` *after* every interaction the split knows (serving time): the whole
+        sequence is history and friends' interactions have no time cut. With a split whose roles
+        are all TRAIN (see `mtrec.inference.serving_split`), friends' validation/test items count too."""
+        seq = self.split.user_sequence(user)[::-1][: self.opts.max_history]
+        social = self.context.social_for(user, None, self.opts.max_social)
+        context = dict(history=tuple(self._entry(int(i)) for i in seq),
+                       social=tuple(self._social_entry(int(i)) for i in social), interaction=-1, role="serve")
+        return self._example(kind, int(user), item, 0.0, context)
+
+    def _example(self, kind: str, user: int, item: int, label: float, context: dict):
+        ds = self.ds
+        base = dict(user_id=ds.users[user].id, user=ds.users[user].attributes, explicit=ds.explicit,
+                    rating_scale=ds.rating_scale, user_index=user, **context)
         if kind in ("rating", "like"):
             it = ds.items[item]
-            cls = RatingExample if kind == "rating" else PreferenceExample
-            return cls(**base, item_title=it.title, item_text=it.text, item_categories=it.categories,
-                       label=float(label), item_index=int(item))
+            return EXAMPLE_TYPES[kind](**base, item_title=it.title, item_text=it.text, item_categories=it.categories,
+                                       label=float(label), item_index=int(item))
         if kind == "categories":
-            cats = tuple(ds.category_index[c] for c in ds.items[item].categories if c in ds.category_index)
+            cats = () if item < 0 else tuple(ds.category_index[c] for c in ds.items[item].categories
+                                             if c in ds.category_index)
             return CategoryExample(**base, label=cats)
         if kind == "recommendation":
             return RecommendationExample(**base, label=int(item))
         raise ValueError(f"unknown prompt kind {kind!r}")
 
-    def make_now(self, kind: str, user: int, item: int = -1):
-        """An example for `user` *after* every interaction the split knows (serving time): the whole
-        sequence is history and friends' interactions have no time cut. With a split whose roles
-        are all TRAIN (see `serving_split`), friends' validation/test items count too."""
-        ds = self.ds
-        seq = self.split.user_sequence(user)[::-1][: self.opts.max_history]
-        social = self.context.social_for(user, None, self.opts.max_social)
-        base = dict(
-            user_id=ds.users[user].id, user=ds.users[user].attributes,
-            history=tuple(self._entry(int(i)) for i in seq),
-            social=tuple(SocialEntry(ds.users[ds.user_idx[i]].id, *self._social_fields(int(i))) for i in social),
-            explicit=ds.explicit, rating_scale=ds.rating_scale, interaction=-1, user_index=int(user), role="serve",
-        )
-        if kind in ("rating", "like"):
-            it = ds.items[item]
-            cls = RatingExample if kind == "rating" else PreferenceExample
-            return cls(**base, item_title=it.title, item_text=it.text, item_categories=it.categories, item_index=int(item))
-        if kind == "categories":
-            return CategoryExample(**base)
-        if kind == "recommendation":
-            return RecommendationExample(**base)
-        raise ValueError(f"unknown prompt kind {kind!r}")
-
-    def _social_fields(self, i: int) -> tuple:
+    def _social_entry(self, i: int) -> SocialEntry:
         e = self._entry(i)
-        return e.title, e.rating, e.weight
+        return SocialEntry(self.ds.users[self.ds.user_idx[i]].id, e.title, e.rating, e.weight)
 
     def make_row(self, specs: Specs, row: int):
         return self.make(int(specs.kind[row]), int(specs.interaction[row]), int(specs.item[row]), float(specs.label[row]))

@@ -29,7 +29,7 @@ from mtrec.model.multitask import NUM_KINDS, multitask_loss
 from mtrec.pipeline import Batcher, TaskSampler, evaluate, eval_specs, kinds_for, mixing_probs, train_specs
 from mtrec.prompts import DEFAULT_PROMPTS_DIR, PromptRenderer, RenderOptions, load_prompts
 from mtrec.run import RunFolderError, prepare_run_dir, save_catalog, save_config, write_manifest
-from mtrec.tasks import KIND_IDS, KIND_TASK, ExampleFactory, ExampleOptions
+from mtrec.tasks import KIND_IDS, KIND_NAMES, KIND_TASK, ExampleFactory, ExampleOptions
 
 
 @dataclass
@@ -56,7 +56,8 @@ def example_options(cfg: Config) -> ExampleOptions:
 
 def render_options(cfg: Config) -> RenderOptions:
     p = cfg.prompt
-    return RenderOptions(p.max_length, p.max_title_tokens, p.max_text_tokens, social_share=p.social_share)
+    return RenderOptions(p.max_length, p.max_title_tokens, p.max_text_tokens, max_categories=p.max_categories,
+                         social_share=p.social_share)
 
 
 def load_split(cfg: Config) -> Split:
@@ -202,7 +203,7 @@ class _Loop:
         else:
             first = self.log.evaluate(self.model, self.valid, self.weights, step=0)
             self.state = {"step": 0, "history": [first], "best": first, "bad_evals": 0, "tokens": 0, "examples": 0,
-                          "elapsed": 0.0}
+                          "examples_per_kind": [0] * NUM_KINDS, "elapsed": 0.0}
             self.best_state = trainable_state(self.acc.unwrap_model(self.model))
         self._train()
         return self._finish()
@@ -241,6 +242,8 @@ class _Loop:
         batch = self.sampler.batch(draw, self.acc.process_index)
         self.state["tokens"] += int(batch["attention_mask"].sum())
         self.state["examples"] += len(batch["kind"])
+        per_kind = np.bincount(batch["kind"].numpy(), minlength=NUM_KINDS)  # a CPU tensor here: no device sync
+        self.state["examples_per_kind"] = [a + int(b) for a, b in zip(self.state["examples_per_kind"], per_kind)]
         batch = {n: (v.to(self.acc.device) if torch.is_tensor(v) else v) for n, v in batch.items()}
         with self.acc.accumulate(self.model):
             loss, per_kind, counts = _step_loss(self.model, batch, self.weights, self.cfg)
@@ -287,13 +290,14 @@ class _Loop:
         load_trainable_state(self.acc.unwrap_model(model), self.best_state)
         final = None
         if t.final_eval_users is not None and t.final_eval_users != t.eval_users:
-            specs = eval_specs(self.s.split, self.s.kinds, self.s.example_options, VALID, t.final_eval_users,
-                               self.cfg.run.seed)
+            kinds = [k for k in self.s.kinds if k in (t.final_eval_kinds or self.s.kinds)]
+            specs = eval_specs(self.s.split, kinds, self.s.example_options, VALID, t.final_eval_users, self.cfg.run.seed)
             final = self.log.evaluate(model, specs, self.weights, step=st["best"]["step"],
                                       label="final validation (best weights)")
         seconds = st["elapsed"]
         return {"best": st["best"], "final": final, "history": st["history"], "steps": st["step"],
                 "seconds": round(seconds, 1), "examples_per_process": st["examples"],
+                "examples_per_kind": {KIND_NAMES[k]: n for k, n in enumerate(st["examples_per_kind"]) if n},
                 "tokens_per_second": round(st["tokens"] / max(seconds, 1e-9), 1), "train_sizes": self.sizes,
                 "parameters": count_parameters(self.acc.unwrap_model(model)), "mixed_precision": self.acc.mixed_precision,
                 "num_processes": self.acc.num_processes, "ranks": _rank_report(self.acc, model, st["step"])}
@@ -315,9 +319,9 @@ def _step_loss(model, batch, weights, cfg: Config):
         negatives = torch.randint(0, num_items, (t.num_negatives,), device=batch["item"].device)
         subset = torch.unique(torch.cat([batch["item"], negatives]))
         labels = torch.searchsorted(subset, batch["item"])
-        out = model(batch["input_ids"], batch["attention_mask"], subset, batch["item"])
+        out = model(batch["input_ids"], batch["attention_mask"], subset, batch["item"], batch["user"])
         return multitask_loss(out, batch, weights, t.loss_weighting == "uncertainty", labels)
-    out = model(batch["input_ids"], batch["attention_mask"], None, batch["item"])
+    out = model(batch["input_ids"], batch["attention_mask"], None, batch["item"], batch["user"])
     return multitask_loss(out, batch, weights, t.loss_weighting == "uncertainty")
 
 

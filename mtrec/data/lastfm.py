@@ -19,7 +19,10 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from mtrec.data.download import ensure_files
+from mtrec.data.errors import DataError
 from mtrec.data.readers import Source, read_table
 from mtrec.data.records import Item, RecDataset, User, sorted_ids
 from mtrec.data.registry import register
@@ -39,6 +42,7 @@ def load_lastfm_2k(
     """
     src = ensure_files(root, "lastfm-2k", download)
     artists = read_table(src["artists.dat"], ("id", "name", "url", "picture URL"), "\t", header=True)
+    artists.require_unique("id", "artist id")
     artist_ids = artists.strings("id")
     artist_index = {a: k for k, a in enumerate(artist_ids)}
     listens = read_table(src["user_artists.dat"], ("user id", "artist id", "weight"), "\t", header=True)
@@ -47,6 +51,14 @@ def load_lastfm_2k(
     item_idx = listens.lookup("artist id", artist_index, "artist id", "artists.dat")
     user_idx = listens.lookup("user id", user_index, "user id", "user_artists.dat")
     weights = listens.floats("weight")
+    too_large = np.flatnonzero(np.abs(weights) > np.finfo(np.float32).max)  # RecDataset stores float32
+    if len(too_large):
+        row = int(too_large[0])
+        raise DataError(
+            listens.source,
+            f"field 'weight' is {listens.strings('weight')[row]!r}; expected a listening count",
+            listens.line(row),
+        )
     friends = read_table(src["user_friends.dat"], ("user id", "friend id"), "\t", header=True)
     src_idx = friends.lookup("user id", user_index, "user id", "user_artists.dat")
     dst_idx = friends.lookup("friend id", user_index, "user id", "user_artists.dat")

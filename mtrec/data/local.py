@@ -228,32 +228,45 @@ def _id(value: object, field: str, source: Source, line: int) -> str:
     return text
 
 
+FLOAT32_MAX = float(np.finfo(np.float32).max)  # RecDataset stores values as float32
+INT64_RANGE = (-(2**63), 2**63 - 1)  # and timestamps as int64
+
+
 def _number(value: object, field: str, source: Source, line: int) -> float:
     try:
         number = float(value) if not isinstance(value, bool) and value not in (None, "") else math.nan
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: a JSON integer beyond float
         number = math.nan
     if not math.isfinite(number):
         raise DataError(source, f"field {field!r} is {value!r}; expected a number", line)
+    if abs(number) > FLOAT32_MAX:
+        raise DataError(
+            source, f"field {field!r} is {value!r}; expected a number between -3.4e38 and 3.4e38", line
+        )
     return number
 
 
 def _timestamp(value: object, source: Source, line: int) -> int:
     """Unix seconds (an integer) or an ISO 8601 date/time (naive times are taken as UTC)."""
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
     text = _text(value)
-    if text.lstrip("-").isdigit():
-        return int(text)
-    try:
-        moment = datetime.fromisoformat(text)
-    except ValueError:
-        raise DataError(
-            source, f"field 'timestamp' is {value!r}; expected unix seconds or an ISO 8601 date", line
-        ) from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=timezone.utc)
-    return int(moment.timestamp())
+    digits = text.removeprefix("-")
+    if isinstance(value, float) and value.is_integer():
+        seconds = int(value)
+    elif digits.isdecimal():  # not isdigit(): int() rejects "²"
+        seconds = int(text) if len(digits.lstrip("0")) <= 19 else INT64_RANGE[1] + 1  # int() limits digits
+    else:
+        try:
+            moment = datetime.fromisoformat(text)
+        except ValueError:
+            raise DataError(
+                source, f"field 'timestamp' is {value!r}; expected unix seconds or an ISO 8601 date", line
+            ) from None
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=timezone.utc)
+        seconds = int(moment.timestamp())
+    if not INT64_RANGE[0] <= seconds <= INT64_RANGE[1]:
+        raise DataError(source, f"field 'timestamp' is {value!r}; expected unix seconds within 64 bits", line)
+    return seconds
 
 
 def _categories(value: object, source: Source, line: int) -> tuple[str, ...]:

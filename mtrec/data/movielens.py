@@ -69,6 +69,7 @@ def load_movielens_100k(root: Path, download: bool = False, keep_unrated: bool =
     items = _read_100k_items(src["u.item"], genres)
     table = read_table(src["u.user"], ("user id", "age", "gender", "occupation", "zip code"), "|")
     table.ints("age")  # catches shifted columns early, with the line
+    table.require_unique("user id")
     users = [User(f[0], {"age": f[1], "gender": f[2], "occupation": f[3], "zip": f[4]}) for _, f in table]
     ratings = read_table(src["u.data"], ("user id", "item id", "rating", "timestamp"), "\t")
     return _build("movielens-100k", users, items, ratings, genres, keep_unrated, src["u.user"], src["u.item"])
@@ -88,6 +89,7 @@ def _read_100k_genres(source: Source) -> list[str]:
 def _read_100k_items(source: Source, genres: list[str]) -> list[Item]:
     head = ("movie id", "title", "release date", "video release date", "IMDb URL")
     table = read_table(source, head + tuple(f"genre flag {g}" for g in genres), "|", encoding="latin-1")
+    table.require_unique("movie id")
     items = []
     for line_no, fields in table:
         flags = fields[len(head) :]
@@ -120,6 +122,7 @@ def load_movielens_1m(root: Path, download: bool = False, keep_unrated: bool = F
 
 def _read_1m_movies(source: Source) -> tuple[list[Item], list[str]]:
     table = read_table(source, ("movie id", "title", "genres"), "::", encoding="latin-1")
+    table.require_unique("movie id")
     items, extra = [], set()
     for _, (movie_id, title, genre_field) in table:
         names = tuple(g for g in genre_field.split("|") if g)
@@ -132,13 +135,16 @@ def _read_1m_movies(source: Source) -> tuple[list[Item], list[str]]:
 
 def _read_1m_users(source: Source) -> list[User]:
     table = read_table(source, ("user id", "gender", "age", "occupation", "zip code"), "::")
+    table.require_unique("user id")
     users = []
     for line_no, (user_id, gender, age, occupation, zip_code) in table:
         if age not in ML1M_AGES:
             raise DataError(
                 source, f"field 'age' is {age!r}; expected one of the codes {', '.join(ML1M_AGES)}", line_no
             )
-        job = ML1M_OCCUPATIONS.get(int(occupation)) if occupation.isdigit() else None
+        # ASCII digits only ("²".isdigit() holds, yet int() rejects it), and few (int() limits their number).
+        code = occupation.isascii() and occupation.isdigit() and len(occupation) < 10
+        job = ML1M_OCCUPATIONS.get(int(occupation)) if code else None
         if job is None:
             raise DataError(source, f"field 'occupation' is {occupation!r}; expected a code 0-20", line_no)
         users.append(

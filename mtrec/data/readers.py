@@ -13,8 +13,10 @@ import csv
 import io
 import json
 import zipfile
+import zlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from itertools import chain
 from pathlib import Path, PurePosixPath
 from typing import NoReturn
 
@@ -28,6 +30,24 @@ DATA_DIR_HINT = (
 
 # Delimiters we try when a line has the wrong number of fields, to suggest the likely mistake.
 _CANDIDATE_DELIMITERS = ("\t", ",", ";", "|", "::", " ")
+
+try:
+    from lzma import LZMAError
+except ImportError:  # Python built without lzma: zipfile cannot raise it either
+    LZMAError = zlib.error
+
+# What zipfile raises on a damaged archive besides BadZipFile: offsets out of range (ValueError),
+# compressed data cut short or corrupt (EOFError, zlib.error, LZMAError), an entry it cannot read
+# (NotImplementedError: unknown method or version; RuntimeError: encrypted).
+_DAMAGED_ZIP = (
+    zipfile.BadZipFile,
+    ValueError,
+    EOFError,
+    zlib.error,
+    LZMAError,
+    NotImplementedError,
+    RuntimeError,
+)
 
 
 # ---- where a file comes from -----------------------------------------------------------------
@@ -58,8 +78,12 @@ class Source:
             raise DataError(self, "expected a file, found a folder") from None
         except KeyError:
             raise DataError(self, "member not found in the archive") from None
-        except zipfile.BadZipFile as exc:
-            raise DataError(self.path, f"not a readable zip archive ({exc})") from None
+        except _DAMAGED_ZIP as exc:
+            if self.member is None:
+                raise
+            raise DataError(
+                self.path, f"not a readable zip archive ({str(exc) or type(exc).__name__})"
+            ) from None
         except OSError as exc:  # permissions, I/O errors
             raise DataError(self, f"cannot read the file ({exc.strerror or exc})") from None
 
@@ -72,8 +96,8 @@ def zip_member(archive: Path, filename: str) -> str | None:
     try:
         with zipfile.ZipFile(archive) as zf:
             names = [n for n in zf.namelist() if PurePosixPath(n).name == filename]
-    except zipfile.BadZipFile as exc:
-        raise DataError(archive, f"not a readable zip archive ({exc})") from None
+    except _DAMAGED_ZIP as exc:
+        raise DataError(archive, f"not a readable zip archive ({str(exc) or type(exc).__name__})") from None
     return min(names, key=lambda n: (n.count("/"), n)) if names else None
 
 
@@ -243,6 +267,22 @@ class Table:
             row = next(i for i, v in enumerate(values) if v not in index)
             raise unknown_id_error(self.source, self.line(row), what, values[row], defined_in) from None
 
+    def require_unique(self, column: str, what: str | None = None) -> None:
+        """A value of `column` seen on an earlier row is a `DataError` naming both lines."""
+        values = self.strings(column)
+        if len(set(values)) == len(values):
+            return
+        seen: dict[str, int] = {}
+        for row, value in enumerate(values):
+            if value in seen:
+                raise DataError(
+                    self.source,
+                    f"{what or column} {value!r} repeats line {self.line(seen[value])}; "
+                    f"each {what or column} must be listed once",
+                    self.line(row),
+                )
+            seen[value] = row
+
     def _position(self, column: str) -> int:
         try:
             return self.columns.index(column)
@@ -298,7 +338,11 @@ def read_table(
     if counts.count(width - 1) != len(counts):
         k = next(k for k, c in enumerate(counts) if c != width - 1)
         raise field_count_error(source, line_nos[k], lines[k], delimiter, columns, counts[k] + 1)
-    return Table(source, columns, delimiter.join(lines).split(delimiter), line_nos)
+    if len(delimiter) == 1:
+        fields = delimiter.join(lines).split(delimiter)
+    else:  # joining first would let "x:" + "::" + ":y" split as "x", "", "y"
+        fields = list(chain.from_iterable(line.split(delimiter) for line in lines))
+    return Table(source, columns, fields, line_nos)
 
 
 def unknown_id_error(
@@ -325,6 +369,10 @@ def iter_csv_records(
         header = [h.strip() for h in next(reader)]
     except csv.Error as exc:
         raise DataError(source, f"not valid CSV ({exc}); expected a header row", 1) from None
+    except StopIteration:  # nothing but a byte-order mark
+        raise DataError(
+            source, f"file is empty; expected a CSV file with a header row ({', '.join(required)})"
+        ) from None
     _check_header(source, header, required, optional)
     start = reader.line_num + 1
     try:
@@ -373,6 +421,15 @@ def iter_jsonl_records(
                 source,
                 f"not valid JSON ({exc.msg} at column {exc.colno}); expected one JSON object per line",
                 line_no,
+            ) from None
+        except ValueError as exc:  # e.g. an integer of more than 4,300 digits
+            reason = str(exc).split(";")[0]
+            raise DataError(
+                source, f"not readable JSON ({reason}); expected one JSON object per line", line_no
+            ) from None
+        except RecursionError:
+            raise DataError(
+                source, "not readable JSON (nested too deeply); expected one JSON object per line", line_no
             ) from None
         if not isinstance(record, dict):
             raise DataError(

@@ -75,8 +75,10 @@ def sorted_ids(ids: Iterable[str]) -> list[str]:
 
 
 def _is_int(text: str) -> bool:
+    """An id that `int()` reads back exactly: ASCII-style decimal digits (not "²"), and short enough
+    for Python's int-from-string limit."""
     t = text[1:] if text[:1] == "-" else text
-    return t.isdigit()
+    return t.isdecimal() and t.isascii() and len(t) <= 4300
 
 
 class RecDataset:

@@ -108,27 +108,40 @@ def build_heads(ds: RecDataset, item_table: torch.Tensor, train_idx: np.ndarray,
                 like_threshold: float, shrinkage: float = 10.0) -> TaskHeads:
     """Heads for `ds`, with priors from the *training* interactions only, all trained further:
     the recommendation bias starts at centred log popularity; the rating and like offsets start at
-    each item's shrunken mean (``sum / (n + shrinkage)`` toward the global mean) in logit space."""
-    items = ds.item_idx[train_idx]
+    each item's, then each user's (after the item's), shrunken mean deviation (``sum / (n +
+    shrinkage)``) in logit space: at step 0 the rating head is the classic user+item bias model, and
+    the backbone learns what the prompt adds."""
+    items, users = ds.item_idx[train_idx], ds.user_idx[train_idx]
     counts = np.bincount(items, minlength=ds.num_items).astype(np.float64)
     bias = torch.from_numpy(np.log1p(counts)).float()
     mean = rating_mean_of(ds, train_idx)
-    rating_off = like_off = None
+    offsets: dict = {}
     if mean is not None:
         lo, hi = ds.rating_scale
-        rating_off = _logit_offsets(items, ds.values[train_idx], counts, mean, shrinkage, lambda v: (v - lo) / (hi - lo))
-        liked = (ds.values[train_idx] >= like_threshold).astype(np.float64)
-        like_off = _logit_offsets(items, liked, counts, float(liked.mean()), shrinkage, lambda v: v)
+        ratings = ds.values[train_idx].astype(np.float64)
+        liked = (ratings >= like_threshold).astype(np.float64)
+        for name, values, to_unit in (("rating", ratings, lambda v: (v - lo) / (hi - lo)), ("like", liked, lambda v: v)):
+            m = float(values.mean())
+            item_dev = _shrunk(items, values - m, ds.num_items, shrinkage)
+            user_dev = _shrunk(users, values - m - item_dev[items], ds.num_users, shrinkage)
+            item_z = _logit(to_unit(m + item_dev)) - _logit(to_unit(m))
+            user_z = _logit(to_unit(m + user_dev)) - _logit(to_unit(m))
+            offsets[name] = (torch.from_numpy(item_z).float(), torch.from_numpy(user_z).float())
     return TaskHeads(hidden, len(ds.categories), item_table, bias - bias.mean(), ds.rating_scale, mean,
-                     rating_off, like_off)
+                     offsets.get("rating", (None,))[0], offsets.get("like", (None,))[0],
+                     (offsets["rating"][1], offsets["like"][1]) if offsets else None, ds.num_users)
 
 
-def _logit_offsets(items, values, counts, mean, shrinkage, to_unit) -> torch.Tensor:
-    """logit(to_unit(shrunken item mean)) - logit(to_unit(global mean)), per item."""
-    sums = np.bincount(items, weights=values - mean, minlength=len(counts))
-    shrunk = mean + sums / (counts + shrinkage)
-    logit = lambda p: np.log(np.clip(p, 1e-3, 1 - 1e-3) / (1 - np.clip(p, 1e-3, 1 - 1e-3)))  # noqa: E731
-    return torch.from_numpy(logit(to_unit(shrunk)) - logit(to_unit(np.float64(mean)))).float()
+def _shrunk(index: np.ndarray, values: np.ndarray, size: int, shrinkage: float) -> np.ndarray:
+    """Per-index sum / (count + shrinkage) (shrinkage 0: the plain mean)."""
+    sums = np.bincount(index, weights=values, minlength=size)
+    counts = np.bincount(index, minlength=size)
+    return sums / np.maximum(counts + shrinkage, 1e-9)
+
+
+def _logit(p) -> np.ndarray:
+    p = np.clip(p, 1e-3, 1 - 1e-3)
+    return np.log(p / (1 - p))
 
 
 def input_embedding_name(backbone) -> str:

@@ -41,7 +41,8 @@ class TaskHeads(nn.Module):
 
     def __init__(self, hidden: int, num_categories: int, item_table: torch.Tensor, item_bias: torch.Tensor,
                  rating_scale: tuple[float, float] | None, rating_mean: float | None = None,
-                 item_rating_offset: torch.Tensor | None = None, item_like_offset: torch.Tensor | None = None) -> None:
+                 item_rating_offset: torch.Tensor | None = None, item_like_offset: torch.Tensor | None = None,
+                 user_offsets: tuple[torch.Tensor, torch.Tensor] | None = None, num_users: int = 0) -> None:
         super().__init__()
         item_dim = item_table.shape[1]
         self.norm = nn.LayerNorm(hidden)
@@ -51,12 +52,17 @@ class TaskHeads(nn.Module):
         self.query = nn.Linear(hidden, item_dim, bias=False)
         self.item_table = nn.Parameter(item_table.clone().float())
         self.item_bias = nn.Parameter(item_bias.clone().float())
-        self.log_scale = nn.Parameter(torch.tensor(math.log(10.0)))
-        # Per-item offsets (logit space) for the rating and like heads: the named item's own
-        # tendency, so the backbone learns what the user's history adds on top of it.
-        zeros = torch.zeros(item_table.shape[0])
-        self.item_rating_offset = nn.Parameter((zeros if item_rating_offset is None else item_rating_offset).clone().float())
-        self.item_like_offset = nn.Parameter((zeros if item_like_offset is None else item_like_offset).clone().float())
+        # Scale 1: at the start the popularity prior in `item_bias` outweighs the untrained text
+        # similarity; training raises the scale as the query learns.
+        self.log_scale = nn.Parameter(torch.tensor(0.0))
+        # Per-item and per-user offsets (logit space) for the rating and like heads: the named item's
+        # and the known user's own tendencies, so the backbone learns what the prompt adds on top.
+        # A user or item the run does not know (cold start: index -1) gets no offset.
+        zeros_i, zeros_u = torch.zeros(item_table.shape[0]), torch.zeros(num_users)
+        self.item_rating_offset = nn.Parameter(_or(item_rating_offset, zeros_i))
+        self.item_like_offset = nn.Parameter(_or(item_like_offset, zeros_i))
+        self.user_rating_offset = nn.Parameter(_or(user_offsets and user_offsets[0], zeros_u))
+        self.user_like_offset = nn.Parameter(_or(user_offsets and user_offsets[1], zeros_u))
         # log variances for uncertainty weighting (Kendall et al. 2018); unused with fixed weights
         self.log_vars = nn.Parameter(torch.zeros(NUM_KINDS))
         lo, hi = rating_scale or (0.0, 1.0)
@@ -65,29 +71,33 @@ class TaskHeads(nn.Module):
         with torch.no_grad():
             if item_dim == hidden:
                 self.query.weight.copy_(torch.eye(hidden))
+            # zero weights: at step 0 every head outputs exactly its prior; gradients still reach them
             for lin in (self.rating, self.like, self.categories):
-                nn.init.normal_(lin.weight, std=0.01)
+                nn.init.zeros_(lin.weight)
                 nn.init.zeros_(lin.bias)
             if rating_mean is not None and rating_scale is not None:
                 p = min(max((rating_mean - lo) / (hi - lo), 1e-3), 1 - 1e-3)
                 self.rating.bias.fill_(math.log(p / (1 - p)))
 
     def forward(self, pooled: torch.Tensor, item_subset: torch.Tensor | None = None,
-                items: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+                items: torch.Tensor | None = None, users: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """Outputs of every head for every row.
 
         Args:
             pooled: [B, hidden] pooled backbone states.
             item_subset: limit item scores to these columns (sampled softmax).
-            items: [B] the item each row names (rating/like rows; -1 or anything for others), whose
-                offsets are added; None adds none.
+            items: [B] the item each row names (rating/like rows), whose offsets are added; -1 or
+                None: none.
+            users: [B] the user of each row, whose offsets are added; -1 (unknown) or None: none.
         """
         x = self.norm(pooled.float())
         rating_z, like_z = self.rating(x).squeeze(-1), self.like(x).squeeze(-1)
-        if items is not None:
-            named = items.clamp(min=0)
-            rating_z = rating_z + self.item_rating_offset[named]
-            like_z = like_z + self.item_like_offset[named]
+        for index, rating_off, like_off in ((items, self.item_rating_offset, self.item_like_offset),
+                                            (users, self.user_rating_offset, self.user_like_offset)):
+            if index is not None and len(rating_off):
+                known = (index >= 0).float()
+                rating_z = rating_z + known * rating_off[index.clamp(min=0)]
+                like_z = like_z + known * like_off[index.clamp(min=0)]
         table, bias = self.item_table, self.item_bias
         if item_subset is not None:
             table, bias = table[item_subset], bias[item_subset]
@@ -100,6 +110,10 @@ class TaskHeads(nn.Module):
             "item_logits": item_logits,
             "log_vars": self.log_vars,
         }
+
+
+def _or(value: torch.Tensor | None, default: torch.Tensor) -> torch.Tensor:
+    return (default if value is None else value).clone().float()
 
 
 class RecModel(nn.Module):
@@ -115,9 +129,9 @@ class RecModel(nn.Module):
         out = self.backbone(input_ids=input_ids, attention_mask=attention_mask)
         return pool_hidden(out.last_hidden_state, attention_mask, self.pooling, getattr(out, "pooler_output", None))
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                item_subset: torch.Tensor | None = None, items: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        return self.heads(self.encode(input_ids, attention_mask), item_subset, items)
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, item_subset: torch.Tensor | None = None,
+                items: torch.Tensor | None = None, users: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        return self.heads(self.encode(input_ids, attention_mask), item_subset, items, users)
 
 
 def row_losses(out: dict[str, torch.Tensor], batch: dict[str, torch.Tensor],

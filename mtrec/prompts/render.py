@@ -2,17 +2,16 @@
 
 Rules (deterministic, no randomness):
 1. Every free-text value (titles, item text, user attributes, candidates) is capped to a per-field
-   token count, and any instruction/special token spelled inside it is defused, so data can never
+   token count, lists of categories to `max_categories` (the most frequent first, as loaders order them), and any instruction/special token spelled inside it is defused, so data can never
    inject a task token.
 2. The prompt is ``<task token> body <task token>``: the leading token conditions every position,
    the trailing one is where a decoder's last-token pooling reads the answer.
 3. If the whole prompt exceeds ``max_length``, own history keeps its newest entries and drops the
    oldest, then social context does the same (at most ``social_share`` of the spare budget is held
    for it while history is cut), then candidates; the largest counts that fit are found on the real
-   token count. The search starts from an estimate (the measured cost of a whole list spread over
-   its entries by their own token counts) and gallops, then bisects, from there: the same counts
-   as a plain binary search, with ~2 tokenisations per list instead of ~log2(n). The counts cut
-   are returned.
+   token count. The search starts from an estimate (entries' own token counts, calibrated by
+   measured lengths) and gallops, then bisects, from there: the same counts as a plain binary
+   search, with ~2-3 tokenisations per list instead of ~log2(n). The counts cut are returned.
 4. If nothing is left to cut and the prompt still does not fit, `PromptTooLongError` names the
    template and the lengths; no prompt is ever returned over budget.
 """
@@ -39,6 +38,7 @@ class RenderOptions:
     max_title_tokens: int = 24
     max_text_tokens: int = 48
     max_attribute_tokens: int = 8
+    max_categories: int = 5
     social_share: float = 0.3
 
 
@@ -77,6 +77,7 @@ class PromptRenderer:
         self._specials = sorted((s for s in specials if s), key=len, reverse=True)
         self._cap = lru_cache(maxsize=200_000)(self._cap_uncached)
         self._ntok = lru_cache(maxsize=200_000)(self._ntok_uncached)
+        self._clean_entry = lru_cache(maxsize=200_000)(self._clean_entry_uncached)
 
     # ---- field hygiene ------------------------------------------------------------------------
     def _defuse(self, text: str) -> str:
@@ -94,6 +95,12 @@ class PromptRenderer:
             return text
         return self.tokenizer.decode(ids[:limit], skip_special_tokens=True).rstrip() + "…"
 
+    def _clean_entry_uncached(self, h: HistoryEntry) -> HistoryEntry:
+        # cached per entry: a Last.fm entry carries up to ~10 categories, each its own cap lookup
+        o = self.options
+        categories = tuple(self._cap(c, o.max_attribute_tokens) for c in h.categories[: o.max_categories])
+        return HistoryEntry(self._cap(h.title, o.max_title_tokens), h.rating, h.weight, categories)
+
     def _ntok_uncached(self, text: str) -> int:
         return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
@@ -104,10 +111,7 @@ class PromptRenderer:
         changes = {
             "user_id": self._cap(example.user_id, attr),
             "user": {self._cap(str(k), attr): self._cap(str(v), attr) for k, v in example.user.items()},
-            "history": tuple(
-                HistoryEntry(self._cap(h.title, title), h.rating, h.weight, tuple(self._cap(c, attr) for c in h.categories))
-                for h in example.history
-            ),
+            "history": tuple(map(self._clean_entry, example.history)),
             "social": tuple(
                 SocialEntry(self._cap(s.friend, attr), self._cap(s.title, title), s.rating, s.weight) for s in example.social
             ),
@@ -115,7 +119,7 @@ class PromptRenderer:
         if hasattr(example, "item_title"):
             changes["item_title"] = self._cap(example.item_title, title)
             changes["item_text"] = self._cap(example.item_text, text)
-            changes["item_categories"] = tuple(self._cap(c, attr) for c in example.item_categories)
+            changes["item_categories"] = tuple(self._cap(c, attr) for c in example.item_categories[: o.max_categories])
         if hasattr(example, "candidates"):
             changes["candidates"] = tuple(self._cap(c, title) for c in example.candidates)
         return dataclasses.replace(example, **changes)
@@ -130,38 +134,51 @@ class PromptRenderer:
         """Render `example` with `template`, cut to `max_length` tokens (see module docstring)."""
         ex = self.clean(example)
         budget = self.options.max_length
-        n_h, n_s, n_c = len(ex.history), len(ex.social), self._n_cands(ex)
+        whole = (len(ex.history), len(ex.social), self._n_cands(ex))
         memo: dict[tuple[int, int, int], tuple[str, list[int]]] = {}
 
-        def attempt(h: int, s: int, c: int) -> tuple[str, list[int]]:
+        def size(h: int, s: int, c: int) -> int:
             if (h, s, c) not in memo:
                 memo[h, s, c] = self._attempt(ex, template, h, s, c)
-            return memo[h, s, c]
+            return len(memo[h, s, c][1])
 
-        def size(h: int, s: int, c: int) -> int:
-            return len(attempt(h, s, c)[1])
-
-        full = size(n_h, n_s, n_c)
-        if full <= budget:
-            return self._result(attempt(n_h, n_s, n_c), template, ex, n_h, n_s, n_c)
+        # Tokenising a long uncut prompt is the costliest step, so try it first only when its entries
+        # (titles + 2 tokens each) could fit; else it is checked last, if no cut prompt overflowed.
+        entries = [e.title for e in ex.history + ex.social] + list(getattr(ex, "candidates", ()))
+        if sum(self._ntok(t) + 2 for t in entries) <= budget and size(*whole) <= budget:
+            return self._result(memo[whole], template, ex, *whole)
         empty = size(0, 0, 0)
         if empty > budget:
             raise PromptTooLongError(
                 f"template {template.id!r} ({template.task}) needs {empty} tokens with no history, social "
                 f"context or candidates, over max_length={budget}; raise prompt.max_length or shorten the template"
             )
+        counts = self._cut_counts(ex, size, budget, empty)
+        if max(len(ids) for _, ids in memo.values()) <= budget and size(*whole) <= budget:
+            counts = whole
+        return self._result(memo[counts], template, ex, *counts)
+
+    def _cut_counts(self, ex, size, budget: int, empty: int) -> tuple[int, int, int]:
+        """How many history, social and candidate entries to keep (rule 3 of the module docstring)."""
+        n_h, n_s, n_c = len(ex.history), len(ex.social), self._n_cands(ex)
         # Hold back part of the spare budget for social context while history is cut.
         social_cost = size(0, n_s, 0) - empty
         reserve = min(social_cost, int(self.options.social_share * (budget - empty)))
-        h_guess = _guess([self._ntok(e.title) + 2 for e in ex.history], empty, full - social_cost - empty, budget - reserve)
-        h = _largest(n_h, lambda k: size(k, 0, 0) <= budget - reserve, h_guess)
+        # History guess: titles' token counts plus a per-entry overhead, then rescaled once by the
+        # measured length at that guess (the overhead depends on the template).
+        costs = [self._ntok(e.title) + 3 for e in ex.history]
+        guess = _guess(costs, empty, sum(costs), budget - reserve)
+        if guess:
+            guess = _guess(costs, empty, (size(guess, 0, 0) - empty) * sum(costs) / sum(costs[:guess]), budget - reserve)
+        h = _largest(n_h, lambda k: size(k, 0, 0) <= budget - reserve, guess)
         base = size(h, 0, 0)
-        s_guess = _guess([self._ntok(e.title) + 2 for e in ex.social], base, social_cost, budget)
-        s = _largest(n_s, lambda k: size(h, k, 0) <= budget, s_guess)
-        cand_costs = [self._ntok(t) + 1 for t in getattr(ex, "candidates", ())]
-        c_guess = _guess(cand_costs, size(h, s, 0) if n_c else base, sum(cand_costs), budget)
-        c = _largest(n_c, lambda k: size(h, s, k) <= budget, c_guess)
-        return self._result(attempt(h, s, c), template, ex, h, s, c)
+        guess = _guess([self._ntok(e.title) + 2 for e in ex.social], base, social_cost, budget)
+        s = _largest(n_s, lambda k: size(h, k, 0) <= budget, guess)
+        costs = [self._ntok(t) + 1 for t in getattr(ex, "candidates", ())]
+        guess = _guess(costs, size(h, s, 0), sum(costs), budget) if n_c else 0
+        c = _largest(n_c, lambda k: size(h, s, k) <= budget, guess)
+        size(h, s, c)  # the result's attempt is in the memo
+        return h, s, c
 
     @staticmethod
     def _n_cands(ex) -> int:

@@ -89,3 +89,18 @@ def test_social_context_train_only_and_strictly_earlier():
     assert ctx.popularity(before=15).tolist() == np.bincount(
         [ds.item_index[x] for x in ("a", "e")], minlength=ds.num_items).tolist()
     assert set(ctx.friends(0).tolist()) == {1} and ctx.friends(1).tolist() == []
+
+
+def test_negative_sampling_skips_users_who_have_seen_everything():
+    from mtrec.tasks import ExampleOptions, build_specs
+
+    # user 1 has seen both items; user 2 only one: only user 2 can get a negative
+    rows = [("1", "a", 1, 1), ("1", "b", 1, 2), ("1", "a", 1, 3), ("2", "a", 1, 1), ("2", "a", 1, 2), ("2", "a", 1, 3)]
+    ds = RecDataset.from_records(
+        "toy", [User("1"), User("2")], [Item("a", "A"), Item("b", "B")],
+        [Interaction(u, i, weight=float(w), timestamp=t) for u, i, w, t in rows],
+    )
+    specs = build_specs(leave_one_out(ds), TRAIN, ("like",), ExampleOptions())
+    negatives = specs.label == 0
+    assert negatives.sum() == 1  # user 2's single training target; user 1 gets none
+    assert ds.user_idx[specs.interaction[negatives]].tolist() == [1] and specs.item[negatives].tolist() == [1]

@@ -83,8 +83,8 @@ def test_run_folder_is_complete_and_reloads_exactly(trained):
     batch = setup.batcher.collate(specs, rows, templates)
     setup.model.eval()
     with torch.no_grad():
-        want = setup.model(batch["input_ids"], batch["attention_mask"], None, batch["item"])
-        got = rec.model(batch["input_ids"], batch["attention_mask"], None, batch["item"])
+        want = setup.model(batch["input_ids"], batch["attention_mask"], None, batch["item"], batch["user"])
+        got = rec.model(batch["input_ids"], batch["attention_mask"], None, batch["item"], batch["user"])
     for key in ("rating", "like_logit", "category_logits", "item_logits"):
         assert torch.equal(want[key], got[key]), key
 

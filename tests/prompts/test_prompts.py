@@ -5,6 +5,7 @@ training, broken templates fail at load with a useful message, and rendering is 
 from __future__ import annotations
 
 import dataclasses
+import re
 import shutil
 from collections import Counter
 from dataclasses import dataclass
@@ -12,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 import yaml
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from mtrec.data.splits import TEST, TRAIN, VALID, Split
@@ -43,10 +44,11 @@ from mtrec.tasks import (
 
 ALL_KINDS = ("rating", "like", "categories", "recommendation")
 TRAIN_SAMPLE = 2_500  # training examples per data set: 5,000 over ML-100K and Last.fm
-SMALL_BUDGET = 96
-HIDDEN_VALUES = {  # two different values of every hidden field
-    "label": (3.7, 1.0), "item_index": (5, 6), "interaction": (10, 11), "user_index": (2, 3), "role": ("test", "valid"),
-}
+# A small budget per data set: Last.fm items carry up to ~10 tags, so a like prompt with no history
+# needs up to ~125 tokens there (smaller budgets raise PromptTooLongError).
+SMALL_BUDGET = {"movielens-100k": 96, "lastfm-2k": 128}
+ODD_BUDGET = 96  # hand-made odd examples, where PromptTooLongError is allowed
+HIDDEN_VALUES = {"item_index": (5, 6), "interaction": (10, 11), "user_index": (2, 3), "role": ("test", "valid")}
 
 
 def templates_of(prompts, kind: str) -> list[Template]:
@@ -70,6 +72,10 @@ def hand_example(kind: str, **fields):
     else:
         base |= dict(label=0)
     return EXAMPLE_TYPES[kind](**{**base, **fields})
+
+
+def titles(ds, interactions: np.ndarray) -> list[str]:
+    return [ds.items[i].title for i in ds.item_idx[interactions]]
 
 
 def token_id(tokenizer, instruction_tokens, template: Template) -> int:
@@ -116,6 +122,7 @@ def corpus(request, renderer, prompts) -> Corpus:
     return render_corpus(request.getfixturevalue(f"{request.param}_split"), renderer, prompts)
 
 
+@pytest.mark.slow  # renders ~26k real prompts (see render_corpus)
 def test_no_rendered_prompt_exceeds_max_length(corpus, tokenizer, instruction_tokens):
     split, ds = corpus.split, corpus.split.dataset
     assert max(r.num_tokens for r in corpus.rendered) <= 256
@@ -130,24 +137,27 @@ def test_no_rendered_prompt_exceeds_max_length(corpus, tokenizer, instruction_to
     assert np.mean([r.history_cut > 0 for r in corpus.rendered]) > 0.5
     assert all(r.history_shown >= 1 for r, e in zip(corpus.rendered, corpus.examples) if e.history)
     for r, e in zip(corpus.rendered, corpus.examples):
-        assert (r.history_shown + r.history_cut, r.social_shown + r.social_cut) == (len(e.history), len(e.social))
+        assert r.history_shown + r.history_cut == len(e.history) and r.social_shown + r.social_cut == len(e.social)
     # the ids are the text's tokenisation, framed by the task's instruction token
     for r, t in list(zip(corpus.rendered, corpus.templates))[::97]:
         assert tokenizer(r.text)["input_ids"] == r.input_ids
         assert r.input_ids[0] == r.input_ids[-1] == token_id(tokenizer, instruction_tokens, t)
 
 
+@pytest.mark.slow  # renders ~26k real prompts (see render_corpus)
 def test_small_budget_cuts_and_still_fits(corpus, tokenizer, instruction_tokens):
-    small = PromptRenderer(tokenizer, instruction_tokens, RenderOptions(max_length=SMALL_BUDGET))
+    budget = SMALL_BUDGET[corpus.split.dataset.name]
+    small = PromptRenderer(tokenizer, instruction_tokens, RenderOptions(max_length=budget))
     rows = range(0, len(corpus.examples), 40)
     results = [small.render(corpus.examples[i], corpus.templates[i]) for i in rows]
-    assert max(r.num_tokens for r in results) <= SMALL_BUDGET
+    assert max(r.num_tokens for r in results) <= budget
     assert np.mean([r.history_cut > 0 for r in results]) > 0.9
     if corpus.split.dataset.num_social_edges:
         assert sum(r.social_cut > 0 for r in results) > 0.3 * len(results)
 
 
 # ------------------------------------------------------------------------- no target leakage
+@pytest.mark.slow  # renders ~26k real prompts (see render_corpus)
 def test_recommendation_target_is_never_in_own_history(corpus):
     split, ds = corpus.split, corpus.split.dataset
     pairs = ds.user_idx.astype(np.int64) * ds.num_items + ds.item_idx
@@ -160,8 +170,7 @@ def test_recommendation_target_is_never_in_own_history(corpus):
         assert example.label == ds.item_idx[target]
         assert example.label not in ds.item_idx[past]
         # the example's history is exactly those interactions, newest first (indices, not titles)
-        newest = past[::-1][: ExampleOptions().max_history]
-        assert [h.title for h in example.history] == [ds.items[i].title for i in ds.item_idx[newest]]
+        assert [h.title for h in example.history] == titles(ds, past[::-1][: ExampleOptions().max_history])
         assert example.candidates == ()
 
 
@@ -182,8 +191,8 @@ def test_hidden_fields_never_reach_a_template(kind, renderer, prompts):
     history = (HistoryEntry("Alien (1979)", 4.0),)
     first = {n: v[0] for n, v in HIDDEN_VALUES.items() if n in hidden}
     second = {n: v[1] for n, v in HIDDEN_VALUES.items() if n in hidden}
-    if kind == "categories":
-        first["label"], second["label"] = (0, 3), (1,)
+    labels = {"categories": ((0, 3), (1,)), "recommendation": (1, 2)}.get(kind, (3.7, 1.0))
+    first["label"], second["label"] = labels
     for template in templates_of(prompts, kind):
         a = renderer.render(hand_example(kind, history=history, **first), template)
         b = renderer.render(hand_example(kind, history=history, **second), template)
@@ -206,7 +215,8 @@ def test_context_obeys_the_rules(split_name, request, renderer, prompts):
     ds, factory = split.dataset, ExampleFactory(split)
     context, opts = factory.context, factory.opts
     rng = np.random.default_rng(1)
-    targets = np.concatenate([rng.choice(np.flatnonzero(split.role == r), 100, replace=False) for r in (TRAIN, VALID, TEST)])
+    pools = [np.flatnonzero(split.role == r) for r in (TRAIN, VALID, TEST)]
+    targets = np.concatenate([rng.choice(pool, min(100, len(pool)), replace=False) for pool in pools])
     templates = templates_of(prompts, "like")
     social_shown = time_cut = 0
     for n, t in enumerate(targets.tolist()):
@@ -217,7 +227,9 @@ def test_context_obeys_the_rules(split_name, request, renderer, prompts):
         assert (np.diff(split.position[own]) < 0).all()  # newest first
         assert set(split.role[own].tolist()) <= ({TRAIN, VALID} if role == TEST else {TRAIN})
         # social: exactly the friends' training interactions, strictly earlier when timed
-        friends_train = np.concatenate([context.friend_train_interactions(int(f), None) for f in context.friends(user)] or [[]]).astype(np.int64)
+        friends_train = np.concatenate(
+            [context.friend_train_interactions(int(f), None) for f in context.friends(user)] or [[]]
+        ).astype(np.int64)
         allowed = friends_train[ds.timestamps[friends_train] < ds.timestamps[t]] if ds.timed else friends_train
         time_cut += len(friends_train) - len(allowed)
         social = context.social(t)
@@ -225,16 +237,15 @@ def test_context_obeys_the_rules(split_name, request, renderer, prompts):
         assert (split.role[social] == TRAIN).all() and np.isin(ds.user_idx[social], context.friends(user)).all()
         # the example shows those indices (newest first, cut to the configured counts)
         example = factory.make("like", t, int(ds.item_idx[t]), 1.0)
-        assert [h.title for h in example.history] == [ds.items[i].title for i in ds.item_idx[own[: opts.max_history]]]
-        kept_social = social[: opts.max_social]
-        assert [(s.friend, s.title) for s in example.social] == [
-            (ds.users[ds.user_idx[i]].id, ds.items[ds.item_idx[i]].title) for i in kept_social
-        ]
+        assert [h.title for h in example.history] == titles(ds, own[: opts.max_history])
+        assert [s.title for s in example.social] == titles(ds, social[: opts.max_social])
+        assert [s.friend for s in example.social] == [ds.users[u].id for u in ds.user_idx[social[: opts.max_social]]]
         # the rendered prompt shows the newest entries: rendering only the shown prefix is identical
         template = templates[n % len(templates)]
         r = renderer.render(example, template)
-        prefix = dataclasses.replace(example, history=example.history[: r.history_shown], social=example.social[: r.social_shown])
-        assert renderer.render(prefix, template).input_ids == r.input_ids
+        shown = dataclasses.replace(example, history=example.history[: r.history_shown],
+                                    social=example.social[: r.social_shown])
+        assert renderer.render(shown, template).input_ids == r.input_ids
         social_shown += r.social_shown
     if ds.num_social_edges:
         assert social_shown > 0
@@ -252,7 +263,8 @@ odd_text = st.one_of(
     st.text(max_size=40),
     st.sampled_from(NASTY),
     st.lists(st.one_of(st.sampled_from(NASTY), st.text(max_size=6)), max_size=6).map("".join),
-    st.tuples(st.text(min_size=1, max_size=12), st.integers(200, 600)).map(lambda p: p[0] * p[1]),  # thousands of chars
+    # thousands of characters
+    st.tuples(st.text(min_size=1, max_size=12), st.integers(200, 600)).map(lambda p: p[0] * p[1]),
 )
 ratings = st.sampled_from([1.0, 2.5, 5.0])
 history_entries = st.builds(HistoryEntry, title=odd_text, rating=ratings, weight=ratings,
@@ -280,13 +292,15 @@ def odd_examples(draw):
 
 @pytest.fixture(scope="session")
 def renderers(tokenizer, instruction_tokens, renderer) -> dict[int, PromptRenderer]:
-    return {256: renderer, SMALL_BUDGET: PromptRenderer(tokenizer, instruction_tokens, RenderOptions(max_length=SMALL_BUDGET))}
+    small = PromptRenderer(tokenizer, instruction_tokens, RenderOptions(max_length=ODD_BUDGET))
+    return {256: renderer, ODD_BUDGET: small}
 
 
 @settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-@given(example=odd_examples(), pick=st.integers(0, 6), max_length=st.sampled_from([256, SMALL_BUDGET]))
-def test_odd_text_is_rendered_literally_and_within_budget(example, pick, max_length, renderers, prompts, tokenizer,
-                                                           instruction_tokens):
+@given(example=odd_examples(), pick=st.integers(0, 6), max_length=st.sampled_from([256, ODD_BUDGET]))
+def test_odd_text_is_rendered_literally_and_within_budget(
+    example, pick, max_length, renderers, prompts, tokenizer, instruction_tokens
+):
     kind = next(k for k, cls in EXAMPLE_TYPES.items() if type(example) is cls)
     options = templates_of(prompts, kind)
     template = options[pick % len(options)]
@@ -295,13 +309,16 @@ def test_odd_text_is_rendered_literally_and_within_budget(example, pick, max_len
         r = renderer.render(example, template)
     except PromptTooLongError as e:  # the one documented failure: the fixed part alone is over budget
         assert template.id in str(e) and f"max_length={max_length}" in str(e)
+        event("too long even when empty")
         return
+    event(f"history cut: {r.history_cut > 0}, social cut: {r.social_cut > 0}")
     assert r.num_tokens <= max_length
     task_id = token_id(tokenizer, instruction_tokens, template)
     specials = set(tokenizer.all_special_ids)
     assert r.input_ids[0] == r.input_ids[-1] == task_id
     assert [i for i in r.input_ids if i in specials] == [task_id, task_id]  # data never becomes a special token
-    assert (r.history_shown + r.history_cut, r.social_shown + r.social_cut) == (len(example.history), len(example.social))
+    assert r.history_shown + r.history_cut == len(example.history)
+    assert r.social_shown + r.social_cut == len(example.social)
     clean = renderer.clean(example)  # capped to the per-field token limits, special tokens defused
     if kind in ("rating", "like"):
         assert f'"{clean.item_title}"' in r.text
@@ -319,6 +336,17 @@ def test_jinja_in_data_is_printed_not_run(kind, renderer, prompts):
         text = renderer.render(hand_example(kind, history=history, **fields), template).text
         assert "{{ 7*7 }}" in text and "49" not in text, template.id
         assert "{% for x in y %}" in text and "{# not a comment" in text, template.id
+
+
+def test_user_id_and_attributes_are_shown_verbatim(renderer, prompts):
+    fields = dict(user_id="AbC-9", user={"gender": "M", "occupation": "Doctor"})
+    altered = []
+    for kind in ALL_KINDS:
+        for template in templates_of(prompts, kind):
+            text = renderer.render(hand_example(kind, **fields), template).text
+            if "AbC-9" not in text or "gender M, occupation Doctor" not in text:
+                altered.append(template.id)
+    assert altered == []
 
 
 def test_instruction_token_spelled_in_a_title_stays_text(renderer, prompts, tokenizer, instruction_tokens):
@@ -421,18 +449,48 @@ def test_template_errors_name_file_paraphrase_and_field(tmp_path, task, edit, na
 def test_shipped_prompts_survive_the_copy(tmp_path):
     """The YAML round trip in `_break` alone breaks nothing (so the errors above come from the edits)."""
     _break(tmp_path, "rating", lambda doc: None)
-    assert {t.id for t in all_templates(load_prompts(tmp_path))} == {t.id for t in all_templates(load_prompts())}
+    copied, shipped = load_prompts(tmp_path), load_prompts()
+    assert {t.id: t.source for t in all_templates(copied)} == {t.id: t.source for t in all_templates(shipped)}
 
 
 # ------------------------------------------------------------------------------- determinism
-def test_rendering_is_deterministic_and_reports_cuts(lastfm_split, prompts, tokenizer, instruction_tokens, renderer):
+def test_rendering_is_deterministic_and_reports_cuts(lastfm_split, prompts, tokenizer, instruction_tokens,
+                                                     renderer):
     factory = ExampleFactory(lastfm_split)
     specs = build_specs(lastfm_split, TEST, ("like", "categories", "recommendation"), factory.opts)
     fresh = PromptRenderer(tokenizer, instruction_tokens)  # empty caches
+    cut = 0
     for row in range(0, len(specs), len(specs) // 20):
         example = factory.make_row(specs, row)
         template = templates_of(prompts, KIND_NAMES[int(specs.kind[row])])[row % 7]
-        first, again, other = renderer.render(example, template), renderer.render(example, template), fresh.render(example, template)
-        assert first == again == other
-        assert first.history_cut == len(example.history) - first.history_shown > 0
+        first = renderer.render(example, template)
+        assert first == renderer.render(example, template) == fresh.render(example, template)
+        assert first.history_cut == len(example.history) - first.history_shown
         assert first.social_cut == len(example.social) - first.social_shown
+        cut += first.history_cut + first.social_cut
+    assert cut > 0
+
+
+# ------------------------------------------------------------------------------ command line
+def test_preview_command_prints_prompts_with_their_cuts(capsys):
+    from mtrec.prompts.__main__ import main
+
+    assert main(["preview", "--dataset", "synthetic", "--task", "preference", "-n", "2", "--max-length", "96"]) == 0
+    out = capsys.readouterr().out
+    headers = [line for line in out.splitlines() if line.startswith("=== ")]
+    assert len(headers) == 4 and sum("template like-" in h for h in headers) == 2  # both kinds, n each
+    counts = [re.search(r"· (\d+)/96 tokens · history (\d+) shown, (\d+) cut · social (\d+) shown", h) for h in headers]
+    assert all(m and int(m[1]) <= 96 for m in counts)
+    assert sum(int(m[3]) for m in counts) > 0  # synthetic histories (15-40 items) do not fit 96 tokens
+    assert out.count("<|preference|>") == 8
+
+
+def test_preview_command_rejects_unknown_names(capsys):
+    from mtrec.prompts.__main__ import main
+
+    with pytest.raises(SystemExit) as info:
+        main(["preview", "--dataset", "movielens-9m", "--task", "rating"])
+    assert info.value.code == 2 and "invalid choice: 'movielens-9m'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["preview", "--dataset", "synthetic", "--task", "ranking"])
+    assert "invalid choice: 'ranking'" in capsys.readouterr().err

@@ -1,0 +1,50 @@
+"""`python -m mtrec.bench {accuracy,speed} [options]`: dispatch to the benchmark's own `main(argv)`.
+
+Each benchmark is imported only when asked for, so one that is missing or broken (or needs
+optional packages) never stops the other from running."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+BENCHMARKS = {
+    "accuracy": ("mtrec.bench.accuracy", "models side by side on one split: baselines and mtrec variants"),
+    "speed": ("mtrec.bench.speed", "training and ranking throughput"),
+}
+
+
+def usage() -> str:
+    lines = [
+        "usage: python -m mtrec.bench {accuracy,speed} [options]   (--help after the name for its options)",
+        "",
+    ]
+    lines += [f"  {name:<9} {text}" for name, (_, text) in BENCHMARKS.items()]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(usage())
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in BENCHMARKS:
+        print(f"unknown benchmark {name!r}\n\n{usage()}", file=sys.stderr)
+        return 2
+    module_name = BENCHMARKS[name][0]
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as e:
+        if e.name != module_name:  # a dependency of the benchmark is missing: show the real error
+            raise
+        print(
+            f"the {name} benchmark is not available: {module_name} is not installed in this tree",
+            file=sys.stderr,
+        )
+        return 2
+    return int(module.main(rest) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,310 @@
+"""Accuracy benchmark: classic baselines and mtrec variants trained and scored on one split.
+
+    python -m mtrec.bench accuracy --dataset movielens-100k|lastfm-2k|ciao [--quick] [--seed 0]
+        [--out results/] [--backbone SPEC] [--repeat-check] [--test-users N] [--set section.key=value ...]
+
+Everything is built from one base config (the library defaults, the profile's overrides, then
+`--set`), so the baselines and every mtrec variant see the same split (checked by fingerprint) and
+are tested on the same users. Writes ``accuracy_<dataset>[_quick].json`` (every number and
+setting), ``.md`` (the table) and ``.png`` (NDCG@10 and RMSE bars) into `--out`; run folders go to
+``<out>/runs/<dataset>[-quick]/``. Same seed, same numbers on a CPU (`--repeat-check` checks one
+model in the run; the tests check whole runs).
+
+Profiles: `FULL` is sized for one GPU (it mirrors configs/*-gpu.yaml; hours per data set, most of
+it in the five or six mtrec trainings). `QUICK` (``--quick``) is sized for a 2-core CPU with the
+bundled SmolLM2-135M in about 30 minutes per data set. That is an estimate, not a measurement:
+on the 2-core development machine, shared with other jobs (load ~7), one training step of 8
+prompts of <= 160 tokens took 11-15 s and evaluating one prompt 0.6 s; alone on the machine we
+expect about a third of that. Quick then needs ~160 training steps (multi-task, single-task
+models with the same examples, and the ablations, 40 steps each), ~2,000 evaluated prompts, and a
+few minutes of baselines: ~20 min on MovieLens-100K, ~25-30 min on Last.fm and Ciao. Each mtrec
+run also stops at `train.max_minutes` (marked in the table when it does).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mtrec.bench import baseline_suite, mtrec_suite, report
+from mtrec.config import ConfigError, load_config
+from mtrec.data.splits import TEST
+from mtrec.pipeline import eval_specs
+from mtrec.training import example_options, load_split
+
+DATASETS = ("movielens-100k", "lastfm-2k", "ciao", "synthetic")  # synthetic: tests and smoke runs
+
+
+@dataclass(frozen=True)
+class Profile:
+    """How big the benchmark is. Every field goes into the JSON."""
+
+    name: str
+    mtrec_overrides: tuple[str, ...]  # applied to the defaults for every mtrec variant
+    dataset_overrides: dict  # dataset -> extra overrides
+    test_users: int  # test users evaluated, a seeded subset (0 = all)
+    baseline_max_epochs: int
+    baseline_patience: int
+    baseline_seconds: float | None  # time budget per baseline fit; a fit cut by it is marked in the table
+
+
+FULL = Profile(
+    name="full (one GPU)",
+    mtrec_overrides=(
+        "data.max_history=50",  # the design's history length
+        "data.max_social=20",  # friends' items (ignored without a social graph)
+        "prompt.max_length=384",
+        "model.lora_r=16",
+        "model.lora_alpha=32",
+        "train.batch_size=64",
+        "train.max_steps=3000",  # an upper bound: early stopping ends most runs before it
+        "train.warmup_steps=100",
+        "train.lr=5e-4",
+        "train.head_lr=2e-3",
+        "train.eval_every=250",
+        "train.eval_users=0",  # validate on every user
+        "train.eval_batch_size=256",
+        "train.patience=4",
+        "train.early_stopping_metric=valid/recommendation/ndcg@10",  # single-task runs use their task's
+        "train.mixed_precision=auto",  # bf16 on the GPU
+        "train.tensorboard=false",  # the benchmark's JSON holds the numbers
+    ),
+    dataset_overrides={
+        "movielens-100k": ("data.max_social=0",),  # no social graph
+        "lastfm-2k": ("model.item_dim=256", "train.max_steps=4000"),  # 17,632 artists: a narrower item table
+        "ciao": ("model.item_dim=256", "train.max_steps=6000"),  # 105,096 items, 268k training ratings
+    },
+    test_users=0,  # every test user
+    baseline_max_epochs=200,
+    baseline_patience=10,
+    baseline_seconds=1800.0,
+)
+
+QUICK = Profile(
+    name="quick (2-core CPU)",
+    mtrec_overrides=(
+        "data.max_history=10",  # short prompts: a CPU step costs ~linear in tokens
+        "data.max_social=5",
+        "prompt.max_length=128",
+        "prompt.max_title_tokens=12",
+        "prompt.max_text_tokens=24",
+        "model.lora_r=8",
+        "model.lora_alpha=16",
+        # Items start random: encoding a catalog with the backbone takes ~3 min for MovieLens' 1,682
+        # items on such a CPU and hours for Last.fm's 17,632 or Ciao's 105,096, and the random-init
+        # variant could not reuse the cache. `--set model.item_init=backbone` restores it.
+        "model.item_init=random",
+        "train.batch_size=8",
+        "train.max_steps=40",  # per multi-task model; single-task models get its examples per task
+        "train.warmup_steps=4",
+        "train.lr=1e-3",  # higher rates for a short run (as configs/quickstart.yaml)
+        "train.head_lr=3e-3",
+        "train.eval_every=0",  # validate before training and at the end only
+        "train.eval_users=20",  # evaluating one prompt costs ~0.2 s on such a CPU
+        "train.eval_batch_size=32",
+        "train.patience=0",
+        "train.max_minutes=4",  # a guard per run; a run it stops is marked in the table
+        "train.early_stopping_metric=valid/loss",  # defined for every task subset
+        "train.tensorboard=false",
+        "train.log_every=10",
+    ),
+    dataset_overrides={
+        "movielens-100k": ("data.max_social=0",),
+        "lastfm-2k": ("model.item_dim=128",),  # a small item table for the big catalogs
+        "ciao": ("model.item_dim=128",),
+    },
+    test_users=50,  # a seeded subset, the same for baselines and mtrec
+    baseline_max_epochs=50,
+    baseline_patience=3,
+    baseline_seconds=120.0,  # SASRec on Last.fm/Ciao and BPR on Ciao hit it (marked in the table)
+)
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m mtrec.bench accuracy", description=__doc__.split("\n\n")[0])
+    p.add_argument(
+        "--dataset", required=True, choices=DATASETS, help="data set (synthetic: tests and smoke runs)"
+    )
+    p.add_argument("--quick", action="store_true", help="CPU-sized profile (~30 min per data set on 2 cores)")
+    p.add_argument("--seed", type=int, default=0, help="training seed of every model (the split stays fixed)")
+    p.add_argument("--out", default="results", help="folder for the JSON, markdown, plot and run folders")
+    p.add_argument(
+        "--backbone", help="model.backbone of the mtrec variants (default: the bundled SmolLM2-135M)"
+    )
+    p.add_argument(
+        "--repeat-check", action="store_true", help="refit one cheap model and require equal numbers"
+    )
+    p.add_argument(
+        "--test-users", type=int, help="test users evaluated (seeded subset; 0 = all); default: profile"
+    )
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="extra config override for every mtrec variant and the split (repeatable)",
+    )
+    return p.parse_args(argv)
+
+
+def base_overrides(args: argparse.Namespace, profile: Profile) -> list[str]:
+    """Profile, then data set, then command line: later overrides win."""
+    out = [f"data.dataset={args.dataset}", f"run.seed={args.seed}", f"run.name=bench-{args.dataset}"]
+    out += list(profile.mtrec_overrides) + list(profile.dataset_overrides.get(args.dataset, ()))
+    if args.backbone:
+        out.append(f"model.backbone={args.backbone}")
+    return out + list(args.overrides)
+
+
+def test_user_set(split, cfg, n: int) -> np.ndarray:
+    """The users whose TEST targets are evaluated: the same seeded subset `pipeline.eval_specs` picks
+    for the mtrec variants, so baselines and mtrec are scored on the very same targets."""
+    specs = eval_specs(split, ["recommendation"], example_options(cfg), TEST, n, cfg.run.seed)
+    return np.unique(split.dataset.user_idx[specs.interaction]).astype(np.int64)
+
+
+def environment() -> dict:
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "machine": platform.machine(),
+        "processor": platform.processor(),
+        "cpus": _cpus(),
+    }
+
+
+def _cpus() -> int | None:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+
+
+def summary_lines(mtrec: dict) -> list[str]:
+    """Multi-task vs single-task wall time and budgets, in words for the markdown."""
+    multi = mtrec.get("mtrec multi-task")
+    singles = {k: v for k, v in mtrec.items() if k.startswith("mtrec single-task")}
+    if not multi or not singles:
+        return []
+    drawn = multi["drawn_examples"]
+    single_train = sum(v["train"]["seconds"] for v in singles.values())
+    budgets = ", ".join(
+        f"{k.removeprefix('mtrec single-task ')}: {v['extra']['examples_budget']} budgeted, "
+        f"{sum(v['drawn_examples'].values())} drawn"
+        for k, v in singles.items()
+    )
+    line = (
+        f"Multi-task model: {multi['train']['seconds']:.1f} s of training for all tasks, examples drawn "
+        f"per prompt kind {drawn}. Single-task models: {single_train:.1f} s of training in total, each "
+        f"given as many examples of its task as the multi-task model drew ({budgets})."
+    )
+    return [line]
+
+
+def run(args: argparse.Namespace) -> dict:
+    """The benchmark: split, baselines, mtrec variants, table. Returns the result dict."""
+    profile = QUICK if args.quick else FULL
+    base = load_config(None, base_overrides(args, profile))
+    if base.train.num_threads:
+        torch.set_num_threads(base.train.num_threads)
+    split = load_split(base)
+    test_users = profile.test_users if args.test_users is None else args.test_users
+    users = test_user_set(split, base, test_users)
+    out_dir = Path(args.out)
+    stem = f"accuracy_{args.dataset}" + ("_quick" if args.quick else "")
+    result = {
+        "benchmark": "accuracy",
+        "dataset": args.dataset,
+        "seed": args.seed,
+        "command": sys.argv,
+        "created": datetime.datetime.now().isoformat(timespec="seconds"),
+        "environment": environment(),
+        "settings": {
+            **asdict(profile),
+            "profile": profile.name,
+            "quick": args.quick,
+            "test_users": test_users,
+            "cli_overrides": list(args.overrides),
+            "base_config": base.to_dict(),
+        },
+        "split": {
+            "method": split.method,
+            "order_rule": split.order_rule,
+            "sizes": split.sizes(),
+            "fingerprint": mtrec_suite.split_fingerprint(split),
+            "test_users_evaluated": len(users),
+        },
+    }
+    started = time.perf_counter()
+    print(f"[baselines] {args.dataset}: {len(users)} test users")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    kw = {"seed": args.seed, "max_epochs": profile.baseline_max_epochs, "patience": profile.baseline_patience}
+    result["baselines"] = baseline_suite.run_baselines(
+        split,
+        users,
+        example_options(base),
+        quick=args.quick,
+        max_seconds=profile.baseline_seconds,
+        device=device,
+        **kw,
+    )
+    if args.repeat_check:
+        result["repeat_check"] = baseline_suite.repeat_check(
+            result["baselines"], split, users, seed=args.seed, patience=profile.baseline_patience
+        )
+    run_root = out_dir / "runs" / (args.dataset + ("-quick" if args.quick else ""))
+    result["mtrec"] = mtrec_suite.run_all(base, split, run_root, test_users)
+    _check_same_split(result)
+    result["rows"] = report.table_rows(result["baselines"], result["mtrec"])
+    result["summary"] = summary_lines(result["mtrec"])
+    result["total_seconds"] = time.perf_counter() - started
+    _write(result, out_dir, stem)
+    return result
+
+
+def _check_same_split(result: dict) -> None:
+    """Every mtrec variant trained on the baselines' split and was tested on the same users."""
+    want, users = result["split"]["fingerprint"], result["split"]["test_users_evaluated"]
+    for label, r in result["mtrec"].items():
+        if r["split_fingerprint"] != want:
+            raise AssertionError(f"{label} trained on a different split than the baselines")
+        if r["test"]["users"] != users:
+            raise AssertionError(
+                f"{label} was tested on {r['test']['users']} users, the baselines on {users}"
+            )
+
+
+def _write(result: dict, out_dir: Path, stem: str) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    title = f"{result['dataset']} ({result['settings']['profile']}, seed {result['seed']})"
+    note = report.plot(result["rows"], out_dir / f"{stem}.png", title)
+    result["files"] = {
+        "json": str(out_dir / f"{stem}.json"),
+        "markdown": str(out_dir / f"{stem}.md"),
+        "plot": None if note else str(out_dir / f"{stem}.png"),
+    }
+    if note:
+        result["summary"].append(f"Plot: {note}.")
+        print(note)
+    (out_dir / f"{stem}.md").write_text(report.markdown(result), encoding="utf-8")
+    report.write_json(result, out_dir / f"{stem}.json")
+    print(f"wrote {', '.join(v for v in result['files'].values() if v)}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(list(sys.argv[1:] if argv is None else argv))
+    try:
+        run(args)
+    except ConfigError as e:
+        print(f"config error: {e}", file=sys.stderr)
+        return 2
+    return 0

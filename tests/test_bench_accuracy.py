@@ -1,0 +1,140 @@
+"""The accuracy benchmark end to end on synthetic data with the tiny backbone: every row is there,
+the numbers are finite, the files are written, and the same seed gives the same numbers."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from mtrec.bench import report
+from mtrec.bench.__main__ import main as bench_main
+
+BASELINES = ["popularity", "user+item bias", "biased MF", "BPR-MF", "item-kNN", "SASRec"]
+VARIANTS = [
+    "mtrec multi-task",
+    "mtrec multi-task (unseen prompts)",
+    "mtrec single-task rating",
+    "mtrec single-task preference",
+    "mtrec single-task recommendation",
+    "mtrec multi-task, no social context",
+    "mtrec multi-task, random-init backbone",
+]
+# Which table columns each row must fill (synthetic data: explicit ratings, categories, friends).
+RANKING = ["hr@10", "ndcg@10", "mrr@10"]
+MTREC_ALL = ["rmse", "mae", "auc", "log_loss", *RANKING, "cat_ndcg@5"]
+EXPECTED = {
+    "popularity": ["rmse", "mae", *RANKING],
+    "user+item bias": ["rmse", "mae", "auc", "log_loss", *RANKING],
+    "biased MF": ["rmse", "mae", "auc", "log_loss", *RANKING],
+    "BPR-MF": RANKING,
+    "item-kNN": RANKING,
+    "SASRec": RANKING,
+    "mtrec single-task rating": ["rmse", "mae"],
+    "mtrec single-task preference": ["auc", "log_loss", "cat_ndcg@5"],
+    "mtrec single-task recommendation": RANKING,
+}
+
+
+def _tiny_args(backbone, out):
+    """The quick profile shrunk to seconds: 30 users, 40 items, 6 multi-task steps, one thread."""
+    return [
+        "accuracy",
+        "--dataset",
+        "synthetic",
+        "--quick",
+        "--seed",
+        "0",
+        "--out",
+        str(out),
+        "--backbone",
+        str(backbone),
+        "--test-users",
+        "0",
+        "--set",
+        "data.options={num_users: 30, num_items: 40}",
+        "--set",
+        "train.max_steps=6",
+        "--set",
+        "train.warmup_steps=1",
+        "--set",
+        "train.num_threads=1",
+        "--set",
+        'train.mixed_precision="no"',
+        "--set",
+        "train.eval_users=10",
+        "--set",
+        "model.lora_r=4",
+        "--set",
+        "model.lora_alpha=8",
+    ]
+
+
+@pytest.fixture(scope="module")
+def two_runs(tmp_path_factory, tiny_backbone_dir):
+    old = torch.get_num_threads()
+    outs = [tmp_path_factory.mktemp(f"bench{i}") for i in range(2)]
+    assert bench_main(_tiny_args(tiny_backbone_dir, outs[0]) + ["--repeat-check"]) == 0
+    assert bench_main(_tiny_args(tiny_backbone_dir, outs[1])) == 0
+    torch.set_num_threads(old)
+    return [json.loads((o / "accuracy_synthetic_quick.json").read_text()) for o in outs], outs
+
+
+def test_files_and_every_row(two_runs):
+    (first, _), (out, _) = two_runs
+    md = (out / "accuracy_synthetic_quick.md").read_text()
+    assert "QUICK" in md and "train.max_steps=6" in md  # labelled quick, with the settings used
+    rows = {r["model"]: r for r in first["rows"]}
+    assert list(rows) == BASELINES + VARIANTS
+    for name in BASELINES + VARIANTS:
+        assert f"| {name} |" in md
+    assert set(first["baselines"]) == set(BASELINES) and first["repeat_check"]["equal"]
+    assert first["files"]["plot"] is None or (out / "accuracy_synthetic_quick.png").stat().st_size > 0
+
+
+def test_numbers_are_finite_where_defined(two_runs):
+    (first, _), _ = two_runs
+    for row in first["rows"]:
+        wanted = EXPECTED.get(row["model"], MTREC_ALL)
+        for key in wanted:
+            assert row[key] is not None and math.isfinite(row[key]), (row["model"], key, row[key])
+        for key, _ in report.COLUMNS:
+            assert row[key] is None or math.isfinite(row[key])
+        assert row["train_seconds"] is not None and row["train_seconds"] >= 0
+    assert first["split"]["test_users_evaluated"] == 30
+    assert {r["split_fingerprint"] for r in first["mtrec"].values()} == {first["split"]["fingerprint"]}
+
+
+def test_single_task_budgets_follow_the_multi_task_draws(two_runs):
+    (first, _), _ = two_runs
+    drawn = first["mtrec"]["mtrec multi-task"]["drawn_examples"]
+    assert sum(drawn.values()) == 6 * 8  # 6 steps of 8 examples
+    budgets = {
+        k.removeprefix("mtrec single-task "): v["extra"]["examples_budget"]
+        for k, v in first["mtrec"].items()
+        if k.startswith("mtrec single-task")
+    }
+    assert budgets == {
+        "rating": drawn["rating"],
+        "preference": drawn["like"] + drawn["categories"],
+        "recommendation": drawn["recommendation"],
+    }
+    for task, budget in budgets.items():
+        seen = sum(first["mtrec"][f"mtrec single-task {task}"]["drawn_examples"].values())
+        assert abs(seen - budget) <= 4  # whole batches of 8, rounded to the nearest step
+
+
+def test_same_seed_same_numbers(two_runs):
+    (first, second), _ = two_runs
+    first.pop("repeat_check")
+    assert report.strip_volatile(first) == report.strip_volatile(second)
+
+
+def test_a_missing_benchmark_module_does_not_break_the_others(monkeypatch, capsys):
+    # `speed` is imported only when asked for; a missing module is a clear message, not a crash.
+    from mtrec.bench import __main__ as dispatch
+
+    monkeypatch.setitem(dispatch.BENCHMARKS, "speed", ("mtrec.bench._not_there", "throughput"))
+    assert dispatch.main(["speed", "--help"]) == 2
+    assert "not available" in capsys.readouterr().err
+    assert dispatch.main(["--help"]) == 0
