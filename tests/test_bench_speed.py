@@ -21,6 +21,7 @@ def test_padding_fraction_random_and_bucketed_by_hand():
     lengths = np.array([1, 8, 2, 7])
     # [1, 8] and [2, 7]: 18 real tokens in 2*8 + 2*7 = 30 positions
     assert speed.padding_fraction(lengths, [np.array([0, 1]), np.array([2, 3])]) == pytest.approx(1 - 18 / 30)
+    assert [b.tolist() for b in speed.length_bucketed_batches(lengths, 2, seed=None)] == [[0, 2], [3, 1]]
     buckets = speed.length_bucketed_batches(lengths, 2, seed=0)
     assert sorted(sorted(b.tolist()) for b in buckets) == [[0, 2], [1, 3]]  # neighbours in length order
     assert speed.padding_fraction(lengths, buckets) == pytest.approx(1 - 18 / 20)  # 2*2 + 2*8 positions

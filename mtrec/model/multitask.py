@@ -46,6 +46,7 @@ class TaskHeads(nn.Module):
         super().__init__()
         item_dim = item_table.shape[1]
         self.norm = nn.LayerNorm(hidden)
+        self.feature_scale = hidden ** -0.5
         self.rating = nn.Linear(hidden, 1)
         self.like = nn.Linear(hidden, 1)
         self.categories = nn.Linear(hidden, max(num_categories, 1))
@@ -90,7 +91,9 @@ class TaskHeads(nn.Module):
                 None: none.
             users: [B] the user of each row, whose offsets are added; -1 (unknown) or None: none.
         """
-        x = self.norm(pooled.float())
+        # LayerNorm then 1/sqrt(hidden): unit-norm features, so one Adam step on a head's weights moves
+        # its logit by about lr * sqrt(hidden) instead of lr * hidden (small, noisy batches stay gentle)
+        x = self.norm(pooled.float()) * self.feature_scale
         rating_z, like_z = self.rating(x).squeeze(-1), self.like(x).squeeze(-1)
         for index, rating_off, like_off in ((items, self.item_rating_offset, self.item_like_offset),
                                             (users, self.user_rating_offset, self.user_like_offset)):
