@@ -24,7 +24,8 @@ from mtrec.config import Config
 from mtrec.data import load_dataset
 from mtrec.data.splits import VALID, Split, make_split
 from mtrec.model.backbone import BackboneRef, resolve_backbone
-from mtrec.model.build import build_backbone, build_heads, count_parameters, initial_item_table, lora_config, wrap_model
+from mtrec.model.build import (build_backbone, build_heads, build_optimizer, count_parameters, initial_item_table,
+                               lora_config, wrap_model)
 from mtrec.model.multitask import NUM_KINDS, multitask_loss
 from mtrec.pipeline import Batcher, TaskSampler, evaluate, eval_specs, kinds_for, mixing_probs, train_specs
 from mtrec.prompts import DEFAULT_PROMPTS_DIR, PromptRenderer, RenderOptions, load_prompts
@@ -101,14 +102,9 @@ def choose_mixed_precision(setting: str) -> str:
 
 
 def make_optimizer(model, cfg: Config) -> torch.optim.Optimizer:
-    """AdamW with two groups: heads (+item table) at head_lr, LoRA and token rows at lr."""
-    heads, rest = [], []
-    for name, p in model.named_parameters():
-        if p.requires_grad:
-            (heads if ".heads." in name else rest).append(p)
-    groups = [{"params": rest, "lr": cfg.train.lr}, {"params": heads, "lr": cfg.train.head_lr}]
-    fused = torch.cuda.is_available()
-    return torch.optim.AdamW(groups, weight_decay=cfg.train.weight_decay, fused=fused)
+    """AdamW for `model` with the learning rates of `cfg.train` (see `build_optimizer`)."""
+    t = cfg.train
+    return build_optimizer(model, t.lr, t.head_lr, t.table_lr, t.weight_decay)
 
 
 def train(cfg: Config, run_dir: str | Path, overwrite: bool = False, setup: Setup | None = None,

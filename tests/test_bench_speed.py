@@ -44,7 +44,7 @@ def test_options_that_contradict_raise():
 
 
 def test_optimizer_matches_training(tiny_backbone_dir):
-    """The bench rebuilds mtrec.training.make_optimizer (to avoid importing accelerate); they must agree."""
+    """The bench builds its optimizer with training's builder and default learning rates: the same groups."""
     from mtrec.config import Config
     from mtrec.training import make_optimizer
 

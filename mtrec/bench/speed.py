@@ -269,14 +269,12 @@ def build_tallrec(causal: nn.Module, args: argparse.Namespace, device: torch.dev
 
 
 def make_adamw(model: nn.Module, device: torch.device) -> torch.optim.Optimizer:
-    """AdamW as ``mtrec.training.make_optimizer`` builds it (two groups, lr 5e-4 / heads 2e-3, fused on
-    CUDA), rebuilt here so the bench does not import the training stack (accelerate, data loaders)."""
-    heads, rest = [], []
-    for name, p in model.named_parameters():
-        if p.requires_grad:
-            (heads if ".heads." in name else rest).append(p)
-    groups = [{"params": rest, "lr": 5e-4}] + ([{"params": heads, "lr": 2e-3}] if heads else [])
-    return torch.optim.AdamW(groups, weight_decay=0.0, fused=device.type == "cuda")
+    """AdamW exactly as training builds it with the default learning rates (`mtrec.config.TrainConfig`)."""
+    from mtrec.config import TrainConfig
+    from mtrec.model.build import build_optimizer
+
+    t = TrainConfig()
+    return build_optimizer(model, t.lr, t.head_lr, t.table_lr, t.weight_decay)
 
 
 # ----------------------------------------------------------------------------- prompts and batches

@@ -184,3 +184,23 @@ def rating_mean_of(ds: RecDataset, train_idx: np.ndarray) -> float | None:
         return None
     m = float(ds.values[train_idx].mean())
     return m if math.isfinite(m) else None
+
+
+# Per-item / per-user parameters: Adam moves every row by about the learning rate each step, whatever
+# the size of its gradient, so rows that full softmax touches with tiny gradients would drift as fast
+# as the targets. A small learning rate keeps their training-split priors until evidence accumulates.
+TABLE_PARAMETERS = ("item_table", "item_bias", "item_rating_offset", "item_like_offset", "user_rating_offset",
+                    "user_like_offset")
+
+
+def build_optimizer(model, lr: float, head_lr: float, table_lr: float, weight_decay: float = 0.0) -> torch.optim.Optimizer:
+    """AdamW with three groups: LoRA and token rows at `lr`, the heads at `head_lr`, per-item and
+    per-user tables at `table_lr`; fused on CUDA."""
+    groups: dict[str, list] = {"lora": [], "heads": [], "tables": []}
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            kind = "tables" if name.split(".")[-1] in TABLE_PARAMETERS else "heads" if ".heads." in name else "lora"
+            groups[kind].append(p)
+    lrs = {"lora": lr, "heads": head_lr, "tables": table_lr}
+    return torch.optim.AdamW([{"params": ps, "lr": lrs[k]} for k, ps in groups.items() if ps],
+                             weight_decay=weight_decay, fused=torch.cuda.is_available())
