@@ -80,7 +80,9 @@ def save_checkpoint(accelerator, run_dir: Path, step: int, model, optimizer, sch
     if accelerator.is_main_process:
         save_file(trainable_state(accelerator.unwrap_model(model)), tmp / "trainable.safetensors")
         save_file(best_state, tmp / "best.safetensors")
-        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, tmp / "optim.pt")
+        scaler = getattr(accelerator, "scaler", None)  # fp16 only: the loss scale must resume too
+        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                    "scaler": scaler.state_dict() if scaler is not None else None}, tmp / "optim.pt")
         (tmp / "state.json").write_text(json.dumps(loop_state), encoding="utf-8")  # written last
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
@@ -107,6 +109,9 @@ def load_checkpoint(accelerator, path: Path, model, optimizer, scheduler) -> tup
     optim = torch.load(path / "optim.pt", map_location="cpu", weights_only=False)
     optimizer.load_state_dict(optim["optimizer"])
     scheduler.load_state_dict(optim["scheduler"])
+    scaler = getattr(accelerator, "scaler", None)
+    if scaler is not None and optim.get("scaler") is not None:
+        scaler.load_state_dict(optim["scaler"])
     rng = path / f"rng-{accelerator.process_index}.pt"
     if not rng.is_file():
         raise RunFolderError(f"{path}: no RNG state for process {accelerator.process_index}; resume with the "

@@ -117,3 +117,16 @@ def test_incomplete_run_folder_is_refused(tmp_path):
     (tmp_path / "manifest.json").write_text("{}")
     with pytest.raises(RunFolderError, match="missing config.yaml"):
         check_run_dir(tmp_path)
+
+
+def test_run_folder_from_another_format_version_is_refused(trained, tmp_path):
+    import shutil
+
+    *_, run_dir, _ = trained
+    copy = tmp_path / "old-run"
+    shutil.copytree(run_dir, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["format_version"] = 0
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(RunFolderError, match=r"run folder format 0, this mtrec reads 1"):
+        Recommender.from_run(copy, device="cpu")
