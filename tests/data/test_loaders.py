@@ -66,8 +66,19 @@ def test_movielens_100k_from_official_zip(tmp_path: Path):
 
 
 # ---- MovieLens 1M -----------------------------------------------------------------------------
-def test_movielens_1m_fixture():
-    ds = load_dataset("movielens-1m", FIXTURES)
+@pytest.fixture
+def ml1m_fixture_root(tmp_path: Path) -> Path:
+    """The hand-written ML-1M sample in the original format. Stored as *.dat.txt so that no file in
+    the repository is named like a real data set file; copied under the loader's names here."""
+    folder = tmp_path / "movielens-1m"
+    folder.mkdir()
+    for src in (FIXTURES / "movielens-1m").glob("*.dat.txt"):
+        (folder / src.name.removesuffix(".txt")).write_bytes(src.read_bytes())
+    return tmp_path
+
+
+def test_movielens_1m_fixture(ml1m_fixture_root):
+    ds = load_dataset("movielens-1m", ml1m_fixture_root)
     assert (ds.num_users, ds.num_items, ds.num_interactions) == (4, 5, 12)
     assert ds.notes["raw"] == {"rating rows": 12, "users": 4, "movies": 6}
     assert ds.notes["cleaning"] == ["movies with no rating: 1 dropped (keep_unrated=True keeps them)"]
@@ -84,7 +95,7 @@ def test_movielens_1m_fixture():
     assert len(ds.categories) == 18 and ds.timed
     first = ds.interaction(0)
     assert (first.user, first.item, first.rating, first.timestamp) == ("1", "1", 5.0, 978300760)
-    assert load_dataset("movielens-1m", FIXTURES, keep_unrated=True).num_items == 6
+    assert load_dataset("movielens-1m", ml1m_fixture_root, keep_unrated=True).num_items == 6
 
 
 def test_movielens_1m_real_movies_and_users(tmp_path: Path):
