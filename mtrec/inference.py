@@ -32,7 +32,7 @@ from mtrec.data.splits import TRAIN, Split
 from mtrec.model.backbone import BackboneRef, load_backbone, resolve_backbone
 from mtrec.model.multitask import RecModel, TaskHeads
 from mtrec.prompts import PromptRenderer, load_prompts
-from mtrec.run import check_run_dir, load_catalog
+from mtrec.run import RunFolderError, check_run_dir, load_catalog
 from mtrec.tasks import EXAMPLE_TYPES, KIND_TASK, ExampleFactory, HistoryEntry
 from mtrec.training import example_options, render_options
 
@@ -117,9 +117,7 @@ class Recommender:
         cfg = from_dict(yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8")), str(run_dir / "config.yaml"))
         split = load_catalog(run_dir / "catalog")
         prompts = load_prompts(run_dir / "prompts")
-        ref = BackboneRef.from_dict(json.loads((run_dir / "backbone.json").read_text(encoding="utf-8")))
-        if ref.kind == "bundled":
-            ref = resolve_backbone(ref.spec)  # rebuilds the converted folder if this machine lacks it
+        ref = _base_backbone(run_dir)
         dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         dtype = torch.bfloat16 if dev.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
         backbone, _ = load_backbone(ref, dtype=dtype)
@@ -321,6 +319,19 @@ class Recommender:
     def _template(self, example):
         kind = KIND_OF_TYPE[type(example)]
         return self.prompts[KIND_TASK[kind]].train(kind)[0]
+
+
+def _base_backbone(run_dir: Path) -> BackboneRef:
+    """The run's base backbone on this machine (a bundled one is rebuilt if missing), checked by
+    content hash: an adapter applied to other base weights would answer silently wrong."""
+    trained = BackboneRef.from_dict(json.loads((run_dir / "backbone.json").read_text(encoding="utf-8")))
+    if trained.kind == "hub" and trained.sha256 is None:
+        return trained  # nothing to compare against: a hub id that was not cached when training ran
+    here = resolve_backbone(trained.spec if trained.kind != "path" else trained.path)
+    if trained.sha256 is not None and here.sha256 != trained.sha256:
+        raise RunFolderError(f"{run_dir}: the base backbone {trained.spec!r} on this machine ({here.path}) has content "
+                             f"hash {str(here.sha256)[:12]}…, the run was trained on {trained.sha256[:12]}…")
+    return here
 
 
 def _as_list(x) -> list[str]:

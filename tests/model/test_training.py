@@ -130,3 +130,25 @@ def test_run_folder_from_another_format_version_is_refused(trained, tmp_path):
     (copy / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(RunFolderError, match=r"run folder format 0, this mtrec reads 1"):
         Recommender.from_run(copy, device="cpu")
+
+
+def test_run_folder_refuses_a_base_backbone_with_other_weights(trained, tmp_path):
+    import shutil
+
+    *_, run_dir, _ = trained
+    backbone = json.loads((run_dir / "backbone.json").read_text())
+    base = tmp_path / "base"
+    shutil.copytree(backbone["path"], base)
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    (copy / "backbone.json").write_text(json.dumps(dict(backbone, path=str(base), spec=str(base))))
+    assert Recommender.from_run(copy, device="cpu").dataset.num_users > 0  # same bytes: accepted
+    weights = next(base.glob("*.safetensors"))
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(weights)
+    name = next(iter(tensors))
+    tensors[name] = tensors[name] + 1.0
+    save_file(tensors, weights)
+    with pytest.raises(RunFolderError, match="content hash"):
+        Recommender.from_run(copy, device="cpu")
