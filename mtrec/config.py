@@ -165,8 +165,6 @@ def check(cfg: Config) -> None:
         raise ConfigError("train.patience needs train.eval_every > 0 (early stopping evaluates during training)")
     if not 0 <= cfg.prompt.social_share < 1:
         raise ConfigError(f"prompt.social_share: must be in [0, 1), got {cfg.prompt.social_share}")
-    if cfg.model.random_init and cfg.model.item_init == "backbone":
-        pass  # allowed: the item table is then encoded by the random backbone (the ablation's point)
 
 
 # ---- loading --------------------------------------------------------------------------------

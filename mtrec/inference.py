@@ -31,6 +31,7 @@ from mtrec.config import from_dict
 from mtrec.data.splits import TRAIN, Split
 from mtrec.model.backbone import BackboneRef, load_backbone, resolve_backbone
 from mtrec.model.multitask import RecModel, TaskHeads
+from mtrec.pipeline import pad_right
 from mtrec.prompts import PromptRenderer, load_prompts
 from mtrec.run import RunFolderError, check_run_dir, load_catalog
 from mtrec.tasks import EXAMPLE_TYPES, KIND_TASK, ExampleFactory, HistoryEntry
@@ -305,12 +306,7 @@ class Recommender:
         for start in range(0, len(examples), batch_size):
             chunk = examples[start : start + batch_size]
             rendered = [self.renderer.render(ex, self._template(ex)) for ex in chunk]
-            width = max(r.num_tokens for r in rendered)
-            ids = torch.full((len(chunk), width), self.tokenizer.pad_token_id, dtype=torch.long)
-            mask = torch.zeros_like(ids)
-            for i, r in enumerate(rendered):
-                ids[i, : r.num_tokens] = torch.tensor(r.input_ids)
-                mask[i, : r.num_tokens] = 1
+            ids, mask = pad_right(rendered, self.tokenizer.pad_token_id)
             items = torch.tensor([getattr(ex, "item_index", -1) for ex in chunk], device=self.device)
             users = torch.tensor([ex.user_index for ex in chunk], device=self.device)  # -1: a cold-start user
             subset = None if full_catalog else no_items

@@ -42,6 +42,17 @@ def mixing_probs(sizes: dict[str, int], mixing: str, temperature: float) -> dict
     return {k: v / total for k, v in raw.items()}
 
 
+def pad_right(rendered: list, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Input ids and attention mask [B, longest] of rendered prompts, padded on the right."""
+    width = max(r.num_tokens for r in rendered)
+    ids = torch.full((len(rendered), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rendered), width), dtype=torch.long)
+    for i, r in enumerate(rendered):
+        ids[i, : r.num_tokens] = torch.tensor(r.input_ids)
+        mask[i, : r.num_tokens] = 1
+    return ids, mask
+
+
 @dataclass
 class Batcher:
     """Renders spec rows into padded tensors with every label a head needs."""
@@ -60,12 +71,7 @@ class Batcher:
         """Batch of `rows` of `specs`, row i rendered with templates[i]. Pads on the right."""
         examples = [self.factory.make_row(specs, int(r)) for r in rows]
         rendered = [self.renderer.render(ex, t) for ex, t in zip(examples, templates)]
-        width = max(r.num_tokens for r in rendered)
-        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, r in enumerate(rendered):
-            ids[i, : r.num_tokens] = torch.tensor(r.input_ids)
-            mask[i, : r.num_tokens] = 1
+        ids, mask = pad_right(rendered, self.pad_id)
         kind = torch.as_tensor(specs.kind[rows], dtype=torch.long)
         label = torch.as_tensor(specs.label[rows], dtype=torch.float32)
         cat_target = torch.zeros(len(rows), max(self.num_categories, 1))

@@ -156,7 +156,7 @@ def _compile(path: Path, env, task: str, kind: str, entry, heldout: bool, macros
     tid, text = str(entry["id"]), str(entry["text"])
     source = f"{macros}\n{text}" if macros else text
     try:
-        ast = env.parse(source)
+        env.parse(source)  # syntax check of the whole body, macros included
     except jinja2.TemplateSyntaxError as e:
         raise TemplateError(f"{path}: paraphrase {tid!r}: Jinja syntax error: {e.message} (line {e.lineno})") from None
     allowed = template_fields(kind)

@@ -5,7 +5,7 @@ import pytest
 
 from mtrec.data import Interaction, Item, RecDataset, SocialEdge, User
 from mtrec.data.context import ContextIndex
-from mtrec.data.splits import TEST, TRAIN, VALID, leave_one_out, make_split, ratio_split
+from mtrec.data.splits import TRAIN, leave_one_out, make_split, ratio_split
 
 
 def _ds(rows, social=(), timed=True):
