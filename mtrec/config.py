@@ -73,6 +73,8 @@ class ModelConfig:
     item_init: str = knob("backbone", "backbone (encode item text) or random")
     item_noise: float = knob(0.02, "std of a per-item random part added to the item table (tells apart items with equal text)")
     encode_batch_size: int = knob(64, "batch size when encoding item texts")
+    collab_dim: int = knob(32, "width of the collaborative user/item factors fitted on the training split "
+                           "before fine-tuning (CoLLM/E4SRec-style ID knowledge); 0 = prompt only")
 
 
 @dataclass
@@ -163,6 +165,8 @@ def check(cfg: Config) -> None:
             raise ConfigError(f"train.final_eval_kinds: unknown kind {k!r}; expected some of {list(KIND_NAMES)}")
     if t.patience and not t.eval_every:
         raise ConfigError("train.patience needs train.eval_every > 0 (early stopping evaluates during training)")
+    if cfg.model.collab_dim < 0:
+        raise ConfigError(f"model.collab_dim: must be >= 0 (0 = no collaborative factors), got {cfg.model.collab_dim}")
     if not 0 <= cfg.prompt.social_share < 1:
         raise ConfigError(f"prompt.social_share: must be in [0, 1), got {cfg.prompt.social_share}")
 

@@ -352,7 +352,7 @@ def _empty_heads(hidden: int, split: Split, cfg) -> TaskHeads:
     dim = cfg.model.item_dim or hidden
     mean = float(ds.values.mean()) if ds.explicit else None
     return TaskHeads(hidden, len(ds.categories), torch.zeros(ds.num_items, dim), torch.zeros(ds.num_items),
-                     ds.rating_scale, mean, num_users=ds.num_users)
+                     ds.rating_scale, mean, num_users=ds.num_users, collab_dim=cfg.model.collab_dim)
 
 
 # ---- batch front end (infer.py --task) ------------------------------------------------------

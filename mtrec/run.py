@@ -26,7 +26,7 @@ import mtrec
 from mtrec.data.records import Item, RecDataset, User
 from mtrec.data.splits import Split
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: collaborative factors in the heads
 REQUIRED = ("manifest.json", "config.yaml", "backbone.json", "adapter", "tokenizer", "prompts", "catalog", "metrics.json")
 
 

@@ -14,7 +14,9 @@ from tqdm.auto import tqdm
 from mtrec import paths
 from mtrec.config import ModelConfig
 from mtrec.data.records import RecDataset
+from mtrec.data.splits import Split
 from mtrec.model.backbone import BackboneRef, default_pooling, load_backbone, lora_target_modules
+from mtrec.model.collaborative import fit_ranking, fit_rating, newest_per_user
 from mtrec.model.multitask import RecModel, TaskHeads
 from mtrec.prompts import TaskPrompts, add_instruction_tokens
 
@@ -105,15 +107,20 @@ def initial_item_table(ds: RecDataset, cfg: ModelConfig, backbone, tokenizer, pr
 
 
 def build_heads(ds: RecDataset, item_table: torch.Tensor, train_idx: np.ndarray, hidden: int,
-                like_threshold: float, shrinkage: float = 10.0) -> TaskHeads:
-    """Heads for `ds`, with priors from the *training* interactions only, all trained further:
-    the recommendation bias starts at centred log popularity; the rating and like offsets start at
-    each item's, then each user's (after the item's), shrunken mean deviation (``sum / (n +
-    shrinkage)``) in logit space: at step 0 the rating head is the classic user+item bias model, and
-    the backbone learns what the prompt adds."""
+                like_threshold: float, shrinkage: float = 10.0, collab_dim: int = 0, split: Split | None = None,
+                seed: int = 0) -> TaskHeads:
+    """Heads for `ds`, with priors from the *training* interactions only, all trained further.
+
+    Without collaborative factors (`collab_dim` 0) the recommendation bias starts at centred log
+    popularity, and the rating and like offsets start at each item's, then each user's (after the
+    item's), shrunken mean deviation (``sum / (n + shrinkage)``) in logit space: at step 0 the
+    rating head is the classic user+item bias model. With `collab_dim` > 0 (and `split`), biases,
+    offsets and user/item factors are fitted together on the training split instead (see
+    `mtrec.model.collaborative`). Either way the backbone learns what the prompt adds."""
     items, users = ds.item_idx[train_idx], ds.user_idx[train_idx]
     counts = np.bincount(items, minlength=ds.num_items).astype(np.float64)
     bias = torch.from_numpy(np.log1p(counts)).float()
+    bias = bias - bias.mean()
     mean = rating_mean_of(ds, train_idx)
     offsets: dict = {}
     if mean is not None:
@@ -127,9 +134,24 @@ def build_heads(ds: RecDataset, item_table: torch.Tensor, train_idx: np.ndarray,
             item_z = _logit(to_unit(m + item_dev)) - _logit(to_unit(m))
             user_z = _logit(to_unit(m + user_dev)) - _logit(to_unit(m))
             offsets[name] = (torch.from_numpy(item_z).float(), torch.from_numpy(user_z).float())
-    return TaskHeads(hidden, len(ds.categories), item_table, bias - bias.mean(), ds.rating_scale, mean,
-                     offsets.get("rating", (None,))[0], offsets.get("like", (None,))[0],
-                     (offsets["rating"][1], offsets["like"][1]) if offsets else None, ds.num_users)
+    collab: dict = {}
+    if collab_dim and split is not None and len(train_idx):
+        holdout = newest_per_user(split, train_idx)
+        ranking = fit_ranking(split, train_idx, holdout, collab_dim, bias, seed=seed)
+        bias, collab["R"], collab["T"] = ranking["bias"], ranking["R"], ranking["T"]
+        if mean is not None:
+            rating = fit_rating(split, train_idx, holdout, collab_dim, like_threshold, seed=seed)
+            offsets = {"rating": (rating["io"], rating["uo"]), "like": (rating["lio"], rating["luo"])}
+            collab.update(P=rating["P"], Q=rating["Q"], a=rating["a"])
+    heads = TaskHeads(hidden, len(ds.categories), item_table, bias, ds.rating_scale, mean,
+                      offsets.get("rating", (None,))[0], offsets.get("like", (None,))[0],
+                      (offsets["rating"][1], offsets["like"][1]) if offsets else None, ds.num_users,
+                      collab_dim=collab_dim, collab=collab)
+    if collab_dim and mean is not None and "P" in collab:
+        with torch.no_grad():
+            heads.rating.bias.fill_(float(rating["b"]))
+            heads.like.bias.fill_(float(rating["lb"]))
+    return heads
 
 
 def _shrunk(index: np.ndarray, values: np.ndarray, size: int, shrinkage: float) -> np.ndarray:
@@ -190,7 +212,7 @@ def rating_mean_of(ds: RecDataset, train_idx: np.ndarray) -> float | None:
 # the size of its gradient, so rows that full softmax touches with tiny gradients would drift as fast
 # as the targets. A small learning rate keeps their training-split priors until evidence accumulates.
 TABLE_PARAMETERS = ("item_table", "item_bias", "item_rating_offset", "item_like_offset", "user_rating_offset",
-                    "user_like_offset")
+                    "user_like_offset", "user_factors", "item_factors", "rec_user_factors", "rec_item_factors")
 
 
 def build_optimizer(model, lr: float, head_lr: float, table_lr: float, weight_decay: float = 0.0) -> torch.optim.Optimizer:

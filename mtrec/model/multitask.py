@@ -42,7 +42,8 @@ class TaskHeads(nn.Module):
     def __init__(self, hidden: int, num_categories: int, item_table: torch.Tensor, item_bias: torch.Tensor,
                  rating_scale: tuple[float, float] | None, rating_mean: float | None = None,
                  item_rating_offset: torch.Tensor | None = None, item_like_offset: torch.Tensor | None = None,
-                 user_offsets: tuple[torch.Tensor, torch.Tensor] | None = None, num_users: int = 0) -> None:
+                 user_offsets: tuple[torch.Tensor, torch.Tensor] | None = None, num_users: int = 0,
+                 collab_dim: int = 0, collab: dict | None = None) -> None:
         super().__init__()
         item_dim = item_table.shape[1]
         self.norm = nn.LayerNorm(hidden)
@@ -64,6 +65,15 @@ class TaskHeads(nn.Module):
         self.item_like_offset = nn.Parameter(_or(item_like_offset, zeros_i))
         self.user_rating_offset = nn.Parameter(_or(user_offsets and user_offsets[0], zeros_u))
         self.user_like_offset = nn.Parameter(_or(user_offsets and user_offsets[1], zeros_u))
+        # Collaborative ID factors (see mtrec.model.collaborative): rating/like get <p_u, q_i> (like
+        # through a learned scale), recommendation gets <r_u, t_i> for every item. Width 0: none.
+        collab = collab or {}
+        n_items = item_table.shape[0]
+        self.user_factors = nn.Parameter(_or(collab.get("P"), torch.zeros(num_users, collab_dim)))
+        self.item_factors = nn.Parameter(_or(collab.get("Q"), torch.zeros(n_items, collab_dim)))
+        self.rec_user_factors = nn.Parameter(_or(collab.get("R"), torch.zeros(num_users, collab_dim)))
+        self.rec_item_factors = nn.Parameter(_or(collab.get("T"), torch.zeros(n_items, collab_dim)))
+        self.like_factor_scale = nn.Parameter(_or(collab.get("a"), torch.tensor(1.0)))
         # log variances for uncertainty weighting (Kendall et al. 2018); unused with fixed weights
         self.log_vars = nn.Parameter(torch.zeros(NUM_KINDS))
         lo, hi = rating_scale or (0.0, 1.0)
@@ -101,11 +111,20 @@ class TaskHeads(nn.Module):
                 known = (index >= 0).float()
                 rating_z = rating_z + known * rating_off[index.clamp(min=0)]
                 like_z = like_z + known * like_off[index.clamp(min=0)]
-        table, bias = self.item_table, self.item_bias
+        table, bias, rec_items = self.item_table, self.item_bias, self.rec_item_factors
         if item_subset is not None:
-            table, bias = table[item_subset], bias[item_subset]
+            table, bias, rec_items = table[item_subset], bias[item_subset], rec_items[item_subset]
         q = F.normalize(self.query(x), dim=-1)
         item_logits = self.log_scale.exp() * (q @ F.normalize(table, dim=-1).T) + bias
+        if users is not None and self.user_factors.shape[1]:
+            known_u = (users >= 0).float()[:, None]
+            u = users.clamp(min=0)
+            item_logits = item_logits + (known_u * self.rec_user_factors[u]) @ rec_items.T
+            if items is not None:
+                known_i = (items >= 0).float()[:, None]
+                dot = (known_u * self.user_factors[u] * known_i * self.item_factors[items.clamp(min=0)]).sum(-1)
+                rating_z = rating_z + dot
+                like_z = like_z + self.like_factor_scale * dot
         return {
             "rating": self.rating_lo + (self.rating_hi - self.rating_lo) * torch.sigmoid(rating_z),
             "like_logit": like_z,
@@ -116,7 +135,7 @@ class TaskHeads(nn.Module):
 
 
 def _or(value: torch.Tensor | None, default: torch.Tensor) -> torch.Tensor:
-    return (default if value is None else value).clone().float()
+    return (default if value is None else torch.as_tensor(value)).detach().clone().float()
 
 
 class RecModel(nn.Module):

@@ -9,7 +9,7 @@ import torch
 from mtrec.data.splits import VALID
 from mtrec.inference import Recommender
 from mtrec.pipeline import eval_specs
-from mtrec.run import RunFolderError, check_run_dir
+from mtrec.run import FORMAT_VERSION, RunFolderError, check_run_dir
 from mtrec.tasks import KIND_NAMES
 from mtrec.training import build_setup, train
 
@@ -128,7 +128,7 @@ def test_run_folder_from_another_format_version_is_refused(trained, tmp_path):
     manifest = json.loads((copy / "manifest.json").read_text())
     manifest["format_version"] = 0
     (copy / "manifest.json").write_text(json.dumps(manifest))
-    with pytest.raises(RunFolderError, match=r"run folder format 0, this mtrec reads 1"):
+    with pytest.raises(RunFolderError, match=rf"run folder format 0, this mtrec reads {FORMAT_VERSION}"):
         Recommender.from_run(copy, device="cpu")
 
 

@@ -1,0 +1,122 @@
+"""Collaborative factors: the hold-out, the fits, and how the heads use them."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from mtrec import metrics
+from mtrec.data.splits import make_split
+from mtrec.data.synthetic import load_synthetic
+from mtrec.model.build import build_heads
+from mtrec.model.collaborative import fit_ranking, fit_rating, newest_per_user
+from mtrec.model.multitask import TaskHeads
+
+
+@pytest.fixture(scope="module")
+def split():
+    # synthetic ratings follow user tastes x item categories: factors have something to find
+    return make_split(load_synthetic(num_users=200, num_items=150, seed=3), "leave_one_out")
+
+
+def test_holdout_is_each_users_newest_training_interaction(split):
+    train = split.train
+    mask = newest_per_user(split, train)
+    ds = split.dataset
+    users = ds.user_idx[train]
+    assert mask.sum() == len(np.unique(users))  # every synthetic user keeps >= 13 training items
+    for u in np.unique(users)[:20]:
+        rows = np.flatnonzero(users == u)
+        newest = rows[np.argmax(split.position[train[rows]])]
+        assert mask[rows].tolist() == [r == newest for r in rows]
+
+
+def test_holdout_skips_users_with_too_few_training_items(split):
+    train = split.train
+    users = split.dataset.user_idx[train]
+    u0 = users[0]
+    keep = np.flatnonzero(users == u0)[:2]  # u0 left with two training interactions
+    sub = np.concatenate([keep, np.flatnonzero(users != u0)])
+    mask = newest_per_user(split, train[sub])
+    assert not mask[:2].any()
+
+
+def _valid_rmse(split, p):
+    ds = split.dataset
+    va = split.valid
+    u, i = torch.as_tensor(ds.user_idx[va]), torch.as_tensor(ds.item_idx[va])
+    lo, hi = ds.rating_scale
+    z = p["b"] + p["io"][i] + p["uo"][u] + (p["P"][u] * p["Q"][i]).sum(-1)
+    return metrics.rmse(lo + (hi - lo) * torch.sigmoid(z), torch.as_tensor(ds.values[va]).float())
+
+
+def test_rating_fit_beats_the_global_mean_and_is_seeded(split):
+    ds = split.dataset
+    hold = newest_per_user(split, split.train)
+    p = fit_rating(split, split.train, hold, dim=8, like_threshold=4.0, seed=0)
+    global_rmse = float(np.sqrt(((ds.values[split.valid] - ds.values[split.train].mean()) ** 2).mean()))
+    assert p["report"]["epochs"] >= 1
+    assert _valid_rmse(split, p) < global_rmse - 0.05
+    again = fit_rating(split, split.train, hold, dim=8, like_threshold=4.0, seed=0)
+    assert torch.equal(p["P"], again["P"]) and torch.equal(p["io"], again["io"])
+
+
+def test_ranking_fit_beats_popularity_on_validation(split):
+    ds = split.dataset
+    counts = np.bincount(ds.item_idx[split.train], minlength=ds.num_items)
+    pop = torch.from_numpy(np.log1p(counts)).float()
+    hold = newest_per_user(split, split.train)
+    p = fit_ranking(split, split.train, hold, dim=8, item_bias0=pop - pop.mean(), seed=0)
+    va = split.valid
+    users, items = ds.user_idx[va], torch.as_tensor(ds.item_idx[va])
+    rows, cols = metrics.exclusion_mask(split, users, 1, as_pairs=True)
+    keep = cols != ds.item_idx[va][rows]
+    mask = (rows[keep], cols[keep])
+
+    def ndcg(scores):
+        return metrics.ndcg(metrics.target_ranks(scores, items, mask), 10)
+
+    fitted = ndcg(p["R"][torch.as_tensor(users)] @ p["T"].T + p["bias"])
+    popularity = ndcg(pop.expand(len(users), -1).clone())
+    assert fitted > popularity + 0.02
+
+
+def test_heads_add_factors_for_known_users_only():
+    torch.manual_seed(0)
+    hidden, users, items, dim = 16, 5, 7, 3
+    collab = {"P": torch.randn(users, dim), "Q": torch.randn(items, dim), "R": torch.randn(users, dim),
+              "T": torch.randn(items, dim), "a": torch.tensor(0.5)}
+    heads = TaskHeads(hidden, 2, torch.randn(items, hidden), torch.zeros(items), (1.0, 5.0), 3.0, num_users=users,
+                      collab_dim=dim, collab=collab).eval()
+    plain = TaskHeads(hidden, 2, heads.item_table.detach(), torch.zeros(items), (1.0, 5.0), 3.0, num_users=users).eval()
+    pooled = torch.randn(2, hidden)
+    u, i = torch.tensor([2, -1]), torch.tensor([4, 4])
+    out, ref = heads(pooled, None, i, u), plain(pooled, None, i, u)
+    dot = float(collab["P"][2] @ collab["Q"][4])
+    z0 = math.log((3.0 - 1.0) / 4 / (1 - (3.0 - 1.0) / 4))  # the rating head's bias: logit of the mean
+    assert out["rating"][0].item() == pytest.approx(1 + 4 / (1 + math.exp(-(z0 + dot))), rel=1e-5)
+    assert out["like_logit"][0].item() == pytest.approx(ref["like_logit"][0].item() + 0.5 * dot, rel=1e-5, abs=1e-6)
+    expected = ref["item_logits"][0] + collab["R"][2] @ collab["T"].T
+    assert torch.allclose(out["item_logits"][0], expected, atol=1e-5)
+    # an unknown user (-1) gets exactly the prompt-only outputs
+    for key in ("rating", "like_logit", "item_logits"):
+        assert torch.allclose(out[key][1], ref[key][1])
+
+
+def test_build_heads_with_factors_starts_from_the_fit(split):
+    ds = split.dataset
+    table = torch.randn(ds.num_items, 8)
+    with_cf = build_heads(ds, table, split.train, 8, 4.0, collab_dim=4, split=split, seed=0)
+    without = build_heads(ds, table, split.train, 8, 4.0)
+    assert with_cf.user_factors.shape == (ds.num_users, 4) and with_cf.user_factors.abs().sum() > 0
+    assert with_cf.rec_item_factors.shape == (ds.num_items, 4) and with_cf.rec_item_factors.abs().sum() > 0
+    assert without.user_factors.shape == (ds.num_users, 0)
+    va = split.valid
+    u, i = torch.as_tensor(ds.user_idx[va]), torch.as_tensor(ds.item_idx[va])
+    r = torch.as_tensor(ds.values[va]).float()
+    pooled = torch.zeros(len(va), 8)
+    with torch.no_grad():
+        rmse_cf = metrics.rmse(with_cf(pooled, None, i, u)["rating"], r)
+        rmse_bias = metrics.rmse(without(pooled, None, i, u)["rating"], r)
+    assert rmse_cf < rmse_bias
