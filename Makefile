@@ -15,6 +15,8 @@ export HF_DATASETS_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
+# accelerate launch sets OMP_NUM_THREADS=1 unless told otherwise: give the process every core.
+THREADS ?= $(shell nproc 2>/dev/null || echo 1)
 RUN_DIR ?= runs/quickstart-$(shell date +%Y%m%d-%H%M%S)
 USER_ID ?= 1
 PYTEST_ARGS ?=
@@ -35,6 +37,7 @@ $(STAMP): pyproject.toml constraints.txt
 
 run: $(STAMP)
 	$(VENV)/bin/accelerate launch --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no \
+		--num_cpu_threads_per_process $(THREADS) \
 		train.py --config configs/quickstart.yaml --run-dir $(RUN_DIR)
 	$(PY) infer.py --run $(RUN_DIR) --show-user $(USER_ID)
 

@@ -109,6 +109,9 @@ class TrainConfig:
     keep_checkpoints: int = knob(2, "keep the last K checkpoints")
     tensorboard: bool = knob(True, "write TensorBoard logs into the run folder")
     num_threads: int | None = knob(None, "torch CPU threads; null = torch default")
+    length_buckets: int = knob(16, "draw this many batches at once and group their prompts by length "
+                               "(less padding); 0 or 1 = batches as drawn")
+    prefetch: bool = knob(True, "build the next batch in a background thread while the model steps")
 
 
 @dataclass
@@ -165,6 +168,8 @@ def check(cfg: Config) -> None:
             raise ConfigError(f"train.final_eval_kinds: unknown kind {k!r}; expected some of {list(KIND_NAMES)}")
     if t.patience and not t.eval_every:
         raise ConfigError("train.patience needs train.eval_every > 0 (early stopping evaluates during training)")
+    if t.length_buckets < 0:
+        raise ConfigError(f"train.length_buckets: must be >= 0, got {t.length_buckets}")
     if cfg.model.collab_dim < 0:
         raise ConfigError(f"model.collab_dim: must be >= 0 (0 = no collaborative factors), got {cfg.model.collab_dim}")
     if not 0 <= cfg.prompt.social_share < 1:

@@ -8,12 +8,14 @@ resumed at step k sees the same examples as an uninterrupted one.
 
 from __future__ import annotations
 
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from mtrec import metrics
+from mtrec.batching import length_bucketed_batches
 from mtrec.data.splits import TRAIN, VALID, Split
 from mtrec.model.multitask import KIND_CATEGORIES, KIND_LIKE, KIND_RATING, KIND_RECOMMENDATION, NUM_KINDS, row_losses
 from mtrec.prompts import PromptRenderer, TaskPrompts, Template
@@ -67,10 +69,17 @@ class Batcher:
         tp = self.prompts[KIND_TASK[kind]]
         return tp.heldout(kind) if heldout else tp.train(kind)
 
+    def render(self, specs: Specs, rows: np.ndarray, templates: list[Template]) -> tuple[list, list]:
+        """Examples and rendered prompts of `rows` of `specs`, row i rendered with templates[i]."""
+        examples = [self.factory.make_row(specs, int(r)) for r in rows]
+        return examples, [self.renderer.render(ex, t) for ex, t in zip(examples, templates)]
+
     def collate(self, specs: Specs, rows: np.ndarray, templates: list[Template]) -> dict:
         """Batch of `rows` of `specs`, row i rendered with templates[i]. Pads on the right."""
-        examples = [self.factory.make_row(specs, int(r)) for r in rows]
-        rendered = [self.renderer.render(ex, t) for ex, t in zip(examples, templates)]
+        return self.tensors(specs, rows, *self.render(specs, rows, templates))
+
+    def tensors(self, specs: Specs, rows: np.ndarray, examples: list, rendered: list) -> dict:
+        """The batch of already rendered `rows`: padded ids and mask, and every head's labels."""
         ids, mask = pad_right(rendered, self.pad_id)
         kind = torch.as_tensor(specs.kind[rows], dtype=torch.long)
         label = torch.as_tensor(specs.label[rows], dtype=torch.float32)
@@ -93,25 +102,72 @@ class Batcher:
 
 class TaskSampler:
     """Draws training batches: a kind per row by the mixing probabilities, then a row and a
-    training paraphrase uniformly. Deterministic in (seed, step, rank)."""
+    training paraphrase uniformly. Deterministic in (seed, step, rank).
 
-    def __init__(self, specs: dict[str, Specs], probs: dict[str, float], batcher: Batcher, batch_size: int, seed: int):
+    With `buckets` > 1, the rows of `buckets` consecutive batches are drawn together (the same
+    distribution), rendered, sorted by token count and cut into batches of similar length, served in
+    a seeded random order: far less padding (on MovieLens prompts of 40-128 tokens, from about a
+    third of the tokens to a few percent), and still a pure function of (seed, step, rank).
+    """
+
+    def __init__(self, specs: dict[str, Specs], probs: dict[str, float], batcher: Batcher, batch_size: int, seed: int,
+                 buckets: int = 0):
         self.specs, self.batcher, self.batch_size, self.seed = specs, batcher, batch_size, seed
+        self.buckets = buckets
         self.kinds = sorted(probs)
         self.p = np.array([probs[k] for k in self.kinds])
         self.all = Specs.concat([specs[k] for k in self.kinds])
         self.offsets = np.cumsum([0] + [len(specs[k]) for k in self.kinds])
+        self._group: tuple[int, int] | None = None
+        self._pool: tuple = ()
 
-    def batch(self, step: int, rank: int = 0) -> dict:
-        rng = np.random.default_rng([self.seed, step, rank])
-        which = rng.choice(len(self.kinds), size=self.batch_size, p=self.p)
+    def _draw(self, rng: np.random.Generator, n: int) -> tuple[np.ndarray, list[Template]]:
+        which = rng.choice(len(self.kinds), size=n, p=self.p)
         rows, templates = [], []
         for w in which:
             kind = self.kinds[w]
             rows.append(self.offsets[w] + rng.integers(len(self.specs[kind])))
             options = self.batcher.templates(kind)
             templates.append(options[rng.integers(len(options))])
-        return self.batcher.collate(self.all, np.array(rows), templates)
+        return np.array(rows), templates
+
+    def batch(self, step: int, rank: int = 0) -> dict:
+        if self.buckets <= 1:
+            rows, templates = self._draw(np.random.default_rng([self.seed, step, rank]), self.batch_size)
+            return self.batcher.collate(self.all, rows, templates)
+        group, slot = divmod(step, self.buckets)
+        if self._group != (group, rank):
+            rng = np.random.default_rng([self.seed, group, rank, self.buckets])
+            rows, templates = self._draw(rng, self.batch_size * self.buckets)
+            examples, rendered = self.batcher.render(self.all, rows, templates)
+            lengths = np.array([r.num_tokens for r in rendered])
+            order = length_bucketed_batches(lengths, self.batch_size, seed=int(rng.integers(2**31)))
+            self._pool, self._group = (rows, examples, rendered, order), (group, rank)
+        rows, examples, rendered, order = self._pool
+        pick = order[slot]
+        return self.batcher.tensors(self.all, rows[pick], [examples[i] for i in pick], [rendered[i] for i in pick])
+
+
+class Prefetcher:
+    """Builds the batch of draw ``d + 1`` in a background thread while the model works on draw ``d``
+    (rendering and tokenising cost milliseconds a prompt: a GPU would otherwise wait for them).
+    Every call to `make` runs in the one worker thread, so `make` needs no locking."""
+
+    def __init__(self, make) -> None:
+        self.make = make
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mtrec-batches")
+        self.pending: tuple[int, Future] | None = None
+
+    def get(self, draw: int) -> dict:
+        if self.pending is not None and self.pending[0] == draw:
+            batch = self.pending[1].result()
+        else:
+            batch = self.pool.submit(self.make, draw).result()
+        self.pending = (draw + 1, self.pool.submit(self.make, draw + 1))
+        return batch
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
 
 
 def eval_specs(split: Split, kinds: list[str], opts: ExampleOptions, role: int = VALID,

@@ -27,7 +27,7 @@ from mtrec.model.backbone import BackboneRef, resolve_backbone
 from mtrec.model.build import (build_backbone, build_heads, build_optimizer, count_parameters, initial_item_table,
                                lora_config, wrap_model)
 from mtrec.model.multitask import NUM_KINDS, multitask_loss
-from mtrec.pipeline import Batcher, TaskSampler, evaluate, eval_specs, kinds_for, mixing_probs, train_specs
+from mtrec.pipeline import Batcher, Prefetcher, TaskSampler, evaluate, eval_specs, kinds_for, mixing_probs, train_specs
 from mtrec.prompts import DEFAULT_PROMPTS_DIR, PromptRenderer, RenderOptions, load_prompts
 from mtrec.run import RunFolderError, prepare_run_dir, save_catalog, save_config, write_manifest
 from mtrec.tasks import KIND_IDS, KIND_NAMES, KIND_TASK, ExampleFactory, ExampleOptions
@@ -139,6 +139,7 @@ def train(cfg: Config, run_dir: str | Path, overwrite: bool = False, setup: Setu
     accelerator.wait_for_everyone()
     if cfg.train.num_threads:
         torch.set_num_threads(cfg.train.num_threads)
+    _warn_if_starved_of_threads(accelerator)
     set_seed(cfg.run.seed)
     s = setup or build_setup(cfg, accelerator)
     if accelerator.is_main_process:
@@ -150,6 +151,18 @@ def train(cfg: Config, run_dir: str | Path, overwrite: bool = False, setup: Setu
         save_run(run_dir, s, accelerator.unwrap_model(s.model), result)
     accelerator.end_training()
     return result
+
+
+def _warn_if_starved_of_threads(accelerator: Accelerator) -> None:
+    """`accelerate launch` sets OMP_NUM_THREADS=1 unless given --num_cpu_threads_per_process, which
+    makes a single CPU process several times slower than it need be: say so."""
+    if accelerator.device.type != "cpu" or accelerator.num_processes > 1 or not accelerator.is_main_process:
+        return
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if torch.get_num_threads() < cores:
+        accelerator.print(f"note: training on the CPU with {torch.get_num_threads()} of {cores} cores "
+                          f"(OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}); for all of them pass "
+                          f"`accelerate launch --num_cpu_threads_per_process {cores}` or set train.num_threads")
 
 
 def _agreed_timeout(accelerator: Accelerator, elapsed: float, minutes: float) -> bool:
@@ -179,13 +192,14 @@ class _Loop:
         specs = train_specs(s.split, s.kinds, s.example_options, cfg.data.max_train_users, cfg.run.seed)
         self.sizes = {k: len(v) for k, v in specs.items()}
         self.sampler = TaskSampler(specs, mixing_probs(self.sizes, t.mixing, t.temperature), s.batcher, t.batch_size,
-                                   cfg.run.seed)
+                                   cfg.run.seed, t.length_buckets)
         self.valid = eval_specs(s.split, s.kinds, s.example_options, VALID, t.eval_users, cfg.run.seed)
         opt = make_optimizer(s.model, cfg)
         sched = get_cosine_schedule_with_warmup(opt, t.warmup_steps, t.max_steps)
         self.model, self.opt, self.sched = accelerator.prepare(s.model, opt, sched)
         self.weights = s.weights.to(accelerator.device)
         self.log = _Log(accelerator, s)
+        self.batches: Prefetcher | None = None  # set while training
         dev = accelerator.device
         self.running, self.running_n = torch.zeros(NUM_KINDS, device=dev), torch.zeros(NUM_KINDS, device=dev)
         # first step with a non-finite loss and its kind, kept on the device: no host sync per step
@@ -211,6 +225,16 @@ class _Loop:
                    disable=not self.acc.is_main_process)
         began = time.perf_counter() - st["elapsed"]
         self.model.train()
+        make = lambda draw: self.sampler.batch(draw, self.acc.process_index)  # noqa: E731
+        self.batches = Prefetcher(make) if t.prefetch else None
+        try:
+            self._steps(bar, began)
+        finally:
+            if self.batches is not None:
+                self.batches.close()
+
+    def _steps(self, bar, began: float) -> None:
+        t, st = self.t, self.state
         for step in bar:
             for micro in range(t.grad_accum):
                 self._micro_step(step, (step - 1) * t.grad_accum + micro)
@@ -236,12 +260,12 @@ class _Loop:
                 break
 
     def _micro_step(self, step: int, draw: int) -> None:
-        batch = self.sampler.batch(draw, self.acc.process_index)
+        batch = self.batches.get(draw) if self.batches is not None else self.sampler.batch(draw, self.acc.process_index)
         self.state["tokens"] += int(batch["attention_mask"].sum())
         self.state["examples"] += len(batch["kind"])
         per_kind = np.bincount(batch["kind"].numpy(), minlength=NUM_KINDS)  # a CPU tensor here: no device sync
         self.state["examples_per_kind"] = [a + int(b) for a, b in zip(self.state["examples_per_kind"], per_kind)]
-        batch = {n: (v.to(self.acc.device) if torch.is_tensor(v) else v) for n, v in batch.items()}
+        batch = {n: (v.to(self.acc.device, non_blocking=True) if torch.is_tensor(v) else v) for n, v in batch.items()}
         with self.acc.accumulate(self.model):
             loss, per_kind, counts = _step_loss(self.model, batch, self.weights, self.cfg)
             self.acc.backward(loss)

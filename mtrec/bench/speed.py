@@ -40,6 +40,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from mtrec.batching import length_bucketed_batches
 from mtrec.model.backbone import load_backbone, lora_target_modules, resolve_backbone
 from mtrec.model.multitask import NUM_KINDS, RecModel, TaskHeads, multitask_loss
 
@@ -318,26 +319,6 @@ def task_labels(rows: int, items: int, rng: np.random.Generator) -> dict[str, to
             "like": torch.as_tensor(rng.integers(0, 2, size=rows), dtype=torch.float32),
             "category_target": cats, "item": torch.as_tensor(rng.integers(0, items, size=rows)),
             "user": torch.as_tensor(rng.integers(0, NUM_USERS, size=rows))}
-
-
-def length_bucketed_batches(lengths: np.ndarray, batch_size: int, seed: int | None) -> list[np.ndarray]:
-    """Row indices grouped into batches of similar length: sort by length, cut into consecutive
-    batches, then shuffle the batch order (so long and short batches alternate over training).
-
-    Args:
-        lengths: token count of every row in the pool.
-        batch_size: rows per batch (the last batch may be smaller).
-        seed: seed of the batch-order shuffle; None keeps the batches in length order.
-
-    Returns:
-        A list of index arrays, each one batch.
-    """
-    order = np.argsort(lengths, kind="stable")
-    batches = [order[i: i + batch_size] for i in range(0, len(order), batch_size)]
-    if seed is None:
-        return batches
-    perm = np.random.default_rng(seed).permutation(len(batches))
-    return [batches[i] for i in perm]
 
 
 def random_batches(n: int, batch_size: int, seed: int) -> list[np.ndarray]:

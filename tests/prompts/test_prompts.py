@@ -12,12 +12,13 @@ from dataclasses import dataclass
 
 import numpy as np
 import pytest
+import torch
 import yaml
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from mtrec.data.splits import TEST, TRAIN, VALID, Split
-from mtrec.pipeline import Batcher, TaskSampler, kinds_for, mixing_probs, train_specs
+from mtrec.pipeline import Batcher, Prefetcher, TaskSampler, kinds_for, mixing_probs, train_specs
 from mtrec.prompts import (
     DEFAULT_PROMPTS_DIR,
     PromptRenderer,
@@ -398,6 +399,49 @@ def test_heldout_paraphrases_never_reach_training_batches(synthetic_split, promp
     real = TaskSampler(specs, probs, batcher, batch_size=16, seed=0)
     drawn = [i for step in range(4) for i in real.batch(step)["template_ids"]]
     assert len(drawn) == 64 and set(drawn) <= train and not set(drawn) & heldout
+
+
+def _padding(batches) -> float:
+    real = sum(int(b["attention_mask"].sum()) for b in batches)
+    return 1 - real / sum(b["attention_mask"].numel() for b in batches)
+
+
+def test_length_buckets_cut_padding_and_keep_draws_pure(ml100k_split, prompts, renderer, tokenizer):
+    kinds = kinds_for(list(TASKS), ml100k_split)
+    specs = train_specs(ml100k_split, kinds, ExampleOptions(max_history=15))
+    probs = mixing_probs({k: len(v) for k, v in specs.items()}, "temperature", 2.0)
+    batcher = Batcher(ExampleFactory(ml100k_split, ExampleOptions(max_history=15)), renderer, prompts,
+                      tokenizer.pad_token_id or 0, len(ml100k_split.dataset.categories))
+    plain = TaskSampler(specs, probs, batcher, batch_size=8, seed=0)
+    bucketed = TaskSampler(specs, probs, batcher, batch_size=8, seed=0, buckets=8)
+    random_batches = [plain.batch(step) for step in range(16)]
+    grouped = [bucketed.batch(step) for step in range(16)]
+    assert _padding(grouped) < 0.5 * _padding(random_batches)
+    # the 8 batches of a group are the group's draws, each once: same rows, only regrouped
+    group = [int(b["input_ids"].shape[0]) for b in grouped[:8]]
+    assert group == [8] * 8
+    # a pure function of (seed, step, rank): any call order, any sampler instance
+    again = TaskSampler(specs, probs, batcher, batch_size=8, seed=0, buckets=8)
+    for step in (13, 2, 9, 2):
+        assert torch.equal(again.batch(step)["input_ids"], grouped[step]["input_ids"])
+    assert not torch.equal(again.batch(3, rank=1)["input_ids"], grouped[3]["input_ids"])
+
+
+def test_prefetcher_serves_the_same_batches_in_order(ml100k_split, prompts, renderer, tokenizer):
+    kinds = kinds_for(list(TASKS), ml100k_split)
+    specs = train_specs(ml100k_split, kinds, ExampleOptions())
+    probs = mixing_probs({k: len(v) for k, v in specs.items()}, "proportional", 1.0)
+    batcher = Batcher(ExampleFactory(ml100k_split), renderer, prompts, tokenizer.pad_token_id or 0,
+                      len(ml100k_split.dataset.categories))
+    sampler = TaskSampler(specs, probs, batcher, batch_size=4, seed=1, buckets=4)
+    direct = [sampler.batch(d)["input_ids"] for d in range(6)]
+    fetch = Prefetcher(lambda d: TaskSampler(specs, probs, batcher, 4, 1, 4).batch(d))
+    try:
+        got = [fetch.get(d)["input_ids"] for d in (0, 1, 2, 5, 3, 4)]  # a jump, then back
+    finally:
+        fetch.close()
+    for d, ids in zip((0, 1, 2, 5, 3, 4), got):
+        assert torch.equal(ids, direct[d])
 
 
 # ---------------------------------------------------------------------------- template errors

@@ -1,0 +1,26 @@
+"""Batching helpers shared by training and the speed bench (numpy only: the bench runs where the
+project's data dependencies are not installed)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def length_bucketed_batches(lengths: np.ndarray, batch_size: int, seed: int | None) -> list[np.ndarray]:
+    """Row indices grouped into batches of similar length: sort by length, cut into consecutive
+    batches, then shuffle the batch order (so long and short batches alternate over training).
+
+    Args:
+        lengths: token count of every row in the pool.
+        batch_size: rows per batch (the last batch may be smaller).
+        seed: seed of the batch-order shuffle; None keeps the batches in length order.
+
+    Returns:
+        A list of index arrays, each one batch.
+    """
+    order = np.argsort(lengths, kind="stable")
+    batches = [order[i: i + batch_size] for i in range(0, len(order), batch_size)]
+    if seed is None:
+        return batches
+    perm = np.random.default_rng(seed).permutation(len(batches))
+    return [batches[i] for i in perm]
