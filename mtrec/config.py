@@ -68,7 +68,8 @@ class ModelConfig:
     lora_r: int = knob(8, "LoRA rank")
     lora_alpha: int = knob(16, "LoRA alpha")
     lora_dropout: float = knob(0.05, "LoRA dropout")
-    lora_targets: list | str = knob("auto", "auto (attention and MLP projections), or a list of module names")
+    lora_targets: list | str = knob("auto", "auto (attention and MLP projections), attention (the attention "
+                                    "projections only), or a list of module names")
     item_dim: int | None = knob(None, "item table width; null = backbone hidden size")
     item_init: str = knob("backbone", "backbone (encode item text) or random")
     item_noise: float = knob(0.02, "std of a per-item random part added to the item table (tells apart items with equal text)")
@@ -111,6 +112,8 @@ class TrainConfig:
     num_threads: int | None = knob(None, "torch CPU threads; null = torch default")
     length_buckets: int = knob(16, "draw this many batches at once and group their prompts by length "
                                "(less padding); 0 or 1 = batches as drawn")
+    compile: bool = knob(False, "torch.compile (inductor) the model, through accelerate; the first steps "
+                         "compile (minutes on a CPU)")
     prefetch: bool = knob(True, "build the next batch in a background thread while the model steps")
 
 
@@ -168,6 +171,10 @@ def check(cfg: Config) -> None:
             raise ConfigError(f"train.final_eval_kinds: unknown kind {k!r}; expected some of {list(KIND_NAMES)}")
     if t.patience and not t.eval_every:
         raise ConfigError("train.patience needs train.eval_every > 0 (early stopping evaluates during training)")
+    targets = cfg.model.lora_targets
+    if isinstance(targets, str) and targets not in ("auto", "attention"):
+        raise ConfigError(f"model.lora_targets: {targets!r}; expected auto, attention, or a list of module names "
+                          f"such as [q_proj, v_proj]")
     if t.length_buckets < 0:
         raise ConfigError(f"train.length_buckets: must be >= 0, got {t.length_buckets}")
     if cfg.model.collab_dim < 0:

@@ -166,6 +166,12 @@ class Prefetcher:
         self.pending = (draw + 1, self.pool.submit(self.make, draw + 1))
         return batch
 
+    def wait(self) -> None:
+        """Block until the worker is idle (the tokenizer is not thread-safe: evaluation, which
+        renders prompts with the same one, waits for the pending batch first)."""
+        if self.pending is not None:
+            self.pending[1].result()
+
     def close(self) -> None:
         self.pool.shutdown(wait=True, cancel_futures=True)
 

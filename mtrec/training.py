@@ -128,6 +128,7 @@ def train(cfg: Config, run_dir: str | Path, overwrite: bool = False, setup: Setu
     run_dir = Path(run_dir)
     accelerator = Accelerator(cpu=_multi_process_cpu(), gradient_accumulation_steps=cfg.train.grad_accum,
                               mixed_precision=choose_mixed_precision(cfg.train.mixed_precision),
+                              dynamo_backend="inductor" if cfg.train.compile else None,
                               log_with="tensorboard" if cfg.train.tensorboard else None, project_dir=str(run_dir))
     if accelerator.is_main_process:
         if resume:
@@ -294,6 +295,8 @@ class _Loop:
     def _evaluate(self, step: int) -> bool:
         """Evaluate, keep the best weights; True when early stopping says stop."""
         st, t = self.state, self.t
+        if self.batches is not None:
+            self.batches.wait()  # the prefetch thread and evaluation share the tokenizer
         st["history"].append(self.log.evaluate(self.model, self.valid, self.weights, step))
         if _better(st["history"][-1], st["best"], t.early_stopping_metric):
             st["best"], st["bad_evals"] = st["history"][-1], 0

@@ -18,6 +18,7 @@ VARIANTS = [
     "mtrec single-task preference",
     "mtrec single-task recommendation",
     "mtrec multi-task, no social context",
+    "mtrec multi-task, no collaborative factors",
     "mtrec multi-task, random-init backbone",
 ]
 # Which table columns each row must fill (synthetic data: explicit ratings, categories, friends).

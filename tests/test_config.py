@@ -51,6 +51,9 @@ def test_overrides_are_typed_and_applied_in_order():
         ("train.warmup_steps=500", "train.warmup_steps (500) must be below train.max_steps"),
         ("prompt.social_share=1.5", "prompt.social_share"),
         ("model.lora_r=null", "model.lora_r: may not be null"),
+        ("model.lora_targets=q_proj", "model.lora_targets: 'q_proj'; expected auto, attention, or a list"),
+        ("model.collab_dim=-1", "model.collab_dim: must be >= 0"),
+        ("train.length_buckets=-2", "train.length_buckets: must be >= 0"),
         ("train.lr", "expected section.key=value"),
     ],
 )

@@ -181,6 +181,13 @@ def variants_for(split: Split) -> list[Variant]:
         )
     out.append(
         Variant(
+            "mtrec multi-task, no collaborative factors",
+            ("model.collab_dim=0",),
+            "heads start from per-user/per-item means and popularity only: what the prompt alone adds",
+        )
+    )
+    out.append(
+        Variant(
             "mtrec multi-task, random-init backbone",
             ("model.random_init=true",),
             "same architecture, random weights (no pretraining)",

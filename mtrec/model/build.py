@@ -15,7 +15,7 @@ from mtrec import paths
 from mtrec.config import ModelConfig
 from mtrec.data.records import RecDataset
 from mtrec.data.splits import Split
-from mtrec.model.backbone import BackboneRef, default_pooling, load_backbone, lora_target_modules
+from mtrec.model.backbone import BackboneRef, attention_projections, default_pooling, load_backbone, lora_target_modules
 from mtrec.model.collaborative import fit_ranking, fit_rating, newest_per_user
 from mtrec.model.multitask import RecModel, TaskHeads
 from mtrec.prompts import TaskPrompts, add_instruction_tokens
@@ -64,13 +64,14 @@ def encode_texts(backbone, tokenizer, texts: list[str], pooling: str, batch_size
     return result
 
 
-def cached_encodings(key_parts: list[str], compute) -> torch.Tensor:
-    """`compute()`, cached in ``$MTREC_CACHE_DIR/item-encodings/<sha256 of key_parts>.pt``.
+def cached(folder: str, key_parts: list[str], compute):
+    """`compute()`, cached in ``$MTREC_CACHE_DIR/<folder>/<sha256 of key_parts>.pt``.
 
-    Encoding a catalog costs minutes on a CPU and depends only on the base weights, the texts and
-    the pooling, so a second run (or another process) reuses it. Written atomically."""
+    For results that cost minutes on a CPU and depend only on what the key names: a catalog's
+    encodings (base weights, texts, pooling) and the collaborative fits (training split, settings).
+    A second run, or another process, reuses them. Written atomically."""
     key = hashlib.sha256("\x00".join(key_parts).encode("utf-8")).hexdigest()[:32]
-    path = paths.cache_dir() / "item-encodings" / f"{key}.pt"
+    path = paths.cache_dir() / folder / f"{key}.pt"
     if path.exists():
         return torch.load(path, map_location="cpu", weights_only=True)
     value = compute()
@@ -96,7 +97,7 @@ def initial_item_table(ds: RecDataset, cfg: ModelConfig, backbone, tokenizer, pr
         return encode_texts(backbone, tokenizer, texts, pooling, cfg.encode_batch_size, bf16=bf16)
 
     if backbone_hash and not cfg.random_init:
-        enc = cached_encodings([backbone_hash, pooling, str(bf16), str(len(tokenizer)), *texts], compute)
+        enc = cached("item-encodings", [backbone_hash, pooling, str(bf16), str(len(tokenizer)), *texts], compute)
     else:
         enc = compute()
     enc = (enc - enc.mean(-1, keepdim=True)) / enc.std(-1, keepdim=True).clamp(min=1e-6)  # as the heads' LayerNorm
@@ -137,10 +138,13 @@ def build_heads(ds: RecDataset, item_table: torch.Tensor, train_idx: np.ndarray,
     collab: dict = {}
     if collab_dim and split is not None and len(train_idx):
         holdout = newest_per_user(split, train_idx)
-        ranking = fit_ranking(split, train_idx, holdout, collab_dim, bias, seed=seed)
+        key = [COLLAB_VERSION, _split_key(split, train_idx), str(collab_dim), str(like_threshold), str(seed)]
+        ranking = cached("collab-fits", ["ranking", *key],
+                         lambda: fit_ranking(split, train_idx, holdout, collab_dim, bias, seed=seed))
         bias, collab["R"], collab["T"] = ranking["bias"], ranking["R"], ranking["T"]
         if mean is not None:
-            rating = fit_rating(split, train_idx, holdout, collab_dim, like_threshold, seed=seed)
+            rating = cached("collab-fits", ["rating", *key],
+                            lambda: fit_rating(split, train_idx, holdout, collab_dim, like_threshold, seed=seed))
             offsets = {"rating": (rating["io"], rating["uo"]), "like": (rating["lio"], rating["luo"])}
             collab.update(P=rating["P"], Q=rating["Q"], a=rating["a"])
     heads = TaskHeads(hidden, len(ds.categories), item_table, bias, ds.rating_scale, mean,
@@ -152,6 +156,19 @@ def build_heads(ds: RecDataset, item_table: torch.Tensor, train_idx: np.ndarray,
             heads.rating.bias.fill_(float(rating["b"]))
             heads.like.bias.fill_(float(rating["lb"]))
     return heads
+
+
+COLLAB_VERSION = "collab-1"  # bump when the fits change: cached fits of another version are not reused
+
+
+def _split_key(split: Split, train_idx: np.ndarray) -> str:
+    """sha256 of the training interactions as the fits see them (users, items, values, order)."""
+    ds = split.dataset
+    h = hashlib.sha256()
+    for a in (train_idx, ds.user_idx[train_idx], ds.item_idx[train_idx], ds.values[train_idx],
+              split.position[train_idx], np.array([ds.num_users, ds.num_items])):
+        h.update(np.ascontiguousarray(a).tobytes())
+    return h.hexdigest()
 
 
 def _shrunk(index: np.ndarray, values: np.ndarray, size: int, shrinkage: float) -> np.ndarray:
@@ -177,7 +194,12 @@ def input_embedding_name(backbone) -> str:
 
 def lora_config(cfg: ModelConfig, backbone, token_ids: dict[str, int]) -> LoraConfig:
     """LoRA on the backbone's projections; heads fully trained; instruction-token rows trained."""
-    targets = lora_target_modules(backbone) if cfg.lora_targets == "auto" else list(cfg.lora_targets)
+    if cfg.lora_targets == "auto":
+        targets = lora_target_modules(backbone)
+    elif cfg.lora_targets == "attention":
+        targets = attention_projections(backbone)
+    else:
+        targets = list(cfg.lora_targets)
     # Restrict targets to the backbone so head layers named like projections are never LoRA-wrapped.
     pattern = r"^backbone\..*\.(" + "|".join(targets) + r")$"
     return LoraConfig(

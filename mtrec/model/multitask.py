@@ -8,6 +8,9 @@ Heads (all in one `TaskHeads` module, which peft keeps trainable via ``modules_t
   cosine similarity times a learned scale, plus a per-item bias. Full-catalog scoring is one
   matrix product. The table starts from the backbone's own encoding of each item's text, so an item
   with text gets a usable row before training; the bias starts from log training popularity.
+- collaborative factors (optional, `collab_dim` > 0): per-user and per-item vectors fitted on the
+  training split (`mtrec.model.collaborative`) add ``<p_u, q_i>`` to the rating and like logits and
+  ``<r_u, t_i>`` to every item score; an unknown user or item (index -1) gets none.
 
 Everything the heads do happens inside ``forward`` because peft's ModulesToSaveWrapper dispatches
 calls, not attribute access, to the trained copy.

@@ -1,6 +1,7 @@
 """Training a tiny model: what trains, what stays frozen, the run folder, and reloading it."""
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -49,7 +50,8 @@ def test_base_frozen_adapters_heads_and_token_rows_trained(trained):
     # LoRA: B starts at zero and must move; heads (modules_to_save) and the token-row delta must move
     assert any(moved for n, moved in trainable.items() if "lora_B" in n)
     for part in ("modules_to_save.default.rating.weight", "modules_to_save.default.item_table",
-                 "modules_to_save.default.item_rating_offset",
+                 "modules_to_save.default.item_rating_offset", "modules_to_save.default.user_factors",
+                 "modules_to_save.default.rec_item_factors",
                  "modules_to_save.default.like.weight", "trainable_tokens_delta"):
         hits = [moved for n, moved in trainable.items() if part in n]
         assert hits and all(hits), f"{part} did not train"
@@ -152,3 +154,20 @@ def test_run_folder_refuses_a_base_backbone_with_other_weights(trained, tmp_path
     save_file(tensors, weights)
     with pytest.raises(RunFolderError, match="content hash"):
         Recommender.from_run(copy, device="cpu")
+
+
+@pytest.mark.skipif(os.environ.get("MTREC_TEST_COMPILE") != "1",
+                    reason="torch.compile takes minutes on a CPU; set MTREC_TEST_COMPILE=1")
+def test_compiled_training_gives_the_eager_losses(tmp_path, tiny_backbone_dir):
+    from mtrec.config import load_config
+    from tests_paths import ROOT
+
+    common = [f"model.backbone={tiny_backbone_dir}", "train.max_steps=4", "train.warmup_steps=1",
+              "train.eval_every=0", "model.lora_dropout=0.0", "train.length_buckets=0"]
+    results = {}
+    for compiled in (False, True):
+        cfg = load_config(ROOT / "tests/configs/tiny.yaml", common + [f"train.compile={str(compiled).lower()}"])
+        results[compiled] = train(cfg, tmp_path / f"compiled-{compiled}")
+    for eager, comp in zip(results[False]["history"], results[True]["history"]):
+        for key in ("loss", "rating/loss", "like/loss", "recommendation/loss"):
+            assert comp[key] == pytest.approx(eager[key], rel=1e-3), key
