@@ -140,7 +140,8 @@ def train(cfg: Config, run_dir: str | Path, overwrite: bool = False, setup: Setu
     accelerator.wait_for_everyone()
     if cfg.train.num_threads:
         torch.set_num_threads(cfg.train.num_threads)
-    _warn_if_starved_of_threads(accelerator)
+    else:
+        _warn_if_starved_of_threads(accelerator)
     set_seed(cfg.run.seed)
     s = setup or build_setup(cfg, accelerator)
     if accelerator.is_main_process:

@@ -96,7 +96,7 @@ def mtrec_row(label: str, report: dict, heldout: bool = False) -> dict:
     if heldout:
         notes = ["same model, first held-out paraphrase of each prompt kind (unseen in training)"]
     minutes = cfg["max_minutes"]
-    if minutes is not None and train["seconds"] >= 60 * minutes:
+    if minutes is not None and train["seconds"] >= 60 * minutes and train["steps"] < cfg["max_steps"]:
         notes.append(f"CUT SHORT by train.max_minutes={minutes}")
     steps = f"{train['steps']} step{'s' * (train['steps'] != 1)} (best at {train['best']['step']})"
     row = {

@@ -41,8 +41,10 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path, tiny_backbone_d
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     subprocess.run(_train_cmd(whole, tiny_backbone_dir), check=True, env=_env(), capture_output=True, timeout=300)
 
-    rng = random.Random()  # a random kill point each run: any step after the first checkpoint
-    wait_for = rng.choice([2, 4, 6, 8])
+    # a random kill point each run: after the first checkpoint, with at least six steps and two
+    # evaluations left, so that the run cannot finish inside the random delay
+    rng = random.Random()
+    wait_for = rng.choice([2, 4, 6])
     proc = subprocess.Popen(_train_cmd(killed, tiny_backbone_dir), env=_env(), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     deadline = time.time() + 240
