@@ -112,7 +112,7 @@ class TrainConfig:
     num_threads: int | None = knob(None, "torch CPU threads; null = torch default")
     length_buckets: int = knob(16, "draw this many batches at once and group their prompts by length "
                                "(less padding); 0 or 1 = batches as drawn")
-    compile: bool = knob(False, "torch.compile (inductor) the model, through accelerate; the first steps "
+    compile: bool = knob(False, "torch.compile (inductor) the model after accelerate prepares it; the first steps "
                          "compile (minutes on a CPU)")
     prefetch: bool = knob(True, "build the next batch in a background thread while the model steps")
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from accelerate import Accelerator
+from accelerate.utils import is_compiled_module
 from accelerate.utils import broadcast, set_seed
 from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
@@ -128,7 +129,6 @@ def train(cfg: Config, run_dir: str | Path, overwrite: bool = False, setup: Setu
     run_dir = Path(run_dir)
     accelerator = Accelerator(cpu=_multi_process_cpu(), gradient_accumulation_steps=cfg.train.grad_accum,
                               mixed_precision=choose_mixed_precision(cfg.train.mixed_precision),
-                              dynamo_backend="inductor" if cfg.train.compile else None,
                               log_with="tensorboard" if cfg.train.tensorboard else None, project_dir=str(run_dir))
     if accelerator.is_main_process:
         if resume:
@@ -199,6 +199,10 @@ class _Loop:
         opt = make_optimizer(s.model, cfg)
         sched = get_cosine_schedule_with_warmup(opt, t.warmup_steps, t.max_steps)
         self.model, self.opt, self.sched = accelerator.prepare(s.model, opt, sched)
+        if t.compile:
+            # compiled here rather than through accelerate's dynamo plugin: that setting lives in a
+            # process-wide AcceleratorState, which an earlier Accelerator in the process would fix
+            self.model = torch.compile(self.model)
         self.weights = s.weights.to(accelerator.device)
         self.log = _Log(accelerator, s)
         self.batches: Prefetcher | None = None  # set while training
@@ -325,7 +329,8 @@ class _Loop:
                 "examples_per_kind": {KIND_NAMES[k]: n for k, n in enumerate(st["examples_per_kind"]) if n},
                 "tokens_per_second": round(st["tokens"] / max(seconds, 1e-9), 1), "train_sizes": self.sizes,
                 "parameters": count_parameters(self.acc.unwrap_model(model)), "mixed_precision": self.acc.mixed_precision,
-                "num_processes": self.acc.num_processes, "ranks": _rank_report(self.acc, model, st["step"])}
+                "num_processes": self.acc.num_processes, "compiled": is_compiled_module(model),
+                "ranks": _rank_report(self.acc, model, st["step"])}
 
 
 def _rank_report(accelerator: Accelerator, model, step: int) -> dict:

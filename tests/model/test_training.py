@@ -168,6 +168,7 @@ def test_compiled_training_gives_the_eager_losses(tmp_path, tiny_backbone_dir):
     for compiled in (False, True):
         cfg = load_config(ROOT / "tests/configs/tiny.yaml", common + [f"train.compile={str(compiled).lower()}"])
         results[compiled] = train(cfg, tmp_path / f"compiled-{compiled}")
+        assert results[compiled]["compiled"] is compiled
     for eager, comp in zip(results[False]["history"], results[True]["history"]):
         for key in ("loss", "rating/loss", "like/loss", "recommendation/loss"):
             assert comp[key] == pytest.approx(eager[key], rel=1e-3), key
