@@ -13,8 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from accelerate import Accelerator
-from accelerate.utils import is_compiled_module
-from accelerate.utils import broadcast, set_seed
+from accelerate.utils import broadcast, is_compiled_module, set_seed
 from tqdm.auto import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
