@@ -50,41 +50,45 @@ def _batches(n: int, size: int, gen: torch.Generator):
         yield perm[start : start + size]
 
 
-def _fit(make_params, loss_fn, holdout_fn, n_train: int, epochs: int, patience: int, batch: int, lr: float,
-         seed: int) -> tuple[dict, int, float]:
-    """Mini-batch Adam on `loss_fn(params, rows)`; each epoch scored by `holdout_fn(params)` (lower
-    is better). Returns (params at the best epoch, best epoch, best hold-out score)."""
+def _epochs(make_params, loss_fn, n_train: int, batch: int, lr: float, seed: int):
+    """Mini-batch Adam on `loss_fn(params, rows)`: yields (epoch, params) for epoch 0 (the starting
+    values) and after every epoch, until the caller stops."""
     gen = torch.Generator().manual_seed(seed)
     params = make_params(gen)
     opt = torch.optim.Adam(params.values(), lr=lr)
-    best, best_epoch, best_state, bad = holdout_fn(params), 0, {k: v.detach().clone() for k, v in params.items()}, 0
-    for epoch in range(1, epochs + 1):
+    epoch = 0
+    while True:
+        yield epoch, params
+        epoch += 1
         for rows in _batches(n_train, batch, gen):
             opt.zero_grad(set_to_none=True)
             loss_fn(params, rows).backward()
             opt.step()
+
+
+def _fit(make_params, loss_fn, holdout_fn, n_train: int, epochs: int, patience: int, batch: int, lr: float,
+         seed: int) -> tuple[int, float]:
+    """Train up to `epochs` epochs, scoring each by `holdout_fn(params)` (lower is better), until
+    `patience` epochs without improvement. Returns (best epoch, 0 = the starting values; its score)."""
+    best, best_epoch = float("inf"), 0
+    for epoch, params in _epochs(make_params, loss_fn, n_train, batch, lr, seed):
         with torch.no_grad():
             score = holdout_fn(params)
         if score < best - 1e-6:
-            best, best_epoch, bad = score, epoch, 0
-            best_state = {k: v.detach().clone() for k, v in params.items()}
-        else:
-            bad += 1
-            if bad >= patience:
-                break
-    return best_state, best_epoch, best
+            best, best_epoch = score, epoch
+        elif epoch - best_epoch >= patience:
+            break
+        if epoch >= epochs:
+            break
+    return best_epoch, best
 
 
 def _refit(make_params, loss_fn, n_train: int, epochs: int, batch: int, lr: float, seed: int) -> dict:
-    gen = torch.Generator().manual_seed(seed)
-    params = make_params(gen)
-    opt = torch.optim.Adam(params.values(), lr=lr)
-    for _ in range(epochs):  # 0 epochs: the starting values (no epoch beat them on the hold-out)
-        for rows in _batches(n_train, batch, gen):
-            opt.zero_grad(set_to_none=True)
-            loss_fn(params, rows).backward()
-            opt.step()
-    return {k: v.detach().clone() for k, v in params.items()}
+    """The parameters after exactly `epochs` epochs (0: the starting values)."""
+    for epoch, params in _epochs(make_params, loss_fn, n_train, batch, lr, seed):
+        if epoch == epochs:
+            return {k: v.detach().clone() for k, v in params.items()}
+    raise AssertionError("unreachable")
 
 
 def _logit(p: float) -> float:
@@ -138,7 +142,7 @@ def fit_rating(split: Split, train_idx: np.ndarray, holdout: np.ndarray, dim: in
             rating, _ = predict(p, u_all[hold_rows], i_all[hold_rows])
             return float((rating - r_all[hold_rows]).square().mean().sqrt())
 
-    _, best_epoch, best = _fit(make_params, loss_on(fit_rows), holdout_rmse, len(fit_rows), epochs, patience, batch,
+    best_epoch, best = _fit(make_params, loss_on(fit_rows), holdout_rmse, len(fit_rows), epochs, patience, batch,
                                lr, seed)
     all_rows = torch.arange(len(train_idx))
     p = _refit(make_params, loss_on(all_rows), len(all_rows), best_epoch, batch, lr, seed)
@@ -189,7 +193,7 @@ def fit_ranking(split: Split, train_idx: np.ndarray, holdout: np.ndarray, dim: i
                 total += float(ce(p, u_all[rows], i_all[rows])) * len(rows)
             return total / max(len(hold_rows), 1)
 
-    _, best_epoch, best = _fit(make_params, loss_on(fit_rows, seed), holdout_ce, len(fit_rows), epochs, patience,
+    best_epoch, best = _fit(make_params, loss_on(fit_rows, seed), holdout_ce, len(fit_rows), epochs, patience,
                                batch, lr, seed)
     all_rows = torch.arange(len(train_idx))
     p = _refit(make_params, loss_on(all_rows, seed), len(all_rows), best_epoch, batch, lr, seed)
