@@ -150,6 +150,9 @@ def train(cfg: Config, run_dir: str | Path, overwrite: bool = False, setup: Setu
     result = _Loop(cfg, s, accelerator, run_dir).run(resume)
     if accelerator.is_main_process:
         save_run(run_dir, s, accelerator.unwrap_model(s.model), result)
+    # every rank leaves together: a gloo rank that tore its process group down while another still
+    # held it aborted now and then ("terminate called without an active exception")
+    accelerator.wait_for_everyone()
     accelerator.end_training()
     return result
 
