@@ -82,7 +82,8 @@ def build_setup(cfg: Config, accelerator: Accelerator | None = None) -> Setup:
     table = initial_item_table(split.dataset, cfg.model, backbone, tokenizer, prompts, pooling, hidden, cfg.run.seed,
                                ref.sha256, bf16)
     heads = build_heads(split.dataset, table, split.train, hidden, cfg.data.like_threshold,
-                        collab_dim=cfg.model.collab_dim, split=split, seed=cfg.run.seed)
+                        collab_dim=cfg.model.collab_dim, split=split, seed=cfg.run.seed,
+                        negatives_per_positive=cfg.data.negatives_per_positive)
     model = wrap_model(backbone, heads, pooling, lora_config(cfg.model, backbone, token_ids))
     opts = example_options(cfg)
     renderer = PromptRenderer(tokenizer, {t: p.instruction_token for t, p in prompts.items()}, render_options(cfg))

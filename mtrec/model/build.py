@@ -109,7 +109,7 @@ def initial_item_table(ds: RecDataset, cfg: ModelConfig, backbone, tokenizer, pr
 
 def build_heads(ds: RecDataset, item_table: torch.Tensor, train_idx: np.ndarray, hidden: int,
                 like_threshold: float, shrinkage: float = 10.0, collab_dim: int = 0, split: Split | None = None,
-                seed: int = 0) -> TaskHeads:
+                seed: int = 0, negatives_per_positive: int = 1) -> TaskHeads:
     """Heads for `ds`, with priors from the *training* interactions only, all trained further.
 
     Without collaborative factors (`collab_dim` 0) the recommendation bias starts at centred log
@@ -147,6 +147,15 @@ def build_heads(ds: RecDataset, item_table: torch.Tensor, train_idx: np.ndarray,
                             lambda: fit_rating(split, train_idx, holdout, collab_dim, like_threshold, seed=seed))
             offsets = {"rating": (rating["io"], rating["uo"]), "like": (rating["lio"], rating["luo"])}
             collab.update(P=rating["P"], Q=rating["Q"], a=rating["a"])
+    if mean is None and len(train_idx):
+        # implicit data: "like" is an observed item against `negatives_per_positive` uniformly sampled
+        # unobserved ones, so the Bayes logit is log p(i | u) + log(N / k): the recommendation softmax
+        # (popularity alone without factors) gives the like head its prior
+        item_z, user_z, like_b = implicit_like_prior(bias, collab.get("R"), collab.get("T"), ds.num_users,
+                                                     negatives_per_positive)
+        offsets = {"rating": (torch.zeros(ds.num_items), torch.zeros(ds.num_users)), "like": (item_z, user_z)}
+        if "R" in collab:
+            collab.update(P=collab["R"].clone(), Q=collab["T"].clone(), a=torch.tensor(1.0))
     heads = TaskHeads(hidden, len(ds.categories), item_table, bias, ds.rating_scale, mean,
                       offsets.get("rating", (None,))[0], offsets.get("like", (None,))[0],
                       (offsets["rating"][1], offsets["like"][1]) if offsets else None, ds.num_users,
@@ -155,6 +164,9 @@ def build_heads(ds: RecDataset, item_table: torch.Tensor, train_idx: np.ndarray,
         with torch.no_grad():
             heads.rating.bias.fill_(float(rating["b"]))
             heads.like.bias.fill_(float(rating["lb"]))
+    if mean is None and len(train_idx):
+        with torch.no_grad():
+            heads.like.bias.fill_(like_b)
     return heads
 
 
@@ -210,6 +222,20 @@ def lora_config(cfg: ModelConfig, backbone, token_ids: dict[str, int]) -> LoraCo
         modules_to_save=["heads"],
         trainable_token_indices={input_embedding_name(backbone): sorted(token_ids.values())},
     )
+
+
+def implicit_like_prior(item_bias: torch.Tensor, user_factors: torch.Tensor | None, item_factors: torch.Tensor | None,
+                        num_users: int, negatives_per_positive: int) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """(item offsets, user offsets, head bias) of the like logit on implicit data such that
+    ``b + item_z + user_z + <r_u, t_i> = log softmax_i(bias + <r_u, t>) + log(N / k)``: the log-odds
+    of an observed item against k uniformly sampled ones. The head bias holds the users' mean, so a
+    user the run does not know (no offset, no factors) gets the popularity prior."""
+    shift = math.log(len(item_bias) / max(negatives_per_positive, 1))
+    if user_factors is None:
+        return item_bias - torch.logsumexp(item_bias, 0), torch.zeros(num_users), shift
+    lse = torch.cat([torch.logsumexp(user_factors[a : a + 256] @ item_factors.T + item_bias, dim=1)
+                     for a in range(0, num_users, 256)])
+    return item_bias.clone(), lse.mean() - lse, float(shift - lse.mean())
 
 
 def wrap_model(backbone, heads: TaskHeads, pooling: str, lcfg: LoraConfig) -> PeftModel:
