@@ -224,11 +224,12 @@ def _early_stopping(
     """Train epoch by epoch, keep the parameters of the best validation epoch, stop after `patience`
     epochs without improvement. Without validation data (`evaluate` -> None) all epochs run.
     With `max_seconds`, no new epoch starts once that much time has passed (``budget_stopped``):
-    a benchmark then reports the model as cut short rather than waiting for it.
+    a benchmark then reports the model as cut short rather than waiting for it. A run that used all
+    `max_epochs` without early stopping is ``epoch_capped`` (reproducible, unlike the clock).
 
     Returns:
-        info entries: epochs_run, best_epoch, stopped_early, budget_stopped, best_valid, train_loss,
-        valid history.
+        info entries: epochs_run, best_epoch, stopped_early, budget_stopped, epoch_capped,
+        best_valid, train_loss, valid history.
     """
     best, best_epoch, bad, epoch = None, 0, 0, 0
     losses, history = [], []
@@ -258,6 +259,7 @@ def _early_stopping(
         "best_epoch": best_epoch or epoch,
         "stopped_early": best is not None and bad >= patience,
         "budget_stopped": budget_stopped,
+        "epoch_capped": best is not None and bad < patience and not budget_stopped and epoch == max_epochs,
         "best_valid": best,
         "train_loss": losses,
         "valid": history,

@@ -87,6 +87,14 @@ def test_early_stopping_keeps_the_best_epoch():
     assert evaluate_baseline(mf, split, VALID)["rmse"] == pytest.approx(info["best_valid"])
 
 
+def test_epoch_limit_reached_is_marked_and_early_stop_is_not():
+    split = leave_one_out(_low_rank_data(n_users=60, n_items=40))
+    capped = BiasedMF(dim=8, lr=0.005, reg=0.01).fit(split, max_epochs=3, patience=10).info
+    assert capped["epochs_run"] == 3 and capped["epoch_capped"] and not capped["stopped_early"]
+    early = BiasedMF(dim=32, lr=0.05, reg=0.0, batch_size=256).fit(split, max_epochs=200, patience=3).info
+    assert early["stopped_early"] and not early["epoch_capped"]
+
+
 def _cluster_data(seed=0, n_users=80, n_items=40, groups=4):
     """Implicit data: each user consumes 8 random items of its group's block of 10 items."""
     rng = np.random.default_rng(seed)

@@ -139,3 +139,14 @@ def test_a_missing_benchmark_module_does_not_break_the_others(monkeypatch, capsy
     assert dispatch.main(["speed", "--help"]) == 2
     assert "not available" in capsys.readouterr().err
     assert dispatch.main(["--help"]) == 0
+
+
+def test_a_baseline_stopped_by_its_epoch_limit_is_marked_cut_short():
+    entry = {"class": "SASRec", "selected": {"lr": 3e-3}, "select_by": "ndcg@10", "max_epochs": 50,
+             "grid": [{"hparams": {"lr": 3e-3}}], "test": {"ndcg@10": 0.1},
+             "info": {"epochs_run": 50, "best_epoch": 50, "epoch_capped": True, "fit_seconds": 1.0}}
+    assert "CUT SHORT at the epoch limit (50, still improving)" in report.baseline_row("SASRec", entry)["notes"]
+    entry["info"] |= {"best_epoch": 47}
+    assert "CUT SHORT at the epoch limit (50)" in report.baseline_row("SASRec", entry)["notes"]
+    entry["info"] |= {"epoch_capped": False, "stopped_early": True, "epochs_run": 52}
+    assert "CUT SHORT" not in report.baseline_row("SASRec", entry)["notes"]

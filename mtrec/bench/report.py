@@ -60,6 +60,9 @@ def baseline_row(label: str, entry: dict) -> dict:
     ]
     if info.get("budget_stopped"):
         notes.append("CUT SHORT by the time budget")
+    elif info.get("epoch_capped"):
+        still = ", still improving" if info.get("best_epoch") == info.get("epochs_run") else ""
+        notes.append(f"CUT SHORT at the epoch limit ({entry.get('max_epochs', info['epochs_run'])}{still})")
     elif info.get("stopped_early"):
         notes.append("early-stopped")
     return {
