@@ -150,3 +150,30 @@ def test_a_baseline_stopped_by_its_epoch_limit_is_marked_cut_short():
     assert "CUT SHORT at the epoch limit (50)" in report.baseline_row("SASRec", entry)["notes"]
     entry["info"] |= {"epoch_capped": False, "stopped_early": True, "epochs_run": 52}
     assert "CUT SHORT" not in report.baseline_row("SASRec", entry)["notes"]
+
+
+def test_compare_names_every_differing_cell_and_ignores_timings(tmp_path, capsys):
+    from mtrec.bench import compare
+
+    def result(ndcg, seconds, steps):
+        return {"seed": 0, "created": str(seconds), "total_seconds": seconds,
+                "rows": [{"model": "BPR-MF", "ndcg@10": ndcg, "auc": float("nan"), "train_seconds": seconds,
+                          "epochs_or_steps": steps, "notes": "early-stopped"}]}
+
+    paths = []
+    for name, data in (("a", result(0.1, 1.0, "11 epochs")), ("b", result(0.1, 9.0, "11 epochs")),
+                       ("c", result(0.1 + 1e-6, 1.0, "12 epochs"))):
+        paths.append(tmp_path / f"{name}.json")
+        paths[-1].write_text(json.dumps(data))
+    a, b, c = map(str, paths)
+    assert bench_main(["compare", a, b]) == 0  # only times differ; NaN equals NaN
+    assert "4 of 4 cells equal" in capsys.readouterr().out
+    assert bench_main(["compare", a, c]) == 1
+    out = capsys.readouterr().out
+    assert "2 of 4 cells equal" in out and "BPR-MF / ndcg@10: 0.1 against 0.100001" in out
+    assert "BPR-MF / epochs_or_steps: '11 epochs' against '12 epochs'" in out
+    assert compare.table_differences(json.loads(paths[0].read_text()), json.loads(paths[2].read_text()),
+                                     tolerance=1e-5)[1] == ["BPR-MF / epochs_or_steps: '11 epochs' against '12 epochs'"]
+    (tmp_path / "bad.json").write_text("{not json")
+    assert bench_main(["compare", a, str(tmp_path / "bad.json")]) == 2
+    assert "bad.json: not a readable accuracy JSON" in capsys.readouterr().err

@@ -1,4 +1,4 @@
-"""`python -m mtrec.bench {accuracy,speed} [options]`: dispatch to the benchmark's own `main(argv)`.
+"""`python -m mtrec.bench {accuracy,speed,compare} [options]`: dispatch to the benchmark's own `main(argv)`.
 
 Each benchmark is imported only when asked for, so one that is missing or broken (or needs
 optional packages) never stops the other from running."""
@@ -11,12 +11,13 @@ import sys
 BENCHMARKS = {
     "accuracy": ("mtrec.bench.accuracy", "models side by side on one split: baselines and mtrec variants"),
     "speed": ("mtrec.bench.speed", "training and ranking throughput"),
+    "compare": ("mtrec.bench.compare", "two accuracy JSONs cell by cell: did a rerun give the same numbers?"),
 }
 
 
 def usage() -> str:
     lines = [
-        "usage: python -m mtrec.bench {accuracy,speed} [options]   (--help after the name for its options)",
+        "usage: python -m mtrec.bench {accuracy,speed,compare} [options]   (--help after the name for its options)",
         "",
     ]
     lines += [f"  {name:<9} {text}" for name, (_, text) in BENCHMARKS.items()]
