@@ -161,6 +161,7 @@ def run_baselines(
             out[spec.label] = {"skipped": "rating model; the data set has implicit feedback only"}
             continue
         started = time.perf_counter()
+        print(f"[baselines] {spec.label}: {len(spec.grid)} configuration(s)", flush=True)
         model, grid = tune(
             spec, split, seed=seed, max_epochs=max_epochs, patience=patience, max_seconds=max_seconds
         )
