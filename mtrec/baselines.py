@@ -319,7 +319,9 @@ class BiasedMF(_RatingModel):
         def run_epoch() -> float:
             total = 0.0
             for b in _batches(len(r), self.batch_size, gen):
-                pu, qi, bu, bi = self.P[u[b]], self.Q[i[b]], self.bu[u[b]], self.bi[i[b]]
+                ub, ib = u[b], i[b]  # index_select: its backward is deterministic on a multi-threaded CPU
+                pu, qi = self.P.index_select(0, ub), self.Q.index_select(0, ib)
+                bu, bi = self.bu.index_select(0, ub), self.bi.index_select(0, ib)
                 err = F.mse_loss(self.mu + bu + bi + (pu * qi).sum(1), r[b])
                 penalty = (pu.square().sum(1) + qi.square().sum(1) + bu.square() + bi.square()).mean()
                 opt.zero_grad(set_to_none=True)
@@ -459,7 +461,9 @@ class BPRMF(Baseline):
             j = torch.as_tensor(_sample_negatives(u_np, keys, ds.num_items, rng))
             total = 0.0
             for b in _batches(len(u), self.batch_size, gen):
-                pu, qi, qj = self.P[u[b]], self.Q[i[b]], self.Q[j[b]]
+                # index_select, not P[u]: the backward of advanced indexing (index_put_ with accumulate) is
+                # not deterministic on a multi-threaded CPU
+                pu, qi, qj = self.P.index_select(0, u[b]), self.Q.index_select(0, i[b]), self.Q.index_select(0, j[b])
                 loss = -F.logsigmoid((pu * (qi - qj)).sum(1)).mean()
                 penalty = (pu.square().sum(1) + qi.square().sum(1) + qj.square().sum(1)).mean()
                 opt.zero_grad(set_to_none=True)

@@ -91,6 +91,12 @@ def _refit(make_params, loss_fn, n_train: int, epochs: int, batch: int, lr: floa
     raise AssertionError("unreachable")
 
 
+def _rows(table: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``table[index]`` whose backward is deterministic on a multi-threaded CPU (index_add_; the
+    backward of advanced indexing, index_put_ with accumulate, is not, so a refit would drift)."""
+    return table.index_select(0, index)
+
+
 def _logit(p: float) -> float:
     p = min(max(p, 1e-3), 1 - 1e-3)
     return float(np.log(p / (1 - p)))
@@ -119,17 +125,17 @@ def fit_rating(split: Split, train_idx: np.ndarray, holdout: np.ndarray, dim: in
         return {k: v.requires_grad_() for k, v in p.items()}
 
     def predict(p, u, i):
-        dot = (p["P"][u] * p["Q"][i]).sum(-1)
-        z = p["b"] + p["io"][i] + p["uo"][u] + dot
-        return lo + (hi - lo) * torch.sigmoid(z), p["lb"] + p["lio"][i] + p["luo"][u] + p["a"] * dot
+        dot = (_rows(p["P"], u) * _rows(p["Q"], i)).sum(-1)
+        z = p["b"] + _rows(p["io"], i) + _rows(p["uo"], u) + dot
+        return lo + (hi - lo) * torch.sigmoid(z), p["lb"] + _rows(p["lio"], i) + _rows(p["luo"], u) + p["a"] * dot
 
     def loss_on(sel):
         def loss_fn(p, rows):
             rows = sel[rows]
             u, i = u_all[rows], i_all[rows]
             rating, like_z = predict(p, u, i)
-            penalty = (p["P"][u].square().sum(-1) + p["Q"][i].square().sum(-1)
-                       + p["uo"][u].square() + p["io"][i].square()).mean()
+            penalty = (_rows(p["P"], u).square().sum(-1) + _rows(p["Q"], i).square().sum(-1)
+                       + _rows(p["uo"], u).square() + _rows(p["io"], i).square()).mean()
             return (F.mse_loss(rating, r_all[rows]) + F.binary_cross_entropy_with_logits(like_z, like_all[rows])
                     + reg * penalty)
         return loss_fn
@@ -169,16 +175,16 @@ def fit_ranking(split: Split, train_idx: np.ndarray, holdout: np.ndarray, dim: i
     def ce(p, u, i, gen=None):
         if sampled and gen is not None:
             cols = torch.unique(torch.cat([i, torch.randint(0, ds.num_items, (negatives,), generator=gen)]))
-            logits = p["R"][u] @ p["T"][cols].T + p["bias"][cols]
+            logits = _rows(p["R"], u) @ _rows(p["T"], cols).T + _rows(p["bias"], cols)
             return F.cross_entropy(logits, torch.searchsorted(cols, i))
-        return F.cross_entropy(p["R"][u] @ p["T"].T + p["bias"], i)
+        return F.cross_entropy(_rows(p["R"], u) @ p["T"].T + p["bias"], i)
 
     def loss_on(sel, seed_):
         gen = torch.Generator().manual_seed(seed_ + 1)
         def loss_fn(p, rows):
             rows = sel[rows]
             u, i = u_all[rows], i_all[rows]
-            penalty = p["R"][u].square().sum(-1).mean() + p["T"][i].square().sum(-1).mean()
+            penalty = _rows(p["R"], u).square().sum(-1).mean() + _rows(p["T"], i).square().sum(-1).mean()
             return ce(p, u, i, gen) + reg * penalty
         return loss_fn
 

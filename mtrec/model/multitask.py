@@ -13,7 +13,8 @@ Heads (all in one `TaskHeads` module, which peft keeps trainable via ``modules_t
   ``<r_u, t_i>`` to every item score; an unknown user or item (index -1) gets none.
 
 Everything the heads do happens inside ``forward`` because peft's ModulesToSaveWrapper dispatches
-calls, not attribute access, to the trained copy.
+calls, not attribute access, to the trained copy. Per-row lookups use ``index_select``: the backward
+of ``table[index]`` (index_put_ with accumulate) is not deterministic on a multi-threaded CPU.
 """
 
 from __future__ import annotations
@@ -112,20 +113,22 @@ class TaskHeads(nn.Module):
                                             (users, self.user_rating_offset, self.user_like_offset)):
             if index is not None and len(rating_off):
                 known = (index >= 0).float()
-                rating_z = rating_z + known * rating_off[index.clamp(min=0)]
-                like_z = like_z + known * like_off[index.clamp(min=0)]
+                safe = index.clamp(min=0)
+                rating_z = rating_z + known * rating_off.index_select(0, safe)
+                like_z = like_z + known * like_off.index_select(0, safe)
         table, bias, rec_items = self.item_table, self.item_bias, self.rec_item_factors
         if item_subset is not None:
-            table, bias, rec_items = table[item_subset], bias[item_subset], rec_items[item_subset]
+            table, bias, rec_items = (t.index_select(0, item_subset) for t in (table, bias, rec_items))
         q = F.normalize(self.query(x), dim=-1)
         item_logits = self.log_scale.exp() * (q @ F.normalize(table, dim=-1).T) + bias
         if users is not None and self.user_factors.shape[1]:
             known_u = (users >= 0).float()[:, None]
             u = users.clamp(min=0)
-            item_logits = item_logits + (known_u * self.rec_user_factors[u]) @ rec_items.T
+            item_logits = item_logits + (known_u * self.rec_user_factors.index_select(0, u)) @ rec_items.T
             if items is not None:
                 known_i = (items >= 0).float()[:, None]
-                dot = (known_u * self.user_factors[u] * known_i * self.item_factors[items.clamp(min=0)]).sum(-1)
+                dot = (known_u * self.user_factors.index_select(0, u) * known_i
+                       * self.item_factors.index_select(0, items.clamp(min=0))).sum(-1)
                 rating_z = rating_z + dot
                 like_z = like_z + self.like_factor_scale * dot
         return {
