@@ -172,4 +172,3 @@ def test_compiled_training_gives_the_eager_losses(tmp_path, tiny_backbone_dir):
     for eager, comp in zip(results[False]["history"], results[True]["history"]):
         for key in ("loss", "rating/loss", "like/loss", "recommendation/loss"):
             assert comp[key] == pytest.approx(eager[key], rel=1e-3), key
-
