@@ -136,6 +136,7 @@ def build_heads(ds: RecDataset, item_table: torch.Tensor, train_idx: np.ndarray,
             user_z = _logit(to_unit(m + user_dev)) - _logit(to_unit(m))
             offsets[name] = (torch.from_numpy(item_z).float(), torch.from_numpy(user_z).float())
     collab: dict = {}
+    head_bias: dict = {}  # starting bias of the rating and like heads, where a fit or a prior gives one
     if collab_dim and split is not None and len(train_idx):
         holdout = newest_per_user(split, train_idx)
         key = [COLLAB_VERSION, _split_key(split, train_idx), str(collab_dim), str(like_threshold), str(seed)]
@@ -147,6 +148,7 @@ def build_heads(ds: RecDataset, item_table: torch.Tensor, train_idx: np.ndarray,
                             lambda: fit_rating(split, train_idx, holdout, collab_dim, like_threshold, seed=seed))
             offsets = {"rating": (rating["io"], rating["uo"]), "like": (rating["lio"], rating["luo"])}
             collab.update(P=rating["P"], Q=rating["Q"], a=rating["a"])
+            head_bias = {"rating": float(rating["b"]), "like": float(rating["lb"])}
     if mean is None and len(train_idx):
         # implicit data: "like" is an observed item against `negatives_per_positive` uniformly sampled
         # unobserved ones, so the Bayes logit is log p(i | u) + log(N / k): the recommendation softmax
@@ -156,17 +158,14 @@ def build_heads(ds: RecDataset, item_table: torch.Tensor, train_idx: np.ndarray,
         offsets = {"rating": (torch.zeros(ds.num_items), torch.zeros(ds.num_users)), "like": (item_z, user_z)}
         if "R" in collab:
             collab.update(P=collab["R"].clone(), Q=collab["T"].clone(), a=torch.tensor(1.0))
+        head_bias = {"like": like_b}
     heads = TaskHeads(hidden, len(ds.categories), item_table, bias, ds.rating_scale, mean,
                       offsets.get("rating", (None,))[0], offsets.get("like", (None,))[0],
                       (offsets["rating"][1], offsets["like"][1]) if offsets else None, ds.num_users,
                       collab_dim=collab_dim, collab=collab)
-    if collab_dim and mean is not None and "P" in collab:
-        with torch.no_grad():
-            heads.rating.bias.fill_(float(rating["b"]))
-            heads.like.bias.fill_(float(rating["lb"]))
-    if mean is None and len(train_idx):
-        with torch.no_grad():
-            heads.like.bias.fill_(like_b)
+    with torch.no_grad():
+        for name, value in head_bias.items():
+            getattr(heads, name).bias.fill_(value)
     return heads
 
 
