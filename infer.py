@@ -21,6 +21,7 @@ import time
 from contextlib import nullcontext
 from pathlib import Path
 
+from mtrec.cli import exit_with
 from mtrec.inference import (PAIR_TASKS, TASKS, USER_TASKS, BadInputError, Recommender, Request, ResultWriter,
                              UnknownIdError, check_ids, check_recommendations, read_requests, requests_from_args,
                              run_batch)
@@ -143,4 +144,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_with(main)

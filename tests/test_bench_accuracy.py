@@ -177,3 +177,19 @@ def test_compare_names_every_differing_cell_and_ignores_timings(tmp_path, capsys
     (tmp_path / "bad.json").write_text("{not json")
     assert bench_main(["compare", a, str(tmp_path / "bad.json")]) == 2
     assert "bad.json: not a readable accuracy JSON" in capsys.readouterr().err
+
+
+def test_a_reader_that_went_away_is_not_a_traceback():
+    # `python -m mtrec.bench compare a b | head -1`: the pipe closes before the output is written
+    import os
+    import subprocess
+    import sys
+
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        proc = subprocess.run([sys.executable, "-m", "mtrec.bench", "--help"], stdout=write_end,
+                              stderr=subprocess.PIPE, text=True, timeout=60)
+    finally:
+        os.close(write_end)
+    assert proc.stderr == "" and proc.returncode == 141

@@ -8,6 +8,8 @@ from __future__ import annotations
 import importlib
 import sys
 
+from mtrec.cli import exit_with
+
 BENCHMARKS = {
     "accuracy": ("mtrec.bench.accuracy", "models side by side on one split: baselines and mtrec variants"),
     "speed": ("mtrec.bench.speed", "training and ranking throughput"),
@@ -48,4 +50,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_with(main)

@@ -12,6 +12,7 @@ import math
 import sys
 from collections.abc import Sequence
 
+from mtrec.cli import exit_with
 from mtrec.data.errors import DataError
 from mtrec.data.records import RecDataset
 from mtrec.data.registry import available, load_dataset
@@ -131,4 +132,4 @@ def _number(value: object) -> str:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_with(main)

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from mtrec.cli import exit_with
 from mtrec.data.errors import DataError
 from mtrec.data.registry import available, load_dataset
 from mtrec.data.splits import ROLE_NAMES, leave_one_out
@@ -89,4 +90,4 @@ def _tokenizer(prompts):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_with(main)
