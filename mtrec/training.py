@@ -230,7 +230,9 @@ class _Loop:
 
     def _train(self) -> None:
         t, st = self.t, self.state
-        bar = tqdm(range(st["step"] + 1, t.max_steps + 1), desc="training", initial=st["step"], total=t.max_steps,
+        # the bar counts to max_steps; a wall-clock budget that will stop it first is named beside it
+        desc = "training" + (f" (stops after {t.max_minutes:g} min)" if t.max_minutes is not None else "")
+        bar = tqdm(range(st["step"] + 1, t.max_steps + 1), desc=desc, initial=st["step"], total=t.max_steps,
                    disable=not self.acc.is_main_process)
         began = time.perf_counter() - st["elapsed"]
         self.model.train()

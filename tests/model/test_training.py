@@ -115,6 +115,17 @@ def test_existing_run_folder_is_never_overwritten(trained, tiny_config):
         train(tiny_config(), run_dir)
 
 
+def test_wall_clock_budget_stops_at_a_logging_step_and_says_so(tiny_config, tmp_path, capsys):
+    # a budget already spent after the first step: the loop stops at the first logging step (2), evaluates
+    # there, and both the bar and the stop message name the budget
+    cfg = tiny_config("train.max_steps=50", "train.max_minutes=1e-6", "train.log_every=2", "train.eval_every=0")
+    result = train(cfg, tmp_path / "budget")
+    assert result["steps"] == 2 and [h["step"] for h in result["history"]] == [0, 2]
+    captured = capsys.readouterr()
+    assert "stopping at step 2: train.max_minutes=1e-06 reached" in captured.out
+    assert "training (stops after 1e-06 min)" in captured.err
+
+
 def test_incomplete_run_folder_is_refused(tmp_path):
     (tmp_path / "manifest.json").write_text("{}")
     with pytest.raises(RunFolderError, match="missing config.yaml"):
