@@ -140,8 +140,10 @@ def build_heads(ds: RecDataset, item_table: torch.Tensor, train_idx: np.ndarray,
     if collab_dim and split is not None and len(train_idx):
         holdout = newest_per_user(split, train_idx)
         key = [COLLAB_VERSION, _split_key(split, train_idx), str(collab_dim), str(like_threshold), str(seed)]
-        ranking = cached("collab-fits", ["ranking", *key],
-                         lambda: fit_ranking(split, train_idx, holdout, collab_dim, bias, seed=seed))
+        like_k = negatives_per_positive if mean is None else 0  # implicit: calibrate the like prior too
+        ranking = cached("collab-fits", ["ranking", *key, str(like_k)],
+                         lambda: fit_ranking(split, train_idx, holdout, collab_dim, bias, seed=seed,
+                                             like_negatives=like_k))
         bias, collab["R"], collab["T"] = ranking["bias"], ranking["R"], ranking["T"]
         if mean is not None:
             rating = cached("collab-fits", ["rating", *key],
@@ -153,11 +155,13 @@ def build_heads(ds: RecDataset, item_table: torch.Tensor, train_idx: np.ndarray,
         # implicit data: "like" is an observed item against `negatives_per_positive` uniformly sampled
         # unobserved ones, so the Bayes logit is log p(i | u) + log(N / k): the recommendation softmax
         # (popularity alone without factors) gives the like head its prior
+        # (scaled by a logistic fit on the fit's own hold-out where there are factors: raw, they are over-confident)
+        scale, offset = ranking.get("like_calibration", (1.0, 0.0)) if "R" in collab else (1.0, 0.0)
         item_z, user_z, like_b = implicit_like_prior(bias, collab.get("R"), collab.get("T"), ds.num_users,
-                                                     negatives_per_positive)
+                                                     negatives_per_positive, scale, offset)
         offsets = {"rating": (torch.zeros(ds.num_items), torch.zeros(ds.num_users)), "like": (item_z, user_z)}
         if "R" in collab:
-            collab.update(P=collab["R"].clone(), Q=collab["T"].clone(), a=torch.tensor(1.0))
+            collab.update(P=collab["R"].clone(), Q=collab["T"].clone(), a=torch.tensor(float(scale)))
         head_bias = {"like": like_b}
     heads = TaskHeads(hidden, len(ds.categories), item_table, bias, ds.rating_scale, mean,
                       offsets.get("rating", (None,))[0], offsets.get("like", (None,))[0],
@@ -224,17 +228,20 @@ def lora_config(cfg: ModelConfig, backbone, token_ids: dict[str, int]) -> LoraCo
 
 
 def implicit_like_prior(item_bias: torch.Tensor, user_factors: torch.Tensor | None, item_factors: torch.Tensor | None,
-                        num_users: int, negatives_per_positive: int) -> tuple[torch.Tensor, torch.Tensor, float]:
+                        num_users: int, negatives_per_positive: int, scale: float = 1.0,
+                        offset: float = 0.0) -> tuple[torch.Tensor, torch.Tensor, float]:
     """(item offsets, user offsets, head bias) of the like logit on implicit data such that
-    ``b + item_z + user_z + <r_u, t_i> = log softmax_i(bias + <r_u, t>) + log(N / k)``: the log-odds
-    of an observed item against k uniformly sampled ones. The head bias holds the users' mean, so a
-    user the run does not know (no offset, no factors) gets the popularity prior."""
+    ``b + item_z + user_z + scale <r_u, t_i> = scale (log softmax_i(bias + <r_u, t>) + log(N / k)) + offset``:
+    the (calibrated) log-odds of an observed item against k uniformly sampled ones. The head bias
+    holds the users' mean, so a user the run does not know (no offset, no factors) gets the
+    popularity prior."""
     shift = math.log(len(item_bias) / max(negatives_per_positive, 1))
     if user_factors is None:
-        return item_bias - torch.logsumexp(item_bias, 0), torch.zeros(num_users), shift
+        item_z = item_bias - torch.logsumexp(item_bias, 0)
+        return scale * item_z, torch.zeros(num_users), scale * shift + offset
     lse = torch.cat([torch.logsumexp(user_factors[a : a + 256] @ item_factors.T + item_bias, dim=1)
                      for a in range(0, num_users, 256)])
-    return item_bias.clone(), lse.mean() - lse, float(shift - lse.mean())
+    return scale * item_bias, scale * (lse.mean() - lse), float(scale * (shift - lse.mean()) + offset)
 
 
 def wrap_model(backbone, heads: TaskHeads, pooling: str, lcfg: LoraConfig) -> PeftModel:

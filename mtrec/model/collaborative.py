@@ -67,15 +67,18 @@ def _epochs(make_params, loss_fn, n_train: int, batch: int, lr: float, seed: int
 
 
 def _fit(make_params, loss_fn, holdout_fn, n_train: int, epochs: int, patience: int, batch: int, lr: float,
-         seed: int) -> tuple[int, float]:
+         seed: int, on_best=None) -> tuple[int, float]:
     """Train up to `epochs` epochs, scoring each by `holdout_fn(params)` (lower is better), until
-    `patience` epochs without improvement. Returns (best epoch, 0 = the starting values; its score)."""
+    `patience` epochs without improvement; `on_best(params)` sees each new best. Returns (best epoch,
+    0 = the starting values; its score)."""
     best, best_epoch = float("inf"), 0
     for epoch, params in _epochs(make_params, loss_fn, n_train, batch, lr, seed):
         with torch.no_grad():
             score = holdout_fn(params)
         if score < best - 1e-6:
             best, best_epoch = score, epoch
+            if on_best is not None:
+                on_best(params)
         elif epoch - best_epoch >= patience:
             break
         if epoch >= epochs:
@@ -158,10 +161,16 @@ def fit_rating(split: Split, train_idx: np.ndarray, holdout: np.ndarray, dim: in
 
 def fit_ranking(split: Split, train_idx: np.ndarray, holdout: np.ndarray, dim: int, item_bias0: torch.Tensor,
                 reg: float = 1e-4, epochs: int = 40, patience: int = 3, batch: int = 512, lr: float = 0.005,
-                negatives: int = 4096, seed: int = 0) -> dict:
+                negatives: int = 4096, seed: int = 0, like_negatives: int = 0) -> dict:
     """Recommendation parameters: per-item bias and user/item factors, fitted by softmax
     cross-entropy of each training interaction's item over the catalog. Early stopping on hold-out
-    cross-entropy."""
+    cross-entropy.
+
+    With `like_negatives` k > 0 (implicit data) it also returns ``like_calibration`` = (scale,
+    offset): the logistic fit of "held-out item against k uniformly drawn unobserved ones" on the
+    softmax log-odds ``log p(i | u) + log(N / k)`` of the early-stopped fit, which never saw the
+    hold-out (the refit on every row would look surer of it than it will be of validation items). The
+    raw log-odds are over-confident (Last.fm-2k: a scale near 0.5 fits, see `mtrec.model.build`)."""
     ds = split.dataset
     u_all = torch.as_tensor(ds.user_idx[train_idx], dtype=torch.long)
     i_all = torch.as_tensor(ds.item_idx[train_idx], dtype=torch.long)
@@ -199,10 +208,65 @@ def fit_ranking(split: Split, train_idx: np.ndarray, holdout: np.ndarray, dim: i
                 total += float(ce(p, u_all[rows], i_all[rows])) * len(rows)
             return total / max(len(hold_rows), 1)
 
+    kept: dict = {}
+    keep = (lambda p: kept.update({k: v.detach().clone() for k, v in p.items()})) if like_negatives else None
     best_epoch, best = _fit(make_params, loss_on(fit_rows, seed), holdout_ce, len(fit_rows), epochs, patience,
-                               batch, lr, seed)
+                            batch, lr, seed, on_best=keep)
     all_rows = torch.arange(len(train_idx))
     p = _refit(make_params, loss_on(all_rows, seed), len(all_rows), best_epoch, batch, lr, seed)
     p["report"] = {"epochs": best_epoch, "holdout_ce": round(best, 4), "holdout_rows": len(hold_rows),
                    "sampled_softmax": sampled}
+    if like_negatives and len(hold_rows):
+        u, i = u_all[hold_rows], i_all[hold_rows]
+        neg = _unobserved(u_all.numpy(), i_all.numpy(), u.numpy(), ds.num_items, like_negatives, seed)
+        z = _softmax_log_odds(kept, u, torch.cat([i[:, None], neg], 1), like_negatives)
+        y = torch.zeros_like(z)
+        y[:, 0] = 1.0
+        scale, offset = platt(z.flatten(), y.flatten())
+        p["like_calibration"] = (scale, offset)
+        p["report"]["like_calibration"] = {
+            "scale": round(scale, 4), "offset": round(offset, 4),
+            "holdout_log_loss": [round(float(F.binary_cross_entropy_with_logits(zz, y)), 4)
+                                 for zz in (z, scale * z + offset)]}
     return p
+
+
+def _unobserved(users_seen: np.ndarray, items_seen: np.ndarray, users: np.ndarray, num_items: int, k: int,
+                seed: int) -> torch.Tensor:
+    """[len(users), k] items drawn uniformly among those each user has no (training) interaction with."""
+    seen = np.unique(users_seen.astype(np.int64) * num_items + items_seen)
+    rng = np.random.default_rng(seed)
+    out = rng.integers(num_items, size=(len(users), k))
+    bad = np.isin(users[:, None].astype(np.int64) * num_items + out, seen)
+    while bad.any():  # redraw the seen ones (a user who has seen the whole catalog would loop: none has)
+        out[bad] = rng.integers(num_items, size=int(bad.sum()))
+        bad = np.isin(users[:, None].astype(np.int64) * num_items + out, seen)
+    return torch.as_tensor(out, dtype=torch.long)
+
+
+def _softmax_log_odds(p: dict, users: torch.Tensor, items: torch.Tensor, k: int) -> torch.Tensor:
+    """``log softmax(bias + <r_u, t>)_i + log(N / k)`` at [B, m] `items` (the catalog's softmax per row)."""
+    n = p["T"].shape[0]
+    out = []
+    with torch.no_grad():
+        for a in range(0, len(users), 256):
+            logits = _rows(p["R"], users[a : a + 256]) @ p["T"].T + p["bias"]
+            out.append(logits.gather(1, items[a : a + 256]) - torch.logsumexp(logits, 1, keepdim=True))
+    return torch.cat(out) + float(np.log(n / max(k, 1)))
+
+
+def platt(z: torch.Tensor, y: torch.Tensor, iters: int = 50) -> tuple[float, float]:
+    """(a, c) minimising the log-loss of ``sigmoid(a z + c)`` against labels `y` (Newton's method on a
+    convex problem; (1, 0) if it does not converge to finite values)."""
+    x = torch.stack([z.double(), torch.ones_like(z, dtype=torch.float64)], 1)
+    t, w = y.double(), torch.tensor([1.0, 0.0], dtype=torch.float64)
+    for _ in range(iters):
+        q = torch.sigmoid(x @ w)
+        grad = x.T @ (q - t)
+        hess = x.T @ (x * (q * (1 - q))[:, None]) + 1e-9 * torch.eye(2, dtype=torch.float64)
+        step = torch.linalg.solve(hess, grad)
+        w = w - step
+        if step.abs().max() < 1e-10:
+            break
+    a, c = float(w[0]), float(w[1])
+    return (a, c) if np.isfinite(a) and np.isfinite(c) else (1.0, 0.0)

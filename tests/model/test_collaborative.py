@@ -5,12 +5,13 @@ import math
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from mtrec import metrics
 from mtrec.data.splits import make_split
 from mtrec.data.synthetic import load_synthetic
 from mtrec.model.build import build_heads
-from mtrec.model.collaborative import fit_ranking, fit_rating, newest_per_user
+from mtrec.model.collaborative import fit_ranking, fit_rating, newest_per_user, platt
 from mtrec.model.multitask import TaskHeads
 
 
@@ -18,6 +19,23 @@ from mtrec.model.multitask import TaskHeads
 def split():
     # synthetic ratings follow user tastes x item categories: factors have something to find
     return make_split(load_synthetic(num_users=200, num_items=150, seed=3), "leave_one_out")
+
+
+def _centred_log_pop(split):
+    ds = split.dataset
+    pop = torch.from_numpy(np.log1p(np.bincount(ds.item_idx[split.train], minlength=ds.num_items))).float()
+    return pop - pop.mean()
+
+
+def test_platt_recovers_a_known_scale_and_offset():
+    gen = torch.Generator().manual_seed(0)
+    z = 2 * torch.randn(40_000, generator=gen)
+    y = torch.bernoulli(torch.sigmoid(0.5 * z + 0.3), generator=gen)
+    a, c = platt(z, y)
+    assert a == pytest.approx(0.5, abs=0.03) and c == pytest.approx(0.3, abs=0.03)
+    # labels that a threshold separates have no finite optimum: the fit must not return inf/nan
+    a, c = platt(torch.tensor([-1.0, 1.0]), torch.tensor([0.0, 1.0]))
+    assert math.isfinite(a) and math.isfinite(c)
 
 
 def test_holdout_is_each_users_newest_training_interaction(split):
@@ -132,22 +150,35 @@ def test_implicit_like_prior_is_the_softmax_log_odds_and_ranks_held_out_likes():
     heads = {d: build_heads(ds, table, split.train, 8, 4.0, collab_dim=d, split=split, seed=0,
                             negatives_per_positive=2) for d in (0, 4)}
     h = heads[4]
+    fit = fit_ranking(split, split.train, newest_per_user(split, split.train), 4, _centred_log_pop(split), seed=0,
+                      like_negatives=2)
+    scale, offset = fit["like_calibration"]
+    assert torch.equal(fit["R"], h.rec_user_factors.detach()) and float(h.like_factor_scale) == pytest.approx(scale)
+    assert 0.05 < scale < 2 and scale != 1.0, scale
     u, i = torch.tensor([5, -1]), torch.tensor([7, 7])
     with torch.no_grad():
         like = h(torch.zeros(2, 8), None, i, u)["like_logit"]
         scores = h.item_bias + h.rec_user_factors[5] @ h.rec_item_factors.T
-        # known user: log p(i | u) under the recommendation softmax + log(N / k)
-        assert like[0] == pytest.approx(float(torch.log_softmax(scores, 0)[7]) + math.log(ds.num_items / 2), abs=1e-4)
+        # known user: log p(i | u) under the recommendation softmax + log(N / k), calibrated on the fit's hold-out
+        raw = float(torch.log_softmax(scores, 0)[7]) + math.log(ds.num_items / 2)
+        assert like[0] == pytest.approx(scale * raw + offset, abs=1e-4)
         # unknown user: the same item's popularity prior, shifted by the users' mean normaliser
         assert like[1] == pytest.approx(float(h.like.bias + h.item_like_offset[7]), abs=1e-6)
         assert heads[0](torch.zeros(1, 8), None, i[:1], u[:1])["like_logit"][0] == pytest.approx(
             float(torch.log_softmax(heads[0].item_bias, 0)[7]) + math.log(ds.num_items / 2), abs=1e-4)
-    specs = build_specs(split, VALID, ("like",), ExampleOptions())
+    specs = build_specs(split, VALID, ("like",), ExampleOptions(negatives_per_positive=2))
     users = torch.as_tensor(ds.user_idx[specs.interaction], dtype=torch.long)
     items = torch.as_tensor(specs.item, dtype=torch.long)
-    auc = {}
+    auc, z = {}, {}
     with torch.no_grad():
         for d, hd in heads.items():
-            auc[d] = metrics.auc(hd(torch.zeros(len(items), 8), None, items, users)["like_logit"].numpy(), specs.label)
+            z[d] = hd(torch.zeros(len(items), 8), None, items, users)["like_logit"]
+            auc[d] = metrics.auc(z[d].numpy(), specs.label)
     # synthetic tastes follow categories, not popularity: the factors carry the signal (0.51 -> 0.60)
     assert auc[4] > 0.57 and auc[4] > auc[0] + 0.05, auc
+    # the calibration fitted on the training hold-out also lowers the validation log-loss (here a little:
+    # 0.6205 -> 0.6198; on Last.fm-2k's 3,766 validation pairs 0.504 -> 0.440, see the README)
+    labels = torch.as_tensor(specs.label, dtype=torch.float32)
+    raw = (z[4] - offset) / scale
+    calibrated, uncalibrated = (float(F.binary_cross_entropy_with_logits(v, labels)) for v in (z[4], raw))
+    assert calibrated < uncalibrated, (calibrated, uncalibrated)
