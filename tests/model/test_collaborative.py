@@ -38,6 +38,17 @@ def test_platt_recovers_a_known_scale_and_offset():
     assert math.isfinite(a) and math.isfinite(c)
 
 
+def test_calibration_negatives_are_unobserved_and_a_user_who_saw_everything_does_not_hang():
+    from mtrec.model.collaborative import _unobserved
+
+    # user 0 saw items 0..7 of 10; user 1 saw all 10
+    users_seen = np.array([0] * 8 + [1] * 10)
+    items_seen = np.array(list(range(8)) + list(range(10)))
+    neg = _unobserved(users_seen, items_seen, np.array([0, 0, 1]), 10, 5, seed=0)
+    assert neg.shape == (3, 5)
+    assert set(neg[:2].flatten().tolist()) <= {8, 9}  # only the two items user 0 never touched
+
+
 def test_holdout_is_each_users_newest_training_interaction(split):
     train = split.train
     mask = newest_per_user(split, train)
