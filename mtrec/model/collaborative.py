@@ -15,6 +15,10 @@ Each fit stops on held-out training interactions (every user's newest training i
 refits on all of the training split for the chosen number of epochs: validation and test are never
 seen. A user or item the run does not know (cold start) gets no factors, and the heads fall back to
 the prompt alone. Fitting takes seconds on a CPU (MovieLens-100K: ~3 s per task).
+
+Rows of the tables are read with ``index_select``, never ``table[index]``: the backward of advanced
+indexing (``index_put_`` with accumulate) sums in a thread-dependent order on a multi-threaded CPU,
+so two same-seed fits would drift apart (the baselines and the heads do the same).
 """
 
 from __future__ import annotations
@@ -94,12 +98,6 @@ def _refit(make_params, loss_fn, n_train: int, epochs: int, batch: int, lr: floa
     raise AssertionError("unreachable")
 
 
-def _rows(table: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """``table[index]`` whose backward is deterministic on a multi-threaded CPU (index_add_; the
-    backward of advanced indexing, index_put_ with accumulate, is not, so a refit would drift)."""
-    return table.index_select(0, index)
-
-
 def _logit(p: float) -> float:
     p = min(max(p, 1e-3), 1 - 1e-3)
     return float(np.log(p / (1 - p)))
@@ -128,17 +126,18 @@ def fit_rating(split: Split, train_idx: np.ndarray, holdout: np.ndarray, dim: in
         return {k: v.requires_grad_() for k, v in p.items()}
 
     def predict(p, u, i):
-        dot = (_rows(p["P"], u) * _rows(p["Q"], i)).sum(-1)
-        z = p["b"] + _rows(p["io"], i) + _rows(p["uo"], u) + dot
-        return lo + (hi - lo) * torch.sigmoid(z), p["lb"] + _rows(p["lio"], i) + _rows(p["luo"], u) + p["a"] * dot
+        dot = (p["P"].index_select(0, u) * p["Q"].index_select(0, i)).sum(-1)
+        z = p["b"] + p["io"].index_select(0, i) + p["uo"].index_select(0, u) + dot
+        like = p["lb"] + p["lio"].index_select(0, i) + p["luo"].index_select(0, u) + p["a"] * dot
+        return lo + (hi - lo) * torch.sigmoid(z), like
 
     def loss_on(sel):
         def loss_fn(p, rows):
             rows = sel[rows]
             u, i = u_all[rows], i_all[rows]
             rating, like_z = predict(p, u, i)
-            penalty = (_rows(p["P"], u).square().sum(-1) + _rows(p["Q"], i).square().sum(-1)
-                       + _rows(p["uo"], u).square() + _rows(p["io"], i).square()).mean()
+            penalty = (p["P"].index_select(0, u).square().sum(-1) + p["Q"].index_select(0, i).square().sum(-1)
+                       + p["uo"].index_select(0, u).square() + p["io"].index_select(0, i).square()).mean()
             return (F.mse_loss(rating, r_all[rows]) + F.binary_cross_entropy_with_logits(like_z, like_all[rows])
                     + reg * penalty)
         return loss_fn
@@ -184,16 +183,18 @@ def fit_ranking(split: Split, train_idx: np.ndarray, holdout: np.ndarray, dim: i
     def ce(p, u, i, gen=None):
         if sampled and gen is not None:
             cols = torch.unique(torch.cat([i, torch.randint(0, ds.num_items, (negatives,), generator=gen)]))
-            logits = _rows(p["R"], u) @ _rows(p["T"], cols).T + _rows(p["bias"], cols)
+            cols_t, cols_b = p["T"].index_select(0, cols), p["bias"].index_select(0, cols)
+            logits = p["R"].index_select(0, u) @ cols_t.T + cols_b
             return F.cross_entropy(logits, torch.searchsorted(cols, i))
-        return F.cross_entropy(_rows(p["R"], u) @ p["T"].T + p["bias"], i)
+        return F.cross_entropy(p["R"].index_select(0, u) @ p["T"].T + p["bias"], i)
 
     def loss_on(sel, seed_):
         gen = torch.Generator().manual_seed(seed_ + 1)
         def loss_fn(p, rows):
             rows = sel[rows]
             u, i = u_all[rows], i_all[rows]
-            penalty = _rows(p["R"], u).square().sum(-1).mean() + _rows(p["T"], i).square().sum(-1).mean()
+            penalty = (p["R"].index_select(0, u).square().sum(-1).mean()
+                       + p["T"].index_select(0, i).square().sum(-1).mean())
             return ce(p, u, i, gen) + reg * penalty
         return loss_fn
 
@@ -252,7 +253,7 @@ def _softmax_log_odds(p: dict, users: torch.Tensor, items: torch.Tensor, k: int)
     out = []
     with torch.no_grad():
         for a in range(0, len(users), 256):
-            logits = _rows(p["R"], users[a : a + 256]) @ p["T"].T + p["bias"]
+            logits = p["R"].index_select(0, users[a : a + 256]) @ p["T"].T + p["bias"]
             out.append(logits.gather(1, items[a : a + 256]) - torch.logsumexp(logits, 1, keepdim=True))
     return torch.cat(out) + float(np.log(n / max(k, 1)))
 

@@ -91,12 +91,18 @@ def test_rating_fit_beats_the_global_mean_and_is_seeded(split):
     assert torch.equal(p["P"], again["P"]) and torch.equal(p["io"], again["io"])
 
 
-def test_ranking_fit_beats_popularity_on_validation(split):
+@pytest.mark.parametrize("sampled", [False, True])
+def test_ranking_fit_beats_popularity_on_validation(split, sampled, monkeypatch):
+    # sampled: the large-catalog path (Ciao, Epinions), forced here by lowering the full-softmax limit
+    from mtrec.model import collaborative
+
+    monkeypatch.setattr(collaborative, "FULL_SOFTMAX_ITEMS", 10 if sampled else collaborative.FULL_SOFTMAX_ITEMS)
     ds = split.dataset
     counts = np.bincount(ds.item_idx[split.train], minlength=ds.num_items)
     pop = torch.from_numpy(np.log1p(counts)).float()
     hold = newest_per_user(split, split.train)
-    p = fit_ranking(split, split.train, hold, dim=8, item_bias0=pop - pop.mean(), seed=0)
+    p = fit_ranking(split, split.train, hold, dim=8, item_bias0=pop - pop.mean(), seed=0, negatives=20)
+    assert p["report"]["sampled_softmax"] is sampled
     va = split.valid
     users, items = ds.user_idx[va], torch.as_tensor(ds.item_idx[va])
     rows, cols = metrics.exclusion_mask(split, users, 1, as_pairs=True)
