@@ -1,4 +1,4 @@
-"""`python -m mtrec.bench {accuracy,speed,compare} [options]`: dispatch to the benchmark's own `main(argv)`.
+"""`python -m mtrec.bench {accuracy,speed,compare,prior} [options]`: dispatch to the benchmark's own `main(argv)`.
 
 Each benchmark is imported only when asked for, so one that is missing or broken (or needs
 optional packages) never stops the other from running."""
@@ -14,12 +14,13 @@ BENCHMARKS = {
     "accuracy": ("mtrec.bench.accuracy", "models side by side on one split: baselines and mtrec variants"),
     "speed": ("mtrec.bench.speed", "training and ranking throughput"),
     "compare": ("mtrec.bench.compare", "two accuracy JSONs cell by cell: did a rerun give the same numbers?"),
+    "prior": ("mtrec.bench.prior", "the like head's prior before training: AUC and log-loss on every user"),
 }
 
 
 def usage() -> str:
     lines = [
-        "usage: python -m mtrec.bench {accuracy,speed,compare} [options]   (--help after the name for its options)",
+        "usage: python -m mtrec.bench {accuracy,speed,compare,prior} [options]   (--help after the name for its options)",
         "",
     ]
     lines += [f"  {name:<9} {text}" for name, (_, text) in BENCHMARKS.items()]

@@ -199,3 +199,26 @@ def test_implicit_like_prior_is_the_softmax_log_odds_and_ranks_held_out_likes():
     raw = (z[4] - offset) / scale
     calibrated, uncalibrated = (float(F.binary_cross_entropy_with_logits(v, labels)) for v in (z[4], raw))
     assert calibrated < uncalibrated, (calibrated, uncalibrated)
+
+
+def test_prior_bench_scores_every_prior_on_the_evaluations_examples(capsys):
+    from mtrec.bench.__main__ import main as bench_main
+    from mtrec.bench.prior import prior_rows
+    from mtrec.data.splits import VALID
+    from mtrec.tasks import ExampleOptions, build_specs
+
+    split = make_split(load_synthetic(num_users=200, num_items=150, seed=3, explicit=False), "leave_one_out")
+    rows = prior_rows(split, collab_dim=4, negatives=2)
+    assert [r["prior"] for r in rows] == ["popularity softmax, no factors",
+                                          "collaborative factors (d=4), raw log-odds",
+                                          "collaborative factors (d=4), calibrated"]
+    specs = build_specs(split, VALID, ("like",), ExampleOptions(negatives_per_positive=2))
+    assert rows[0]["valid/examples"] == len(specs.label) == 3 * 200  # one held-out item + 2 negatives per user
+    # popularity's prior ranks by training counts: its AUC is that of the counts themselves
+    counts = np.bincount(split.dataset.item_idx[split.train], minlength=split.dataset.num_items)
+    assert rows[0]["valid/auc"] == pytest.approx(metrics.auc(np.log1p(counts[specs.item]), specs.label), abs=1e-9)
+    # the calibration is monotone: same AUC as the raw log-odds, lower log-loss
+    assert rows[2]["valid/auc"] == pytest.approx(rows[1]["valid/auc"])
+    assert rows[2]["valid/log_loss"] < rows[1]["valid/log_loss"]
+    assert bench_main(["prior", "--dataset", "nope"]) == 2
+    assert "unknown data set 'nope'" in capsys.readouterr().err
