@@ -27,19 +27,31 @@ from mtrec.model.build import build_heads
 from mtrec.tasks import ExampleOptions, build_specs
 
 
-def prior_rows(split: Split, collab_dim: int = 32, negatives: int = 1, like_threshold: float = 4.0,
-               seed: int = 0) -> list[dict]:
+def prior_rows(
+    split: Split, collab_dim: int = 32, negatives: int = 1, like_threshold: float = 4.0, seed: int = 0
+) -> list[dict]:
     """One row per prior (popularity/biases, factors, and on implicit data the raw factor log-odds):
     {"prior", "<role>/auc", "<role>/log_loss", "<role>/examples"} for the validation and test roles."""
     ds = split.dataset
     table = torch.zeros(ds.num_items, 1)  # the item table plays no part in the like logit
     heads = {}
     for dim in (0, collab_dim) if collab_dim else (0,):
-        heads[dim] = build_heads(ds, table, split.train, 1, like_threshold, collab_dim=dim, split=split, seed=seed,
-                                 negatives_per_positive=negatives).eval()
+        heads[dim] = build_heads(
+            ds,
+            table,
+            split.train,
+            1,
+            like_threshold,
+            collab_dim=dim,
+            split=split,
+            seed=seed,
+            negatives_per_positive=negatives,
+        ).eval()
     opts = ExampleOptions(like_threshold=like_threshold, negatives_per_positive=negatives, seed=seed)
-    names = {0: "user+item means and popularity, no factors" if ds.explicit else "popularity softmax, no factors",
-             collab_dim: f"collaborative factors (d={collab_dim})" + ("" if ds.explicit else ", calibrated")}
+    names = {
+        0: "user+item means and popularity, no factors" if ds.explicit else "popularity softmax, no factors",
+        collab_dim: f"collaborative factors (d={collab_dim})" + ("" if ds.explicit else ", calibrated"),
+    }
     rows = {name: {"prior": name} for name in names.values()}
     raw_name = f"collaborative factors (d={collab_dim}), raw log-odds"
     for role in (VALID, TEST):
@@ -75,11 +87,18 @@ def _raw_log_odds(heads, users: torch.Tensor, items: torch.Tensor, negatives: in
 
 
 def markdown(rows: list[dict], dataset: str) -> str:
-    lines = [f"Like prior on {dataset}, before any training (every user; AUC / log-loss):", "",
-             "| prior | validation AUC / log-loss | test AUC / log-loss | examples (valid / test) |", "|---|---|---|---|"]
+    lines = [
+        f"Like prior on {dataset}, before any training (every user; AUC / log-loss):",
+        "",
+        "| prior | validation AUC / log-loss | test AUC / log-loss | examples (valid / test) |",
+        "|---|---|---|---|",
+    ]
     for r in rows:
-        lines.append(f"| {r['prior']} | {r['valid/auc']:.3f} / {r['valid/log_loss']:.3f} | "
-                     f"{r['test/auc']:.3f} / {r['test/log_loss']:.3f} | {r['valid/examples']:,} / {r['test/examples']:,} |")
+        lines.append(
+            f"| {r['prior']} | {r['valid/auc']:.3f} / {r['valid/log_loss']:.3f} | "
+            f"{r['test/auc']:.3f} / {r['test/log_loss']:.3f} | "
+            f"{r['valid/examples']:,} / {r['test/examples']:,} |"
+        )
     return "\n".join(lines)
 
 
@@ -87,8 +106,12 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m mtrec.bench prior", description=__doc__.split("\n\n")[0])
     p.add_argument("--dataset", required=True, help="a registered name (see `python -m mtrec.data list`)")
     p.add_argument("--collab-dim", type=int, default=32, help="width of the collaborative factors (0: none)")
-    p.add_argument("--negatives", type=int, default=1, help="implicit data: sampled unobserved items per held-out one")
-    p.add_argument("--like-threshold", type=float, default=4.0, help="explicit data: rating >= this counts as a like")
+    p.add_argument(
+        "--negatives", type=int, default=1, help="implicit data: sampled unobserved items per held-out one"
+    )
+    p.add_argument(
+        "--like-threshold", type=float, default=4.0, help="explicit data: rating >= this counts as a like"
+    )
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     if args.collab_dim < 0 or args.negatives < 1:
