@@ -48,10 +48,9 @@ def prior_rows(
             negatives_per_positive=negatives,
         ).eval()
     opts = ExampleOptions(like_threshold=like_threshold, negatives_per_positive=negatives, seed=seed)
-    names = {
-        0: "user+item means and popularity, no factors" if ds.explicit else "popularity softmax, no factors",
-        collab_dim: f"collaborative factors (d={collab_dim})" + ("" if ds.explicit else ", calibrated"),
-    }
+    names = {0: "user+item means and popularity, no factors" if ds.explicit else "popularity softmax, no factors"}
+    if collab_dim:
+        names[collab_dim] = f"collaborative factors (d={collab_dim})" + ("" if ds.explicit else ", calibrated")
     rows = {name: {"prior": name} for name in names.values()}
     raw_name = f"collaborative factors (d={collab_dim}), raw log-odds"
     for role in (VALID, TEST):
@@ -71,7 +70,7 @@ def prior_rows(
                 row[f"{key}/auc"] = metrics.auc(zz.numpy(), specs.label)
                 row[f"{key}/log_loss"] = float(F.binary_cross_entropy_with_logits(zz, labels))
                 row[f"{key}/examples"] = len(labels)
-    order = [names[0], raw_name, names.get(collab_dim)] if collab_dim else [names[0]]
+    order = [names[0], raw_name] + ([names[collab_dim]] if collab_dim else [])
     return [rows[n] for n in order if n in rows]
 
 

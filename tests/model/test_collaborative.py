@@ -220,5 +220,6 @@ def test_prior_bench_scores_every_prior_on_the_evaluations_examples(capsys):
     # the calibration is monotone: same AUC as the raw log-odds, lower log-loss
     assert rows[2]["valid/auc"] == pytest.approx(rows[1]["valid/auc"])
     assert rows[2]["valid/log_loss"] < rows[1]["valid/log_loss"]
+    assert [r["prior"] for r in prior_rows(split, collab_dim=0)] == ["popularity softmax, no factors"]
     assert bench_main(["prior", "--dataset", "nope"]) == 2
     assert "unknown data set 'nope'" in capsys.readouterr().err
