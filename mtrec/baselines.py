@@ -358,7 +358,7 @@ class BiasedMF(_RatingModel):
 
 
 # ---- ranking models ----------------------------------------------------------------------------
-def _sample_negatives(
+def sample_negatives(
     users: np.ndarray, positives: np.ndarray, num_items: int, rng: np.random.Generator
 ) -> np.ndarray:
     """One uniform item per user that is not among the user's training items (rejection sampling).
@@ -458,7 +458,7 @@ class BPRMF(Baseline):
         opt = torch.optim.Adam([self.P, self.Q], lr=self.lr)
 
         def run_epoch() -> float:
-            j = torch.as_tensor(_sample_negatives(u_np, keys, ds.num_items, rng))
+            j = torch.as_tensor(sample_negatives(u_np, keys, ds.num_items, rng))
             total = 0.0
             for b in _batches(len(u), self.batch_size, gen):
                 # index_select, not P[u]: the backward of advanced indexing (index_put_ with accumulate) is

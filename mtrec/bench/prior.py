@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import sys
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -24,6 +23,7 @@ from mtrec.data.errors import DataError
 from mtrec.data.registry import load_dataset
 from mtrec.data.splits import ROLE_NAMES, TEST, VALID, Split, make_split
 from mtrec.model.build import build_heads
+from mtrec.model.collaborative import softmax_log_odds
 from mtrec.tasks import ExampleOptions, build_specs
 
 
@@ -48,9 +48,11 @@ def prior_rows(
             negatives_per_positive=negatives,
         ).eval()
     opts = ExampleOptions(like_threshold=like_threshold, negatives_per_positive=negatives, seed=seed)
-    names = {0: "user+item means and popularity, no factors" if ds.explicit else "popularity softmax, no factors"}
+    plain = "user+item means and popularity" if ds.explicit else "popularity softmax"
+    names = {0: f"{plain}, no factors"}
     if collab_dim:
-        names[collab_dim] = f"collaborative factors (d={collab_dim})" + ("" if ds.explicit else ", calibrated")
+        calibrated = "" if ds.explicit else ", calibrated"
+        names[collab_dim] = f"collaborative factors (d={collab_dim}){calibrated}"
     rows = {name: {"prior": name} for name in names.values()}
     raw_name = f"collaborative factors (d={collab_dim}), raw log-odds"
     for role in (VALID, TEST):
@@ -63,7 +65,8 @@ def prior_rows(
                 z = h(torch.zeros(len(items), 1), None, items, users)["like_logit"]
             logits = {names[dim]: z}
             if dim and not ds.explicit:
-                logits[raw_name] = _raw_log_odds(h, users, items, negatives)
+                factors = {"R": h.rec_user_factors, "T": h.rec_item_factors, "bias": h.item_bias}
+                logits[raw_name] = softmax_log_odds(factors, users, items[:, None], negatives)[:, 0]
             for name, zz in logits.items():
                 row = rows.setdefault(name, {"prior": name})
                 key = ROLE_NAMES[role]
@@ -72,17 +75,6 @@ def prior_rows(
                 row[f"{key}/examples"] = len(labels)
     order = [names[0], raw_name] + ([names[collab_dim]] if collab_dim else [])
     return [rows[n] for n in order if n in rows]
-
-
-def _raw_log_odds(heads, users: torch.Tensor, items: torch.Tensor, negatives: int) -> torch.Tensor:
-    """``log softmax(item_bias + <r_u, t>)_i + log(N / k)``: the uncalibrated prior, from the heads' own
-    recommendation factors."""
-    r, t, bias = heads.rec_user_factors.detach(), heads.rec_item_factors.detach(), heads.item_bias.detach()
-    out = []
-    for a in range(0, len(users), 256):
-        logits = r.index_select(0, users[a : a + 256]) @ t.T + bias
-        out.append(logits.gather(1, items[a : a + 256, None])[:, 0] - torch.logsumexp(logits, 1))
-    return torch.cat(out) + float(np.log(len(bias) / max(negatives, 1)))
 
 
 def markdown(rows: list[dict], dataset: str) -> str:

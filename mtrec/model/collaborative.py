@@ -27,6 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from mtrec.baselines import sample_negatives
 from mtrec.data.splits import Split
 
 FULL_SOFTMAX_ITEMS = 20_000  # above this, each batch scores the targets and a shared random sample
@@ -219,8 +220,11 @@ def fit_ranking(split: Split, train_idx: np.ndarray, holdout: np.ndarray, dim: i
                    "sampled_softmax": sampled}
     if like_negatives and len(hold_rows):
         u, i = u_all[hold_rows], i_all[hold_rows]
-        neg = _unobserved(u_all.numpy(), i_all.numpy(), u.numpy(), ds.num_items, like_negatives, seed)
-        z = _softmax_log_odds(kept, u, torch.cat([i[:, None], neg], 1), like_negatives)
+        seen = np.unique(u_all.numpy().astype(np.int64) * ds.num_items + i_all.numpy())
+        neg = sample_negatives(np.repeat(u.numpy().astype(np.int64), like_negatives), seen, ds.num_items,
+                               np.random.default_rng(seed))
+        neg = torch.as_tensor(neg, dtype=torch.long).view(len(u), like_negatives)
+        z = softmax_log_odds(kept, u, torch.cat([i[:, None], neg], 1), like_negatives)
         y = torch.zeros_like(z)
         y[:, 0] = 1.0
         scale, offset = platt(z.flatten(), y.flatten())
@@ -232,22 +236,7 @@ def fit_ranking(split: Split, train_idx: np.ndarray, holdout: np.ndarray, dim: i
     return p
 
 
-def _unobserved(users_seen: np.ndarray, items_seen: np.ndarray, users: np.ndarray, num_items: int, k: int,
-                seed: int) -> torch.Tensor:
-    """[len(users), k] items drawn uniformly among those each user has no (training) interaction with."""
-    seen = np.unique(users_seen.astype(np.int64) * num_items + items_seen)
-    rng = np.random.default_rng(seed)
-    out = rng.integers(num_items, size=(len(users), k))
-    bad = np.isin(users[:, None].astype(np.int64) * num_items + out, seen)
-    for _ in range(100):  # redraw the seen ones; bounded, for a user who has seen (nearly) every item
-        if not bad.any():
-            break
-        out[bad] = rng.integers(num_items, size=int(bad.sum()))
-        bad = np.isin(users[:, None].astype(np.int64) * num_items + out, seen)
-    return torch.as_tensor(out, dtype=torch.long)
-
-
-def _softmax_log_odds(p: dict, users: torch.Tensor, items: torch.Tensor, k: int) -> torch.Tensor:
+def softmax_log_odds(p: dict, users: torch.Tensor, items: torch.Tensor, k: int) -> torch.Tensor:
     """``log softmax(bias + <r_u, t>)_i + log(N / k)`` at [B, m] `items` (the catalog's softmax per row)."""
     n = p["T"].shape[0]
     out = []

@@ -39,14 +39,13 @@ def test_platt_recovers_a_known_scale_and_offset():
 
 
 def test_calibration_negatives_are_unobserved_and_a_user_who_saw_everything_does_not_hang():
-    from mtrec.model.collaborative import _unobserved
+    from mtrec.baselines import sample_negatives
 
-    # user 0 saw items 0..7 of 10; user 1 saw all 10
-    users_seen = np.array([0] * 8 + [1] * 10)
-    items_seen = np.array(list(range(8)) + list(range(10)))
-    neg = _unobserved(users_seen, items_seen, np.array([0, 0, 1]), 10, 5, seed=0)
-    assert neg.shape == (3, 5)
-    assert set(neg[:2].flatten().tolist()) <= {8, 9}  # only the two items user 0 never touched
+    # user 0 saw items 0..7 of 10; user 1 saw all 10 (the calibration draws its negatives with this)
+    seen = np.unique(np.array([0] * 8 + [1] * 10) * 10 + np.array(list(range(8)) + list(range(10))))
+    neg = sample_negatives(np.array([0] * 10 + [1]), seen, 10, np.random.default_rng(0))
+    assert neg.shape == (11,)
+    assert set(neg[:10].tolist()) <= {8, 9}  # only the two items user 0 never touched
 
 
 def test_holdout_is_each_users_newest_training_interaction(split):
