@@ -85,6 +85,9 @@ class Source:
                 self.path, f"not a readable zip archive ({str(exc) or type(exc).__name__})"
             ) from None
         except OSError as exc:  # permissions, I/O errors
+            if self.member is not None:  # e.g. a damaged directory's seek out of range: its member names
+                # cannot be trusted either, so the error names the archive
+                raise DataError(self.path, f"cannot read the archive ({exc.strerror or exc})") from None
             raise DataError(self, f"cannot read the file ({exc.strerror or exc})") from None
 
 

@@ -41,17 +41,18 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path, tiny_backbone_d
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     subprocess.run(_train_cmd(whole, tiny_backbone_dir), check=True, env=_env(), capture_output=True, timeout=300)
 
-    # a random kill point each run: after the first checkpoint, with at least six steps and two
-    # evaluations left, so that the run cannot finish inside the random delay
+    # a random kill point each run: just after checkpoint 2 or 4, with at least eight steps and two
+    # evaluations left. The tiny model steps in tens of milliseconds on a quiet machine, so the delay
+    # stays under 50 ms (with six steps left and up to 0.5 s of delay, a CI run once finished first)
     rng = random.Random()
-    wait_for = rng.choice([2, 4, 6])
+    wait_for = rng.choice([2, 4])
     proc = subprocess.Popen(_train_cmd(killed, tiny_backbone_dir), env=_env(), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     deadline = time.time() + 240
     while time.time() < deadline and proc.poll() is None:
         last = latest_checkpoint(killed)
         if last is not None and int(last.name.split("-")[1]) >= wait_for:
-            time.sleep(rng.uniform(0, 0.5))
+            time.sleep(rng.uniform(0, 0.05))
             break
         time.sleep(0.05)
     assert proc.poll() is None, "training finished before it could be killed"
