@@ -46,6 +46,21 @@ def serving_split(split: Split) -> Split:
     return dataclasses.replace(split, role=np.full_like(split.role, TRAIN))
 
 
+@dataclasses.dataclass(frozen=True)
+class NewUser:
+    """A user the run folder does not know (cold start), described by the items they liked:
+    item ids newest first, or (item id, rating or weight) pairs (see `Recommender.cold_history`).
+    Every task method takes one wherever it takes a user id."""
+
+    history: tuple
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "history", tuple(self.history))
+
+
+Who = str | NewUser  # a known user's id, or a new user
+
+
 class UnknownIdError(KeyError):
     """A user or item id the run folder does not know."""
 
@@ -153,41 +168,51 @@ class Recommender:
         ts = ds.timestamps
         return [(ds.items[ds.item_idx[i]].id, float(ds.values[i]), None if ts is None else int(ts[i])) for i in seq]
 
-    # ---- tasks for known users --------------------------------------------------------------
-    def rate(self, users: str | Sequence[str], items: str | Sequence[str], batch_size: int = 32) -> list[float]:
+    # ---- tasks: a known user id, or a `NewUser` (cold start) --------------------------------
+    def rate(self, users: Who | Sequence[Who], items: str | Sequence[str], batch_size: int = 32) -> list[float]:
         """Predicted rating per (user, item) pair; a single user or item is broadcast."""
         self._require_ratings()
         us, its = _pairs(users, items)
-        examples = [self.factory.make_now("rating", self.user_index(u), self.item_index(i)) for u, i in zip(us, its)]
-        return self._scalar(examples, "rating", batch_size)
+        return self._scalar([self._example("rating", u, i) for u, i in zip(us, its)], "rating", batch_size)
 
-    def prefer(self, users: str | Sequence[str], items: str | Sequence[str], batch_size: int = 32) -> list[float]:
+    def prefer(self, users: Who | Sequence[Who], items: str | Sequence[str], batch_size: int = 32) -> list[float]:
         """P(like) per (user, item) pair; a single user or item is broadcast."""
         us, its = _pairs(users, items)
-        examples = [self.factory.make_now("like", self.user_index(u), self.item_index(i)) for u, i in zip(us, its)]
-        return self._scalar(examples, "like_logit", batch_size)
+        return self._scalar([self._example("like", u, i) for u, i in zip(us, its)], "like_logit", batch_size)
 
-    def categories(self, users: str | Sequence[str], k: int | None = None,
+    def categories(self, users: Who | Sequence[Who], k: int | None = None,
                    batch_size: int = 32) -> list[list[tuple[str, float]]]:
         """Each user's categories by affinity (softmax over the data set's categories), best first."""
-        examples = [self.factory.make_now("categories", self.user_index(u)) for u in _as_list(users)]
-        return self._categories(examples, k, batch_size)
+        return self._categories([self._example("categories", u) for u in _as_list(users)], k, batch_size)
 
-    def recommend(self, users: str | Sequence[str], k: int = 10, exclude_seen: bool = True,
+    def recommend(self, users: Who | Sequence[Who], k: int = 10, exclude_seen: bool = True,
                   batch_size: int = 32) -> list[list[tuple[str, float]]]:
         """Top-k (item id, score) per user over the full catalog: one forward pass + one matrix
-        product per batch; seen items (every interaction the run folder knows) are masked and the
-        top-k taken on the device, so only k pairs per user come back to the host."""
-        idx = [self.user_index(u) for u in _as_list(users)]
-        examples = [self.factory.make_now("recommendation", u) for u in idx]
+        product per batch; seen items (every interaction the run folder knows; for a `NewUser`,
+        the items they named) are masked and the top-k taken on the device, so only k pairs per
+        user come back to the host."""
+        whos = _as_list(users)
+        examples = [self._example("recommendation", u) for u in whos]
+        known = [(row, self.user_index(u)) for row, u in enumerate(whos) if not isinstance(u, NewUser)]
+        named = [(row, self.cold_history(u.history)[1]) for row, u in enumerate(whos) if isinstance(u, NewUser)]
 
         def mask(scores: torch.Tensor, start: int) -> None:
-            if exclude_seen:
-                self.seen.mask_(scores, torch.as_tensor(idx[start : start + len(scores)], device=self.device))
+            if not exclude_seen:
+                return
+            stop = start + len(scores)
+            rows = [(r - start, u) for r, u in known if start <= r < stop]
+            if len(rows) == len(scores):  # the common case: every row a known user, masked in place
+                self.seen.mask_(scores, torch.as_tensor([u for _, u in rows], device=self.device))
+            elif rows:
+                at = torch.as_tensor([r for r, _ in rows], device=self.device)
+                scores[at] = self.seen.mask_(scores[at], torch.as_tensor([u for _, u in rows], device=self.device))
+            for r, cols in named:
+                if start <= r < stop and cols:
+                    scores[r - start, torch.as_tensor(cols, device=self.device)] = float("-inf")
 
         return self._top_items(examples, k, mask, batch_size)
 
-    # ---- tasks for a new user (cold start) ----------------------------------------------------
+    # the cold-start spellings of the same calls (a new user described by the items they liked)
     def recommend_for_history(self, history: Sequence, k: int = 10,
                               exclude_named: bool = True) -> list[tuple[str, float]]:
         """Top-k (item id, score) for a new user who liked the items in `history`.
@@ -198,33 +223,19 @@ class Recommender:
             k: how many items.
             exclude_named: leave the named items out of the ranking.
         """
-        entries, named = self.cold_history(history)
-        example = self._cold_example("recommendation", entries)
-        cols = torch.as_tensor(named, dtype=torch.long, device=self.device)
-
-        def mask(scores: torch.Tensor, start: int) -> None:
-            if exclude_named and len(named):
-                scores[:, cols] = float("-inf")
-
-        return self._top_items([example], k, mask, 1)[0]
+        return self.recommend(NewUser(history), k, exclude_seen=exclude_named)[0]
 
     def rate_for_history(self, history: Sequence, items: str | Sequence[str]) -> list[float]:
         """Predicted rating of each of `items` for a new user with `history` (see `recommend_for_history`)."""
-        self._require_ratings()
-        entries, _ = self.cold_history(history)
-        examples = [self._cold_example("rating", entries, self.item_index(i)) for i in _as_list(items)]
-        return self._scalar(examples, "rating", 32)
+        return self.rate(NewUser(history), items)
 
     def prefer_for_history(self, history: Sequence, items: str | Sequence[str]) -> list[float]:
         """P(like) of each of `items` for a new user with `history`."""
-        entries, _ = self.cold_history(history)
-        examples = [self._cold_example("like", entries, self.item_index(i)) for i in _as_list(items)]
-        return self._scalar(examples, "like_logit", 32)
+        return self.prefer(NewUser(history), items)
 
     def categories_for_history(self, history: Sequence, k: int | None = None) -> list[tuple[str, float]]:
         """Category affinities of a new user with `history`, best first."""
-        entries, _ = self.cold_history(history)
-        return self._categories([self._cold_example("categories", entries)], k, 1)[0]
+        return self.categories(NewUser(history), k)[0]
 
     def cold_history(self, history: Sequence) -> tuple[tuple[HistoryEntry, ...], list[int]]:
         """History entries (newest first) and item indices for a new user's named items.
@@ -246,6 +257,14 @@ class Recommender:
             entries.append(HistoryEntry(it.title, rating, weight, it.categories))
             named.append(j)
         return tuple(entries[: self.factory.opts.max_history]), named
+
+    def _example(self, kind: str, who: Who, item: str | None = None):
+        """The `kind` example for a known user (serving time: their whole sequence is history) or a
+        `NewUser`; `item` (an item id) for rating and like."""
+        j = -1 if item is None else self.item_index(item)
+        if isinstance(who, NewUser):
+            return self._cold_example(kind, self.cold_history(who.history)[0], j)
+        return self.factory.make_now(kind, self.user_index(who), j)
 
     def _cold_example(self, kind: str, history: tuple[HistoryEntry, ...], item: int = -1):
         """The `kind` example for a new user: no id, attributes or friends; `history` as given."""
@@ -330,8 +349,11 @@ def _base_backbone(run_dir: Path) -> BackboneRef:
     return here
 
 
-def _as_list(x) -> list[str]:
-    return [str(x)] if isinstance(x, (str, int)) else [str(v) for v in x]
+def _as_list(x) -> list:
+    """One id or `NewUser`, or a sequence of them, as a list (ids as strings)."""
+    if isinstance(x, (str, int, NewUser)):
+        x = [x]
+    return [v if isinstance(v, NewUser) else str(v) for v in x]
 
 
 def _pairs(users, items) -> tuple[list[str], list[str]]:
