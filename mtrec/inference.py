@@ -24,7 +24,6 @@ from pathlib import Path
 import numpy as np
 import torch
 import yaml
-from peft import PeftModel
 from transformers import AutoTokenizer
 
 from mtrec.config import from_dict
@@ -33,11 +32,12 @@ from mtrec.model.backbone import BackboneRef, load_backbone, resolve_backbone
 from mtrec.model.multitask import RecModel, TaskHeads
 from mtrec.pipeline import pad_right
 from mtrec.prompts import PromptRenderer, load_prompts
-from mtrec.run import RunFolderError, check_run_dir, load_catalog
+from mtrec.run import EXPORT_FORMAT, RunFolderError, check_run_dir, load_catalog
 from mtrec.tasks import EXAMPLE_TYPES, KIND_TASK, ExampleFactory, HistoryEntry
 from mtrec.training import example_options, render_options
 
 KIND_OF_TYPE = {cls: kind for kind, cls in EXAMPLE_TYPES.items()}
+PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "int8": torch.float32}  # int8: quantised after loading
 NEW_USER_ID = "new user"  # what the prompt calls a cold-start user (no id is known)
 
 
@@ -126,26 +126,35 @@ class Recommender:
         self.seen = SeenItems(ds.user_idx, ds.item_idx, ds.num_users, ds.num_items, device)
 
     @classmethod
-    def from_run(cls, run_dir: str | Path, device: str | None = None) -> Recommender:
-        """Load a run folder (and its base backbone, rebuilt if bundled). GPU + bf16 when available."""
+    def from_run(cls, run_dir: str | Path, device: str | None = None,
+                 precision: str | None = None) -> Recommender:
+        """Load a run folder (and its base backbone, rebuilt if bundled), or an export folder
+        (`python -m mtrec.export`: merged weights, no peft needed).
+
+        Args:
+            run_dir: the run or export folder.
+            device: "cpu", "cuda", ...; default cuda when available.
+            precision: the backbone's "fp32", "bf16", or "int8" (dynamic quantisation of its linear
+                layers, CPU only; see `quantize_int8`); default bf16 on a GPU that has it, else fp32.
+                The heads stay fp32.
+        """
         run_dir = Path(run_dir)
         manifest = check_run_dir(run_dir)
         cfg = from_dict(yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8")), str(run_dir / "config.yaml"))
         split = load_catalog(run_dir / "catalog")
         prompts = load_prompts(run_dir / "prompts")
-        ref = _base_backbone(run_dir)
         dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        dtype = torch.bfloat16 if dev.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
-        backbone, _ = load_backbone(ref, dtype=dtype)
-        if cfg.model.random_init:
-            from transformers import AutoModel
-
-            torch.manual_seed(cfg.run.seed)
-            backbone = AutoModel.from_config(backbone.config, attn_implementation="sdpa").to(dtype)
+        if precision is None:
+            precision = "bf16" if dev.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
+        if precision == "int8" and dev.type != "cpu":
+            raise ValueError(f"int8 dynamic quantisation runs on the CPU, not {dev.type}")
         tokenizer = AutoTokenizer.from_pretrained(run_dir / "tokenizer")
-        backbone.resize_token_embeddings(len(tokenizer))
-        heads = _empty_heads(backbone.config.hidden_size, split, cfg)
-        model = PeftModel.from_pretrained(RecModel(backbone, heads, manifest["pooling"]), run_dir / "adapter")
+        load = _load_export if manifest.get("format") == EXPORT_FORMAT else _load_adapter
+        model = load(run_dir, manifest, cfg, split, tokenizer, PRECISIONS[precision])
+        if precision == "int8":
+            model = quantize_int8(model)
         return cls(run_dir, model.to(dev).eval(), tokenizer, split, prompts, cfg, dev)
 
     # ---- ids --------------------------------------------------------------------------------
@@ -334,6 +343,48 @@ class Recommender:
     def _template(self, example):
         kind = KIND_OF_TYPE[type(example)]
         return self.prompts[KIND_TASK[kind]].train(kind)[0]
+
+
+def _load_adapter(run_dir: Path, manifest: dict, cfg, split: Split, tokenizer, dtype: torch.dtype):
+    """A training run folder: the base backbone + the peft adapter (LoRA, token rows, heads)."""
+    from peft import PeftModel
+
+    backbone, _ = load_backbone(_base_backbone(run_dir), dtype=dtype)
+    if cfg.model.random_init:
+        from transformers import AutoModel
+
+        torch.manual_seed(cfg.run.seed)
+        backbone = AutoModel.from_config(backbone.config, attn_implementation="sdpa").to(dtype)
+    backbone.resize_token_embeddings(len(tokenizer))
+    heads = _empty_heads(backbone.config.hidden_size, split, cfg)
+    return PeftModel.from_pretrained(RecModel(backbone, heads, manifest["pooling"]), run_dir / "adapter")
+
+
+def _load_export(run_dir: Path, manifest: dict, cfg, split: Split, tokenizer, dtype: torch.dtype) -> RecModel:
+    """An export folder: the merged backbone and the heads, plain torch modules."""
+    from safetensors.torch import load_file
+    from transformers import AutoModel
+
+    backbone = AutoModel.from_pretrained(run_dir / "backbone", dtype=dtype, attn_implementation="sdpa")
+    heads = _empty_heads(backbone.config.hidden_size, split, cfg)
+    heads.load_state_dict(load_file(str(run_dir / "heads.safetensors")))
+    return RecModel(backbone, heads, manifest["pooling"])
+
+
+def quantize_int8(model):
+    """Dynamic int8 quantisation of the backbone's `nn.Linear` layers (weights int8, activations
+    quantised per batch on the fly; CPU kernels). The heads stay fp32: they are small, and the item
+    scores are one matrix product whose precision sets the ranking. A peft model is merged first."""
+    import warnings
+
+    from torch.ao.quantization import quantize_dynamic
+
+    if hasattr(model, "merge_and_unload"):
+        model = model.merge_and_unload()
+    with warnings.catch_warnings():  # torch 2.13 marks its quantised tensor types deprecated (still supported)
+        warnings.filterwarnings("ignore", message=".*quantize_per_tensor.*", category=UserWarning)
+        model.backbone = quantize_dynamic(model.backbone.float(), {torch.nn.Linear}, dtype=torch.qint8)
+    return model
 
 
 def _base_backbone(run_dir: Path) -> BackboneRef:

@@ -279,7 +279,63 @@ def ndcg(ranks: ArrayLike, k: int) -> float:
     Returns:
         Mean NDCG@k in [0, 1].
     """
-    return float((1.0 / torch.log2(_cut(ranks, k) + 2)).mean())
+    return float(ndcg_rows(ranks, k).mean())
+
+
+def ndcg_rows(ranks: ArrayLike, k: int) -> torch.Tensor:
+    """Each row's NDCG@k (see `ndcg`), for per-user comparisons such as `paired_bootstrap`."""
+    return 1.0 / torch.log2(_cut(ranks, k) + 2)
+
+
+def paired_bootstrap(a: ArrayLike, b: ArrayLike, resamples: int = 1000, seed: int = 0,
+                     level: float = 0.95) -> dict:
+    """The mean of a - b over paired units (users), with a percentile bootstrap interval.
+
+    Users are drawn with replacement `resamples` times (seeded); each draw's mean difference goes
+    into the distribution whose central `level` share is the interval. A difference whose interval
+    holds 0 is no measurable difference.
+
+    Returns:
+        {"diff", "low", "high", "n", "resamples", "level"}.
+    """
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if a.ndim != 1 or a.shape != b.shape or len(a) == 0:
+        raise ValueError(f"paired_bootstrap needs two equal-length 1-d arrays of values, got {a.shape} and {b.shape}")
+    d = a - b
+    rng = np.random.default_rng(seed)
+    means = np.concatenate([d[rng.integers(0, len(d), size=(min(100, resamples - i), len(d)))].mean(1)
+                            for i in range(0, resamples, 100)])
+    low, high = np.quantile(means, [(1 - level) / 2, 1 - (1 - level) / 2])
+    return {"diff": float(d.mean()), "low": float(low), "high": float(high), "n": len(d), "resamples": resamples,
+            "level": level}
+
+
+def paired_bootstrap_groups(stat, a: ArrayLike, b: ArrayLike, labels: ArrayLike, groups: ArrayLike,
+                            resamples: int = 1000, seed: int = 0, level: float = 0.95) -> dict:
+    """`paired_bootstrap` for a statistic that is not a mean over users (AUC, RMSE): users (`groups`)
+    are drawn with replacement, and `stat(scores, labels)` of every row of the drawn users is taken
+    for `a` and for `b` on the same rows; the interval is of stat(a) - stat(b).
+
+    Returns:
+        {"diff", "low", "high", "n" (users), "resamples", "level"}.
+    """
+    a, b, labels, groups = (np.asarray(x) for x in (a, b, labels, groups))
+    if not (a.shape == b.shape == labels.shape == groups.shape) or a.ndim != 1 or len(a) == 0:
+        raise ValueError("paired_bootstrap_groups needs equal-length 1-d scores, labels and groups")
+    users, inverse = np.unique(groups, return_inverse=True)
+    order = np.argsort(inverse, kind="stable")
+    bounds = np.searchsorted(inverse[order], np.arange(len(users) + 1))
+    rows_of = [order[bounds[g] : bounds[g + 1]] for g in range(len(users))]
+    rng = np.random.default_rng(seed)
+    diffs = []
+    for _ in range(resamples):
+        rows = np.concatenate([rows_of[g] for g in rng.integers(0, len(users), size=len(users))])
+        diffs.append(stat(a[rows], labels[rows]) - stat(b[rows], labels[rows]))
+    diffs = np.asarray(diffs, dtype=np.float64)
+    diffs = diffs[np.isfinite(diffs)]  # a draw with one class only has no AUC
+    low, high = np.quantile(diffs, [(1 - level) / 2, 1 - (1 - level) / 2])
+    return {"diff": float(stat(a, labels) - stat(b, labels)), "low": float(low), "high": float(high),
+            "n": len(users), "resamples": resamples, "level": level}
 
 
 def mrr(ranks: ArrayLike, k: int | None = None) -> float:

@@ -197,12 +197,19 @@ def train_specs(split: Split, kinds: list[str], opts: ExampleOptions, max_users:
     return {k: all_specs.take(np.flatnonzero(all_specs.kind == KIND_IDS[k])) for k in kinds}
 
 
-@torch.no_grad()
 def evaluate(model, batcher: Batcher, specs: Specs, split: Split, role: int, weights: torch.Tensor,
              batch_size: int = 32, accelerator=None, heldout: bool = False, k: int = 10) -> dict[str, float]:
     """Loss and metrics of every kind on `specs`, one fixed paraphrase per kind (the first training
     one, or the first held-out one with `heldout`). Ranking is over the full catalog with the
     user's earlier items excluded (see `metrics.exclusion_mask`); ties count against the target."""
+    return summarise(evaluate_rows(model, batcher, specs, split, role, batch_size, accelerator, heldout), weights, k)
+
+
+@torch.no_grad()
+def evaluate_rows(model, batcher: Batcher, specs: Specs, split: Split, role: int, batch_size: int = 32,
+                  accelerator=None, heldout: bool = False, item_logits: bool = False) -> dict[str, torch.Tensor]:
+    """`evaluate`'s per-row outputs, in `specs` order (kind, predictions, labels, loss, target rank,
+    and with `item_logits` each row's full-catalog scores), for per-user figures and intervals."""
     model.eval()
     device = accelerator.device if accelerator else torch.device("cpu")
     rows, valid = _share(len(specs), accelerator)
@@ -217,7 +224,10 @@ def evaluate(model, batcher: Batcher, specs: Specs, split: Split, role: int, wei
                  "like_logit": out["like_logit"], "like": batch["like"], "loss": row_losses(out, batch),
                  "rank": _ranks(out["item_logits"], batch, split, role),
                  "valid": torch.as_tensor(valid[start : start + batch_size], device=device),
-                 "cat_logits": out["category_logits"], "cat_target": batch["category_target"]}
+                 "cat_logits": out["category_logits"], "cat_target": batch["category_target"],
+                 "user": batch["user"]}
+        if item_logits:
+            piece["item_logits"] = out["item_logits"]
         if accelerator is not None:
             piece = accelerator.gather(piece)
         for n, v in piece.items():
@@ -225,7 +235,7 @@ def evaluate(model, batcher: Batcher, specs: Specs, split: Split, role: int, wei
     model.train()
     gathered = {n: torch.cat(v) for n, v in acc.items()}
     keep = gathered.pop("valid") > 0
-    return summarise({n: v[keep] for n, v in gathered.items()}, weights, k)
+    return {n: v[keep] for n, v in gathered.items()}
 
 
 def _share(n: int, accelerator) -> tuple[np.ndarray, np.ndarray]:

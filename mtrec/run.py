@@ -28,6 +28,9 @@ from mtrec.data.splits import Split
 
 FORMAT_VERSION = 2  # 2: collaborative factors in the heads
 REQUIRED = ("manifest.json", "config.yaml", "backbone.json", "adapter", "tokenizer", "prompts", "catalog", "metrics.json")
+# `python -m mtrec.export`: the adapter merged into a backbone of its own (see mtrec.export)
+EXPORT_FORMAT = "mtrec-export"
+EXPORT_REQUIRED = ("manifest.json", "config.yaml", "backbone", "heads.safetensors", "tokenizer", "prompts", "catalog")
 
 
 class RunFolderError(ValueError):
@@ -95,10 +98,19 @@ def check_run_dir(run_dir: Path) -> dict:
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise RunFolderError(f"{run_dir}: no such run folder")
-    missing = [name for name in REQUIRED if not (run_dir / name).exists()]
+    manifest = None
+    if (run_dir / "manifest.json").is_file():
+        try:
+            manifest = json.loads((run_dir / "manifest.json").read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise RunFolderError(f"{run_dir}/manifest.json: unreadable ({e})") from None
+    export = isinstance(manifest, dict) and manifest.get("format") == EXPORT_FORMAT
+    missing = [name for name in (EXPORT_REQUIRED if export else REQUIRED) if not (run_dir / name).exists()]
     if missing:
-        raise RunFolderError(f"{run_dir}: incomplete run folder, missing {', '.join(missing)} (did training finish?)")
-    manifest = json.loads((run_dir / "manifest.json").read_text(encoding="utf-8"))
+        what = "export folder" if export else "run folder"
+        raise RunFolderError(f"{run_dir}: incomplete {what}, missing {', '.join(missing)} (did training finish?)")
+    if not isinstance(manifest, dict):
+        raise RunFolderError(f"{run_dir}/manifest.json: expected a JSON object")
     if manifest.get("format_version") != FORMAT_VERSION:
         raise RunFolderError(f"{run_dir}: run folder format {manifest.get('format_version')!r}, this mtrec reads "
                              f"{FORMAT_VERSION} (written by mtrec {manifest.get('mtrec_version')})")

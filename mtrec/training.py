@@ -67,9 +67,10 @@ def load_split(cfg: Config) -> Split:
     return make_split(ds, cfg.data.split, seed=cfg.data.split_seed)
 
 
-def build_setup(cfg: Config, accelerator: Accelerator | None = None) -> Setup:
-    """Data, prompts, backbone (+instruction tokens), item table, heads and LoRA, from `cfg`."""
-    split = load_split(cfg)
+def build_setup(cfg: Config, accelerator: Accelerator | None = None, split: Split | None = None) -> Setup:
+    """Data, prompts, backbone (+instruction tokens), item table, heads and LoRA, from `cfg` (the
+    data from `split` where given: `mtrec.update` passes a run's catalog grown by new data)."""
+    split = split if split is not None else load_split(cfg)
     prompts = load_prompts(cfg.prompt.prompts_dir)
     if accelerator is not None:
         with accelerator.main_process_first():  # one process converts the bundled backbone; others wait
@@ -110,7 +111,7 @@ def make_optimizer(model, cfg: Config) -> torch.optim.Optimizer:
 
 
 def train(cfg: Config, run_dir: str | Path, overwrite: bool = False, setup: Setup | None = None,
-          resume: bool = False) -> dict:
+          resume: bool = False, files: dict[str, dict] | None = None) -> dict:
     """Fine-tune as configured and write the run folder. Returns the final metrics dict.
 
     Args:
@@ -120,6 +121,8 @@ def train(cfg: Config, run_dir: str | Path, overwrite: bool = False, setup: Setu
         setup: a prebuilt `build_setup(cfg)` (tests use it to inspect parameters before training).
         resume: continue from the run folder's latest checkpoint (model, optimizer, scheduler, RNG
             states and position in the data order), to the same result as an uninterrupted run.
+        files: name -> JSON object, written into a new run folder before training starts (what
+            `mtrec.update` needs to resume).
 
     Raises:
         RunFolderError: the run folder exists (without overwrite/resume), is not writable, lacks
@@ -136,6 +139,8 @@ def train(cfg: Config, run_dir: str | Path, overwrite: bool = False, setup: Setu
                 raise RunFolderError(f"{run_dir}: nothing to resume (no complete checkpoint in {checkpoint_dir(run_dir)})")
         else:
             prepare_run_dir(run_dir, overwrite)
+            for name, content in (files or {}).items():
+                (run_dir / name).write_text(json.dumps(content, indent=1), encoding="utf-8")
         preflight_run_dir(run_dir, 1 << 20)  # writable before anything expensive; room is checked below
     accelerator.wait_for_everyone()
     if cfg.train.num_threads:
@@ -369,6 +374,8 @@ def model_num_items(model) -> int:
 
 def _better(new: dict, old: dict, metric: str) -> bool:
     name = metric.removeprefix("valid/")
+    if new.get("examples") == 0:  # nothing to validate on: the latest weights are the best known
+        return True
     if name not in new:
         raise KeyError(f"train.early_stopping_metric: {metric!r} is not among the validation metrics {sorted(new)}")
     lower = name.endswith("loss") or name.endswith("rmse") or name.endswith("mae")
@@ -382,6 +389,9 @@ class _Log:
         self.acc, self.s = accelerator, s
 
     def evaluate(self, model, valid, weights, step: int, label: str | None = None) -> dict:
+        if len(valid) == 0:  # an update whose new data was every validation interaction
+            self.acc.print(f"{label or 'step ' + str(step)}: no validation rows; the latest weights are kept")
+            return {"step": step, "examples": 0, "seconds": 0.0}
         t0 = time.perf_counter()
         m = evaluate(model, self.s.batcher, valid, self.s.split, VALID, weights, self.s.cfg.train.eval_batch_size,
                      self.acc)

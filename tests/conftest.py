@@ -52,3 +52,16 @@ def tiny_config(tiny_backbone_dir):
     from mtrec.config import load_config
 
     return lambda *overrides: load_config(ROOT / "tests/configs/tiny.yaml", [f"model.backbone={tiny_backbone_dir}", *overrides])
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory, tiny_backbone_dir):
+    """A tiny trained run folder (tests/configs/tiny.yaml: synthetic data, 30 users, 40 items titled
+    "Item N: a <genre> record", the tiny Llama), trained once per session; tests only read it."""
+    from mtrec.config import load_config
+    from mtrec.training import train
+
+    cfg = load_config(ROOT / "tests/configs/tiny.yaml", [f"model.backbone={tiny_backbone_dir}"])
+    run = tmp_path_factory.mktemp("tiny-run") / "tiny"
+    train(cfg, run)
+    return run

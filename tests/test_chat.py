@@ -59,15 +59,9 @@ def test_titles_found_in_free_text(titles):
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory, tiny_backbone_dir):
-    """A tiny run folder (synthetic data: 30 users, 40 items titled "Item N: a <genre> record")."""
-    from mtrec.config import load_config
-    from mtrec.training import train
-
-    cfg = load_config(ROOT / "tests/configs/tiny.yaml", [f"model.backbone={tiny_backbone_dir}"])
-    run = tmp_path_factory.mktemp("chat") / "tiny"
-    train(cfg, run)
-    return run
+def run_dir(tiny_run):
+    """The session's tiny run folder (see tests/conftest.py)."""
+    return tiny_run
 
 
 @pytest.fixture(scope="module")

@@ -17,6 +17,7 @@ import http.client
 import json
 import os
 import random
+import secrets
 import signal
 import socket
 import subprocess
@@ -27,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+RELOAD_TOKEN = secrets.token_hex(16)
 SETTINGS = {
     "on": ["--max-batch", "32", "--batch-wait-ms", "5"],
     "off": ["--max-batch", "1", "--batch-wait-ms", "0"],
@@ -58,6 +60,14 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--threads", type=int, default=None, help="the server's torch threads (default: all cores)"
     )
+    p.add_argument(
+        "--reload",
+        type=Path,
+        default=None,
+        metavar="RUN2",
+        help="also swap the served run between --run and RUN2 every --reload-every seconds under load",
+    )
+    p.add_argument("--reload-every", type=float, default=10.0, help="seconds between swaps (default 10)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=None, help="write the figures as JSON here")
     return p
@@ -83,16 +93,25 @@ def main(argv: list[str] | None = None) -> int:
             workload = Workload(server.port, args.endpoint, args.seed)
             workload.warm_up()
             memory[mode] = {"before_mib": server.rss_mib()}
+            reloader = (
+                Reloader(server.port, [args.reload, args.run], args.reload_every) if args.reload else None
+            )
             for clients in levels:
-                before = workload.health()["batching"]
+                before = workload.health()
+                if reloader:
+                    reloader.start_level()
                 row = {
                     "batching": mode,
                     "clients": clients,
                     **workload.level(clients, args.requests, args.seconds),
                 }
-                after = workload.health()["batching"]
-                calls = after["batches"] - before["batches"]
-                row["mean_batch"] = round((after["requests"] - before["requests"]) / max(calls, 1), 2)
+                if reloader:
+                    row["reload_answers"] = reloader.stop_level()
+                after = workload.health()
+                calls = after["batching"]["batches"] - before["batching"]["batches"]
+                requests = after["batching"]["requests"] - before["batching"]["requests"]
+                row["mean_batch"] = round(requests / max(calls, 1), 2)
+                row["reloads"] = after["reloads"] - before["reloads"]
                 rows.append(row)
                 print(_line(row), flush=True)
             memory[mode]["after_mib"] = server.rss_mib()
@@ -114,7 +133,8 @@ def main(argv: list[str] | None = None) -> int:
             "memory": memory,
         }
         args.out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    return 1 if any(r["server_errors"] for r in rows) else 0
+    failed_reloads = [s for r in rows for s in r.get("reload_answers", []) if s != 200]
+    return 1 if any(r["server_errors"] for r in rows) or failed_reloads else 0
 
 
 class Server:
@@ -144,7 +164,8 @@ class Server:
             self.command += ["--threads", str(threads)]
 
     def __enter__(self) -> Server:
-        self.process = subprocess.Popen(self.command)
+        # the token goes through the environment, not the command line (where `ps` shows it)
+        self.process = subprocess.Popen(self.command, env={**os.environ, "MTREC_ADMIN_TOKEN": RELOAD_TOKEN})
         deadline = time.monotonic() + 600
         while True:
             if self.process.poll() is not None:
@@ -249,11 +270,42 @@ class Workload:
         }
 
 
-def _call(port: int, method: str, path: str, body: dict | None = None) -> tuple[int, dict]:
+class Reloader:
+    """Swaps the served run between two folders every `every` seconds while a level runs."""
+
+    def __init__(self, port: int, runs: list[Path], every: float) -> None:
+        self.port, self.runs, self.every, self.swaps = port, runs, every, 0
+
+    def start_level(self) -> None:
+        self.statuses: list[int] = []
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._swap, daemon=True)
+        self.thread.start()
+
+    def stop_level(self) -> list[int]:
+        """The reload answers' statuses during the level."""
+        self.stop.set()
+        self.thread.join()
+        return self.statuses
+
+    def _swap(self) -> None:
+        while not self.stop.wait(self.every):
+            run = self.runs[self.swaps % 2]
+            self.swaps += 1
+            body = {"run": str(run)}
+            self.statuses.append(
+                _call(self.port, "POST", "/admin/reload", body, {"X-Admin-Token": RELOAD_TOKEN})[0]
+            )
+
+
+def _call(
+    port: int, method: str, path: str, body: dict | None = None, headers: dict | None = None
+) -> tuple[int, dict]:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
     try:
         data = None if body is None else json.dumps(body).encode()
-        conn.request(method, path, body=data, headers={"Content-Type": "application/json"} if data else {})
+        sent = {"Content-Type": "application/json"} if data else {}
+        conn.request(method, path, body=data, headers={**sent, **(headers or {})})
         response = conn.getresponse()
         raw = response.read()
         return response.status, json.loads(raw) if raw else {}
@@ -265,20 +317,20 @@ def _line(r: dict) -> str:
     return (
         f"batching {r['batching']:<3} {r['clients']:>3} clients: {r['answers']} answers in {r['seconds']} s, "
         f"{r['rps']} req/s, p50 {r['p50_ms']} ms, p99 {r['p99_ms']} ms, 5xx {r['server_errors']}, "
-        f"503 {r['overloaded']}, mean batch {r['mean_batch']}"
+        f"503 {r['overloaded']}, mean batch {r['mean_batch']}, reloads {r['reloads']}"
     )
 
 
 def table(rows: list[dict], memory: dict) -> str:
     lines = [
-        "| batching | clients | answers | requests/s | p50 ms | p99 ms | mean batch | 5xx | 503 | server memory |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| batching | clients | answers | requests/s | p50 ms | p99 ms | mean batch | 5xx | 503 | reloads | server memory |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         m = memory[r["batching"]]
         lines.append(
             f"| {r['batching']} | {r['clients']} | {r['answers']} | {r['rps']} | {r['p50_ms']} | "
-            f"{r['p99_ms']} | {r['mean_batch']} | {r['server_errors']} | {r['overloaded']} | "
+            f"{r['p99_ms']} | {r['mean_batch']} | {r['server_errors']} | {r['overloaded']} | {r['reloads']} | "
             f"{m['before_mib']} → {m['after_mib']} MiB |"
         )
     return "\n".join(lines)

@@ -31,9 +31,21 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    p.add_argument(
+        "--precision",
+        default=None,
+        choices=["fp32", "bf16", "int8"],
+        help="backbone precision (default bf16 on a GPU, fp32 on a CPU; int8: CPU only)",
+    )
     p.add_argument("--batch-wait-ms", type=float, default=5.0, help="how long a request waits for others (5)")
     p.add_argument(
         "--max-batch", type=int, default=32, help="most requests per model call (32; 1 = no batching)"
+    )
+    p.add_argument(
+        "--forward-batch",
+        type=int,
+        default=None,
+        help="prompts per forward pass within a model call (default 8 on a CPU, 32 on a GPU)",
     )
     p.add_argument(
         "--max-queue", type=int, default=256, help="most requests waiting at once; more get 503 (256)"
@@ -58,6 +70,7 @@ def main(argv: list[str] | None = None) -> int:
         "--port": (args.port, 0, 65535),
         "--max-batch": (args.max_batch, 1, None),
         "--max-queue": (args.max_queue, 1, None),
+        "--forward-batch": (1 if args.forward_batch is None else args.forward_batch, 1, None),
         "--max-body": (args.max_body, 1, None),
     }
     for name, (value, low, high) in numbers.items():
@@ -83,13 +96,15 @@ def main(argv: list[str] | None = None) -> int:
         max_batch=args.max_batch,
         max_queue=args.max_queue,
         timeout_s=args.timeout,
+        forward_batch=args.forward_batch,
         max_body=args.max_body,
         admin_token=args.admin_token or None,
         device=args.device,
+        precision=args.precision,
     )
     try:
         app = create_app(args.run, settings)
-    except (RunFolderError, OSError) as e:
+    except (RunFolderError, OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=False)

@@ -5,6 +5,7 @@
 import shutil
 import threading
 import time
+import urllib.parse
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -160,6 +161,23 @@ PATHS = st.sampled_from(
 def test_fuzzed_bodies_never_get_a_5xx(server: Client, path, body):
     status, answer = server.post(path, body, headers={"X-Admin-Token": "wrong"})
     assert status == 200 or 400 <= status < 500, (status, answer)
+    if status != 200:
+        assert isinstance(answer.get("error"), str) and answer["error"]
+
+
+URL_TEXT = st.text(max_size=40).map(lambda t: urllib.parse.quote(t, safe=""))
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(which=st.sampled_from(["item", "history", "users"]), text=URL_TEXT, number=st.integers() | URL_TEXT)
+def test_fuzzed_lookups_never_get_a_5xx(server: Client, which, text, number):
+    path = {
+        "item": f"/items/{text}",
+        "history": f"/users/{text}/history?limit={number}",
+        "users": f"/users?offset={number}&limit={text}",
+    }[which]
+    status, answer = server.get(path)
+    assert status == 200 or 400 <= status < 500, (path, status, answer)
     if status != 200:
         assert isinstance(answer.get("error"), str) and answer["error"]
 
