@@ -156,3 +156,21 @@ def test_an_interrupted_update_resumes_to_the_same_weights(run_dir, tmp_path, mo
     lora = [k for k in a if "lora_B" in k]
     start = load_file(str(run_dir / "adapter/adapter_model.safetensors"))
     assert any(not torch.equal(a[k], start[k]) for k in lora)  # the update did train
+
+
+def test_the_pinned_check_scores_three_models_on_the_same_test_rows(run_dir, tmp_path):
+    from mtrec.bench import update as bench
+
+    out = tmp_path / "report.json"
+    assert bench.main(["--run", str(run_dir), "--work", str(tmp_path / "work"), "--steps", "3",
+                       "--resamples", "50", "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert list(report["rows"]) == ["stale", "priors refit only", "updated"] and report["users"] == 30
+    assert set(report["intervals"]) == {"priors refit only - stale", "updated - stale", "updated - priors refit only"}
+    for d in report["intervals"].values():
+        assert {"rmse", "like_auc", "ndcg@10"} <= set(d) and all(v["n"] == 30 for v in d.values())
+        assert all(v["low"] <= v["high"] for v in d.values())
+    rows = report["rows"]
+    assert rows["priors refit only"]["rmse"] != rows["stale"]["rmse"]  # the refit moved the rating prior
+    assert report["intervals"]["updated - stale"]["rmse"]["diff"] == pytest.approx(
+        rows["updated"]["rmse"] - rows["stale"]["rmse"])
