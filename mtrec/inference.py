@@ -200,10 +200,15 @@ class Recommender:
         product per batch; seen items (every interaction the run folder knows; for a `NewUser`,
         the items they named) are masked and the top-k taken on the device, so only k pairs per
         user come back to the host."""
-        whos = _as_list(users)
-        examples = [self._example("recommendation", u) for u in whos]
-        known = [(row, self.user_index(u)) for row, u in enumerate(whos) if not isinstance(u, NewUser)]
-        named = [(row, self.cold_history(u.history)[1]) for row, u in enumerate(whos) if isinstance(u, NewUser)]
+        examples, known, named = [], [], []  # known: (row, user index); named: (row, a new user's items)
+        for row, who in enumerate(_as_list(users)):
+            if isinstance(who, NewUser):
+                entries, cols = self.cold_history(who.history)
+                examples.append(self._cold_example("recommendation", entries))
+                named.append((row, cols))
+            else:
+                examples.append(self.factory.make_now("recommendation", self.user_index(who)))
+                known.append((row, self.user_index(who)))
 
         def mask(scores: torch.Tensor, start: int) -> None:
             if not exclude_seen:

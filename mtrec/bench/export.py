@@ -93,22 +93,26 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def test_scores(rec, batch_size: int, users: int | None = None) -> dict:
-    """Every user's (or the first `users` users') full-catalog scores for their test target
-    (history: everything before it) and its rank among the unseen items, through the evaluation
-    path of training."""
-    from mtrec.pipeline import Batcher, eval_specs, evaluate_rows
+def split_batcher(rec):
+    """A training-style `Batcher` over `rec`'s own split (histories cut at each target, not the
+    serving "now"), with the run's renderer and prompts, and the example options it was trained with."""
+    from mtrec.pipeline import Batcher
     from mtrec.tasks import ExampleFactory
     from mtrec.training import example_options
 
     opts = example_options(rec.cfg)
-    batcher = Batcher(
-        ExampleFactory(rec.split, opts),
-        rec.renderer,
-        rec.prompts,
-        rec.tokenizer.pad_token_id,
-        len(rec.dataset.categories),
-    )
+    factory = ExampleFactory(rec.split, opts)
+    return Batcher(factory, rec.renderer, rec.prompts, rec.tokenizer.pad_token_id, len(rec.dataset.categories))
+
+
+def test_scores(rec, batch_size: int, users: int | None = None) -> dict:
+    """Every user's (or the first `users` users') full-catalog scores for their test target
+    (history: everything before it) and its rank among the unseen items, through the evaluation
+    path of training."""
+    from mtrec.pipeline import eval_specs, evaluate_rows
+
+    batcher = split_batcher(rec)
+    opts = batcher.factory.opts
     specs = eval_specs(rec.split, ["recommendation"], opts, TEST)
     if users is not None:
         specs = specs.take(np.flatnonzero(rec.dataset.user_idx[specs.interaction] < users))

@@ -93,21 +93,13 @@ def main(argv: list[str] | None = None) -> int:
 def score_test(rec, specs, batch_size: int):
     """Per-row test outputs of `rec`; `specs` from the first model are reused, so that every model
     answers exactly the same rows (the interactions keep their indices in an update's catalog)."""
-    from mtrec.pipeline import Batcher, eval_specs, evaluate_rows
-    from mtrec.tasks import ExampleFactory
-    from mtrec.training import example_options
+    from mtrec.bench.export import split_batcher
+    from mtrec.pipeline import eval_specs, evaluate_rows
 
-    opts = example_options(rec.cfg)
+    batcher = split_batcher(rec)
     if specs is None:
         kinds = ["rating", "like", "recommendation"] if rec.dataset.explicit else ["like", "recommendation"]
-        specs = eval_specs(rec.split, kinds, opts, TEST)
-    batcher = Batcher(
-        ExampleFactory(rec.split, opts),
-        rec.renderer,
-        rec.prompts,
-        rec.tokenizer.pad_token_id,
-        len(rec.dataset.categories),
-    )
+        specs = eval_specs(rec.split, kinds, batcher.factory.opts, TEST)
     rows = evaluate_rows(rec.model, batcher, specs, rec.split, TEST, batch_size)
     return specs, {n: v.numpy() if torch.is_tensor(v) else v for n, v in rows.items()}
 
