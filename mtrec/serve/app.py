@@ -268,6 +268,8 @@ def create_app(
         title="mtrec",
         version=_version(),
         lifespan=lifespan,
+        # An id may hold a "/" (a local data set's ids are any text): no redirect to a trimmed path.
+        redirect_slashes=False,
         description="One fine-tuned language model for rating, preference and recommendation. "
         'Ids are the data set\'s own; errors are `{"error", "field"}`.',
         responses={
@@ -354,7 +356,7 @@ def _lookup_routes(app: FastAPI, service: Service) -> None:
             batching=service.batcher.stats.as_dict(),
         )
 
-    @app.get("/items/{item_id}", response_model=s.ItemResponse, tags=["lookup"])
+    @app.get("/items/{item_id:path}", response_model=s.ItemResponse, tags=["lookup"])
     async def item(item_id: str):
         served = service.served
         ds = served.rec.dataset
