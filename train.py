@@ -10,6 +10,8 @@ from pathlib import Path
 from mtrec.checkpoint import NonFiniteLossError
 from mtrec.config import ConfigError, help_text, load_config
 from mtrec.data import DataError
+from mtrec.data.registry import check_name
+from mtrec.errors import UnknownNameError
 from mtrec.run import RunFolderError
 from mtrec.training import train
 
@@ -25,9 +27,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         cfg = load_config(args.config, args.overrides)
+        check_arguments(cfg)
         run_dir = args.run_dir or Path(cfg.run.output_root) / cfg.run.name
         result = train(cfg, run_dir, overwrite=args.overwrite, resume=args.resume)
-    except (ConfigError, DataError, RunFolderError) as e:
+    except (ConfigError, DataError, RunFolderError, UnknownNameError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except NonFiniteLossError as e:
@@ -37,6 +40,17 @@ def main(argv: list[str] | None = None) -> int:
     shown = ", ".join(f"{k}={v:.4f}" for k, v in final.items() if k not in ("step", "examples", "seconds"))
     print(f"run folder: {run_dir}\nvalidation, best weights (step {final['step']}, {final['examples']} examples): {shown}")
     return 0
+
+
+def check_arguments(cfg) -> None:
+    """Reject an unknown data set or backbone before the run folder is made or anything loads."""
+    from mtrec.model.backbone import check_backbone_spec  # imports torch: after the config is known good
+
+    check_name(cfg.data.dataset)
+    try:
+        check_backbone_spec(cfg.model.backbone)
+    except FileNotFoundError as e:
+        raise ConfigError(f"model.backbone: {e}") from None
 
 
 if __name__ == "__main__":

@@ -1,9 +1,10 @@
-"""Batching helpers shared by training and the speed bench (numpy only: the bench runs where the
-project's data dependencies are not installed)."""
+"""Batching helpers shared by training, serving and the speed bench (numpy and torch only: the
+bench runs where the project's data dependencies are not installed)."""
 
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 
 def length_bucketed_batches(lengths: np.ndarray, batch_size: int, seed: int | None) -> list[np.ndarray]:
@@ -24,3 +25,14 @@ def length_bucketed_batches(lengths: np.ndarray, batch_size: int, seed: int | No
         return batches
     perm = np.random.default_rng(seed).permutation(len(batches))
     return [batches[i] for i in perm]
+
+
+def pad_right(rendered: list, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Input ids and attention mask [B, longest] of rendered prompts, padded on the right."""
+    width = max(r.num_tokens for r in rendered)
+    ids = torch.full((len(rendered), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rendered), width), dtype=torch.long)
+    for i, r in enumerate(rendered):
+        ids[i, : r.num_tokens] = torch.tensor(r.input_ids)
+        mask[i, : r.num_tokens] = 1
+    return ids, mask

@@ -7,6 +7,7 @@ contradictions raise `ConfigError` naming the key.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import types
 import typing
 from dataclasses import dataclass, field
@@ -14,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from mtrec.kinds import KIND_NAMES
 
 
 class ConfigError(ValueError):
@@ -141,7 +144,6 @@ CHOICES = {
     "train.rec_loss": ("full", "sampled"),
     "train.mixed_precision": ("auto", "no", "bf16", "fp16"),
 }
-KIND_NAMES = ("rating", "like", "categories", "recommendation")
 
 
 def check(cfg: Config) -> None:
@@ -219,7 +221,8 @@ def from_dict(raw: dict[str, Any], source: str = "config") -> Config:
     kwargs = {}
     for sec, values in raw.items():
         if sec not in sections:
-            raise ConfigError(f"{source}: unknown section {sec!r}; expected {sorted(sections)}")
+            raise ConfigError(f"{source}: unknown section {sec!r}{_did_you_mean(sec, sections)}; "
+                              f"expected {sorted(sections)}")
         cls = sections[sec].default_factory
         fields = {f.name: f for f in dataclasses.fields(cls)}
         hints = typing.get_type_hints(cls)
@@ -228,10 +231,16 @@ def from_dict(raw: dict[str, Any], source: str = "config") -> Config:
         args = {}
         for key, value in (values or {}).items():
             if key not in fields:
-                raise ConfigError(f"{source}: unknown key {sec}.{key}; known: {', '.join(sorted(fields))}")
+                raise ConfigError(f"{source}: unknown key {sec}.{key}{_did_you_mean(key, fields, sec + '.')}; "
+                                  f"known: {', '.join(sorted(fields))}")
             args[key] = _convert(f"{sec}.{key}", value, hints[key])
         kwargs[sec] = cls(**args)
     return Config(**kwargs)
+
+
+def _did_you_mean(name: str, choices, prefix: str = "") -> str:
+    close = difflib.get_close_matches(str(name), [str(c) for c in choices], n=1)
+    return f" (did you mean {prefix}{close[0]}?)" if close else ""
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
@@ -242,7 +251,7 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     out = {k: (dict(v or {}) if isinstance(v, dict) or v is None else v) for k, v in raw.items()}
     for item in overrides:
         if "=" not in item:
-            raise ConfigError(f"override {item!r}: expected section.key=value")
+            raise ConfigError(f"override {item!r}: expected section.key=value (e.g. train.max_steps=10)")
         key, text = item.split("=", 1)
         parts = key.strip().split(".")
         if len(parts) != 2:

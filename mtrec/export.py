@@ -9,7 +9,7 @@ The LoRA weights and the trained instruction-token rows are merged into the back
     tokenizer/ prompts/ catalog/ config.yaml metrics.json   as in the run folder
 
 `Recommender.from_run(DIR)` loads it (`precision="int8"` for a dynamically quantised CPU model;
-see `mtrec.inference.quantize_int8`).
+see `mtrec.run.quantize_int8`).
 """
 
 from __future__ import annotations

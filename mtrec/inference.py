@@ -23,21 +23,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
-from transformers import AutoTokenizer
 
-from mtrec.config import from_dict
+from mtrec.batching import pad_right
 from mtrec.data.splits import TRAIN, Split
-from mtrec.model.backbone import BackboneRef, load_backbone, resolve_backbone
-from mtrec.model.multitask import RecModel, TaskHeads
-from mtrec.pipeline import pad_right
-from mtrec.prompts import PromptRenderer, load_prompts
-from mtrec.run import EXPORT_FORMAT, RunFolderError, check_run_dir, load_catalog
-from mtrec.tasks import EXAMPLE_TYPES, KIND_TASK, ExampleFactory, HistoryEntry
-from mtrec.training import example_options, render_options
+from mtrec.kinds import KIND_TASK
+from mtrec.prompts import PromptRenderer, render_options
+from mtrec.ranking import Seen, top_k
+from mtrec.run import load_catalog, load_run
+from mtrec.tasks import EXAMPLE_TYPES, ExampleFactory, HistoryEntry, example_options
 
 KIND_OF_TYPE = {cls: kind for kind, cls in EXAMPLE_TYPES.items()}
-PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "int8": torch.float32}  # int8: quantised after loading
 NEW_USER_ID = "new user"  # what the prompt calls a cold-start user (no id is known)
 
 
@@ -68,50 +63,6 @@ class UnknownIdError(KeyError):
         return str(self.args[0])
 
 
-class SeenItems:
-    """Every item each user interacted with, applied to score rows as -inf on the device.
-
-    Small catalogs keep a dense [users, items] bool table (one gather per batch). Large ones
-    (Epinions: ~40k users x ~140k items would be 5.6 GB) keep CSR index arrays, O(interactions),
-    and scatter -inf at the (row, item) pairs of each batch.
-    """
-
-    DENSE_LIMIT = 64 * 2**20  # cells (= bytes of bool) up to which the dense table is used
-
-    def __init__(self, user_idx: np.ndarray, item_idx: np.ndarray, num_users: int, num_items: int,
-                 device: torch.device, dense: bool | None = None) -> None:
-        users = torch.as_tensor(np.asarray(user_idx, dtype=np.int64))
-        items = torch.as_tensor(np.asarray(item_idx, dtype=np.int64))
-        self.dense = num_users * num_items <= self.DENSE_LIMIT if dense is None else dense
-        if self.dense:
-            table = torch.zeros(num_users, num_items, dtype=torch.bool)
-            table[users, items] = True
-            self.table = table.to(device)
-        else:
-            order = torch.argsort(users * num_items + items)
-            self.indices = items[order].to(device)
-            indptr = torch.zeros(num_users + 1, dtype=torch.long)
-            indptr[1:] = torch.cumsum(torch.bincount(users, minlength=num_users), 0)
-            self.indptr = indptr.to(device)
-
-    def mask_(self, scores: torch.Tensor, users: torch.Tensor) -> torch.Tensor:
-        """Set scores[r, i] = -inf for every item i that users[r] has seen (in place)."""
-        if self.dense:
-            return scores.masked_fill_(self.table[users], float("-inf"))
-        starts = self.indptr[users]
-        lengths = self.indptr[users + 1] - starts
-        total = int(lengths.sum())
-        if total == 0:
-            return scores
-        rows = torch.repeat_interleave(torch.arange(len(users), device=scores.device), lengths, output_size=total)
-        # position of each entry inside its own user's run: 0..len-1, without a Python loop
-        first = torch.repeat_interleave(torch.cumsum(lengths, 0) - lengths, lengths, output_size=total)
-        within = torch.arange(total, device=scores.device) - first
-        cols = self.indices[torch.repeat_interleave(starts, lengths, output_size=total) + within]
-        scores[rows, cols] = float("-inf")
-        return scores
-
-
 class Recommender:
     """Rate, prefer, categories and full-catalog top-K for a trained run folder."""
 
@@ -122,8 +73,7 @@ class Recommender:
         self.prompts = prompts
         self.factory = ExampleFactory(serving_split(split), example_options(cfg))
         self.renderer = PromptRenderer(tokenizer, {t: p.instruction_token for t, p in prompts.items()}, render_options(cfg))
-        ds = self.dataset
-        self.seen = SeenItems(ds.user_idx, ds.item_idx, ds.num_users, ds.num_items, device)
+        self.seen = Seen.every(split, device)  # serving comes after every interaction the run knows
 
     @classmethod
     def from_run(cls, run_dir: str | Path, device: str | None = None,
@@ -135,27 +85,11 @@ class Recommender:
             run_dir: the run or export folder.
             device: "cpu", "cuda", ...; default cuda when available.
             precision: the backbone's "fp32", "bf16", or "int8" (dynamic quantisation of its linear
-                layers, CPU only; see `quantize_int8`); default bf16 on a GPU that has it, else fp32.
+                layers, CPU only; see `mtrec.run.quantize_int8`); default bf16 on a GPU that has it, else fp32.
                 The heads stay fp32.
         """
-        run_dir = Path(run_dir)
-        manifest = check_run_dir(run_dir)
-        cfg = from_dict(yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8")), str(run_dir / "config.yaml"))
-        split = load_catalog(run_dir / "catalog")
-        prompts = load_prompts(run_dir / "prompts")
-        dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        if precision is None:
-            precision = "bf16" if dev.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
-        if precision not in PRECISIONS:
-            raise ValueError(f"precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
-        if precision == "int8" and dev.type != "cpu":
-            raise ValueError(f"int8 dynamic quantisation runs on the CPU, not {dev.type}")
-        tokenizer = AutoTokenizer.from_pretrained(run_dir / "tokenizer")
-        load = _load_export if manifest.get("format") == EXPORT_FORMAT else _load_adapter
-        model = load(run_dir, manifest, cfg, split, tokenizer, PRECISIONS[precision])
-        if precision == "int8":
-            model = quantize_int8(model)
-        return cls(run_dir, model.to(dev).eval(), tokenizer, split, prompts, cfg, dev)
+        r = load_run(run_dir, device, precision)
+        return cls(r.run_dir, r.model, r.tokenizer, r.split, r.prompts, r.cfg, r.device)
 
     # ---- ids --------------------------------------------------------------------------------
     def user_index(self, user: str) -> int:
@@ -326,8 +260,8 @@ class Recommender:
         for start, out in self._batches(examples, batch_size, full_catalog=True):
             scores = out["item_logits"].float()
             mask(scores, start)
-            top = torch.topk(scores, min(k, scores.shape[1]), dim=-1)
-            for vals, cols in zip(top.values.tolist(), top.indices.tolist()):
+            values, indices = top_k(scores, k)
+            for vals, cols in zip(values.tolist(), indices.tolist()):
                 results.append([(items[c].id, v) for c, v in zip(cols, vals) if v != float("-inf")])
         return results
 
@@ -350,61 +284,6 @@ class Recommender:
         return self.prompts[KIND_TASK[kind]].train(kind)[0]
 
 
-def _load_adapter(run_dir: Path, manifest: dict, cfg, split: Split, tokenizer, dtype: torch.dtype):
-    """A training run folder: the base backbone + the peft adapter (LoRA, token rows, heads)."""
-    from peft import PeftModel
-
-    backbone, _ = load_backbone(_base_backbone(run_dir), dtype=dtype)
-    if cfg.model.random_init:
-        from transformers import AutoModel
-
-        torch.manual_seed(cfg.run.seed)
-        backbone = AutoModel.from_config(backbone.config, attn_implementation="sdpa").to(dtype)
-    backbone.resize_token_embeddings(len(tokenizer))
-    heads = _empty_heads(backbone.config.hidden_size, split, cfg)
-    return PeftModel.from_pretrained(RecModel(backbone, heads, manifest["pooling"]), run_dir / "adapter")
-
-
-def _load_export(run_dir: Path, manifest: dict, cfg, split: Split, tokenizer, dtype: torch.dtype) -> RecModel:
-    """An export folder: the merged backbone and the heads, plain torch modules."""
-    from safetensors.torch import load_file
-    from transformers import AutoModel
-
-    backbone = AutoModel.from_pretrained(run_dir / "backbone", dtype=dtype, attn_implementation="sdpa")
-    heads = _empty_heads(backbone.config.hidden_size, split, cfg)
-    heads.load_state_dict(load_file(str(run_dir / "heads.safetensors")))
-    return RecModel(backbone, heads, manifest["pooling"])
-
-
-def quantize_int8(model):
-    """Dynamic int8 quantisation of the backbone's `nn.Linear` layers (weights int8, activations
-    quantised per batch on the fly; CPU kernels). The heads stay fp32: they are small, and the item
-    scores are one matrix product whose precision sets the ranking. A peft model is merged first."""
-    import warnings
-
-    from torch.ao.quantization import quantize_dynamic
-
-    if hasattr(model, "merge_and_unload"):
-        model = model.merge_and_unload()
-    with warnings.catch_warnings():  # torch 2.13 marks its quantised tensor types deprecated (still supported)
-        warnings.filterwarnings("ignore", message=".*quantize_per_tensor.*", category=UserWarning)
-        model.backbone = quantize_dynamic(model.backbone.float(), {torch.nn.Linear}, dtype=torch.qint8)
-    return model
-
-
-def _base_backbone(run_dir: Path) -> BackboneRef:
-    """The run's base backbone on this machine (a bundled one is rebuilt if missing), checked by
-    content hash: an adapter applied to other base weights would answer silently wrong."""
-    trained = BackboneRef.from_dict(json.loads((run_dir / "backbone.json").read_text(encoding="utf-8")))
-    if trained.kind == "hub" and trained.sha256 is None:
-        return trained  # nothing to compare against: a hub id that was not cached when training ran
-    here = resolve_backbone(trained.spec if trained.kind != "path" else trained.path)
-    if trained.sha256 is not None and here.sha256 != trained.sha256:
-        raise RunFolderError(f"{run_dir}: the base backbone {trained.spec!r} on this machine ({here.path}) has content "
-                             f"hash {str(here.sha256)[:12]}…, the run was trained on {trained.sha256[:12]}…")
-    return here
-
-
 def _as_list(x) -> list:
     """One id or `NewUser`, or a sequence of them, as a list (ids as strings)."""
     if isinstance(x, (str, int, NewUser)):
@@ -422,15 +301,6 @@ def _pairs(users, items) -> tuple[list[str], list[str]]:
     if len(us) != len(its):
         raise ValueError(f"{len(us)} users and {len(its)} items: give equal lengths, or one of either")
     return us, its
-
-
-def _empty_heads(hidden: int, split: Split, cfg) -> TaskHeads:
-    """Heads of the right shapes; their values come from the adapter."""
-    ds = split.dataset
-    dim = cfg.model.item_dim or hidden
-    mean = float(ds.values.mean()) if ds.explicit else None
-    return TaskHeads(hidden, len(ds.categories), torch.zeros(ds.num_items, dim), torch.zeros(ds.num_items),
-                     ds.rating_scale, mean, num_users=ds.num_users, collab_dim=cfg.model.collab_dim)
 
 
 # ---- batch front end (infer.py --task) ------------------------------------------------------

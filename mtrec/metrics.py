@@ -4,7 +4,8 @@
 - preference: `auc` (ties count half), `log_loss` (clipped), `accuracy` (threshold 0.5);
 - category affinity: `ndcg_at_k` over a [B, C] score matrix against multi-hot / graded relevance;
 - full-catalog ranking: `target_ranks` (pessimistic about ties, seen items excluded) then `hit_rate`,
-  `ndcg`, `mrr`; `exclusion_mask` gives the items to exclude under the leave-one-out protocol.
+  `ndcg`, `mrr` (which items are excluded, and the blocks and candidates of a catalog ranking, are
+  `mtrec.ranking`'s).
 - extra, *not* the headline numbers: `sampled_ranks` ranks the target among n sampled negatives
   (sampled metrics overstate quality several-fold; report them only next to the full-catalog ones).
 
@@ -20,7 +21,6 @@ import math
 import numpy as np
 import torch
 
-from mtrec.data.splits import ROLE_NAMES, TRAIN, Split
 
 ArrayLike = np.ndarray | torch.Tensor
 
@@ -348,48 +348,3 @@ def mrr(ranks: ArrayLike, k: int | None = None) -> float:
         Mean reciprocal rank in (0, 1].
     """
     return float((1.0 / (_cut(ranks, k) + 1)).mean())
-
-
-def ranking_role(role: int | str) -> int:
-    """VALID or TEST from ``"valid"``/``"test"`` or the int; TRAIN and unknown names raise ValueError."""
-    names = {v: k for k, v in ROLE_NAMES.items()}
-    value = names.get(role, role) if isinstance(role, str) else int(role)
-    if value not in ROLE_NAMES or value == TRAIN:
-        raise ValueError(f"ranking role must be 'valid'/'test' (1/2), got {role!r}")
-    return value
-
-
-def exclusion_mask(
-    split: Split, users: ArrayLike, role: int | str, *, as_pairs: bool = False
-) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
-    """Items each user has already seen before the `role` targets, to exclude from their ranking.
-
-    Protocol: validation ranks exclude the user's training items; test ranks exclude training and
-    validation items. Since TRAIN < VALID < TEST, that is every interaction with role < `role`.
-
-    Args:
-        split: the split the targets come from.
-        users: [B] user index per ranked row (a user may repeat).
-        role: ``"valid"``/``VALID`` or ``"test"``/``TEST``.
-        as_pairs: return (rows, cols) index arrays instead of a [B, num_items] bool matrix (for big
-            catalogs; `target_ranks` accepts either; to mask scores use ``scores[rows, cols] = -inf``).
-
-    Returns:
-        A [B, num_items] bool matrix, or (rows, cols) int64 arrays with rows indexing `users`.
-    """
-    value = ranking_role(role)
-    users = np.asarray(users, dtype=np.int64)
-    starts, ends = split.offsets[users], split.offsets[users + 1]
-    lengths = ends - starts
-    # Gather every listed user's interactions without a Python loop: position k of row b's block
-    # is starts[b] + k.
-    rows = np.repeat(np.arange(len(users)), lengths)
-    within = np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths, lengths)
-    inter = split.seq[np.repeat(starts, lengths) + within]
-    keep = split.role[inter] < value
-    rows, cols = rows[keep], split.dataset.item_idx[inter[keep]].astype(np.int64)
-    if as_pairs:
-        return rows, cols
-    mask = np.zeros((len(users), split.dataset.num_items), dtype=bool)
-    mask[rows, cols] = True
-    return mask

@@ -14,12 +14,13 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from mtrec import metrics
-from mtrec.batching import length_bucketed_batches
+from mtrec import metrics, ranking
+from mtrec.batching import length_bucketed_batches, pad_right
 from mtrec.data.splits import TRAIN, VALID, Split
-from mtrec.model.multitask import KIND_CATEGORIES, KIND_LIKE, KIND_RATING, KIND_RECOMMENDATION, NUM_KINDS, row_losses
+from mtrec.kinds import KIND_IDS, KIND_NAMES, KIND_TASK, KINDS, NUM_KINDS, Kind
+from mtrec.model.multitask import row_losses
 from mtrec.prompts import PromptRenderer, TaskPrompts, Template
-from mtrec.tasks import KIND_IDS, KIND_NAMES, KIND_TASK, KINDS, ExampleFactory, ExampleOptions, Specs, build_specs
+from mtrec.tasks import ExampleFactory, ExampleOptions, Specs, build_specs
 
 
 def kinds_for(tasks: list[str], split: Split) -> list[str]:
@@ -42,17 +43,6 @@ def mixing_probs(sizes: dict[str, int], mixing: str, temperature: float) -> dict
     raw = {k: float(n) ** power for k, n in sizes.items() if n > 0}
     total = sum(raw.values())
     return {k: v / total for k, v in raw.items()}
-
-
-def pad_right(rendered: list, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Input ids and attention mask [B, longest] of rendered prompts, padded on the right."""
-    width = max(r.num_tokens for r in rendered)
-    ids = torch.full((len(rendered), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rendered), width), dtype=torch.long)
-    for i, r in enumerate(rendered):
-        ids[i, : r.num_tokens] = torch.tensor(r.input_ids)
-        mask[i, : r.num_tokens] = 1
-    return ids, mask
 
 
 @dataclass
@@ -85,14 +75,14 @@ class Batcher:
         label = torch.as_tensor(specs.label[rows], dtype=torch.float32)
         cat_target = torch.zeros(len(rows), max(self.num_categories, 1))
         for i, ex in enumerate(examples):
-            if int(kind[i]) == KIND_CATEGORIES and ex.label:
+            if int(kind[i]) == Kind.CATEGORIES and ex.label:
                 cat_target[i, list(ex.label)] = 1.0 / len(ex.label)
         return {
             "input_ids": ids,
             "attention_mask": mask,
             "kind": kind,
-            "rating": torch.where(kind == KIND_RATING, label, torch.zeros_like(label)),
-            "like": torch.where(kind == KIND_LIKE, label, torch.zeros_like(label)),
+            "rating": torch.where(kind == Kind.RATING, label, torch.zeros_like(label)),
+            "like": torch.where(kind == Kind.LIKE, label, torch.zeros_like(label)),
             "category_target": cat_target,
             "item": torch.as_tensor(specs.item[rows], dtype=torch.long),
             "user": torch.as_tensor(self.factory.ds.user_idx[specs.interaction[rows]], dtype=torch.long),
@@ -201,7 +191,7 @@ def evaluate(model, batcher: Batcher, specs: Specs, split: Split, role: int, wei
              batch_size: int = 32, accelerator=None, heldout: bool = False, k: int = 10) -> dict[str, float]:
     """Loss and metrics of every kind on `specs`, one fixed paraphrase per kind (the first training
     one, or the first held-out one with `heldout`). Ranking is over the full catalog with the
-    user's earlier items excluded (see `metrics.exclusion_mask`); ties count against the target."""
+    user's earlier items excluded; ties count against the target (`mtrec.ranking`)."""
     return summarise(evaluate_rows(model, batcher, specs, split, role, batch_size, accelerator, heldout), weights, k)
 
 
@@ -214,6 +204,7 @@ def evaluate_rows(model, batcher: Batcher, specs: Specs, split: Split, role: int
     device = accelerator.device if accelerator else torch.device("cpu")
     rows, valid = _share(len(specs), accelerator)
     fixed = {kind: batcher.templates(kind, heldout)[0] for kind in _present(specs)}
+    seen = ranking.Seen.before(split, role, dense=False) if Kind.RECOMMENDATION in specs.kind else None
     acc: dict[str, list[torch.Tensor]] = {}
     for start in range(0, len(rows), batch_size):
         chunk = rows[start : start + batch_size]
@@ -222,7 +213,7 @@ def evaluate_rows(model, batcher: Batcher, specs: Specs, split: Split, role: int
         out = model(batch["input_ids"], batch["attention_mask"], None, batch["item"], batch["user"])
         piece = {"kind": batch["kind"], "rating_pred": out["rating"], "rating": batch["rating"],
                  "like_logit": out["like_logit"], "like": batch["like"], "loss": row_losses(out, batch),
-                 "rank": _ranks(out["item_logits"], batch, split, role),
+                 "rank": _ranks(out["item_logits"], batch, seen),
                  "valid": torch.as_tensor(valid[start : start + batch_size], device=device),
                  "cat_logits": out["category_logits"], "cat_target": batch["category_target"],
                  "user": batch["user"]}
@@ -255,18 +246,12 @@ def _present(specs: Specs) -> set[str]:
     return {KIND_NAMES[int(x)] for x in np.unique(specs.kind)}
 
 
-def _ranks(item_logits: torch.Tensor, batch: dict, split: Split, role: int) -> torch.Tensor:
-    rec = batch["kind"] == KIND_RECOMMENDATION
-    ranks = torch.full_like(batch["kind"], -1)
+def _ranks(item_logits: torch.Tensor, batch: dict, seen: ranking.Seen) -> torch.Tensor:
+    rec = batch["kind"] == Kind.RECOMMENDATION
+    out = torch.full_like(batch["kind"], -1)
     if bool(rec.any()):
-        users = batch["user"][rec].cpu().numpy()
-        rows, cols = metrics.exclusion_mask(split, users, role, as_pairs=True)
-        # a repeated item (seen before, and the target again) is ranked, never excluded from itself
-        keep = cols != batch["item"][rec].cpu().numpy()[rows]
-        rows, cols = rows[keep], cols[keep]
-        scores = item_logits[rec].float()
-        ranks[rec] = metrics.target_ranks(scores, batch["item"][rec], (rows, cols)).to(ranks.device)
-    return ranks
+        out[rec] = ranking.ranks(item_logits[rec].float(), batch["item"][rec], batch["user"][rec], seen).to(out.device)
+    return out
 
 
 def summarise(a: dict[str, torch.Tensor], weights: torch.Tensor, k: int) -> dict[str, float]:
@@ -281,20 +266,20 @@ def summarise(a: dict[str, torch.Tensor], weights: torch.Tensor, k: int) -> dict
             out[f"{KIND_NAMES[kid]}/loss"] = mean
             total += float(weights[kid]) * mean
     out["loss"] = total
-    r = kind == KIND_RATING
+    r = kind == Kind.RATING
     if r.any():
         out["rating/rmse"] = metrics.rmse(a["rating_pred"][r], a["rating"][r])
         out["rating/mae"] = metrics.mae(a["rating_pred"][r], a["rating"][r])
-    lk = kind == KIND_LIKE
+    lk = kind == Kind.LIKE
     if lk.any():
         probs = torch.sigmoid(a["like_logit"][lk])
         out["like/auc"] = metrics.auc(probs, a["like"][lk])
         out["like/log_loss"] = metrics.log_loss(probs, a["like"][lk])
         out["like/accuracy"] = metrics.accuracy(probs, a["like"][lk])
-    c = kind == KIND_CATEGORIES
+    c = kind == Kind.CATEGORIES
     if c.any():
         out["categories/ndcg@5"] = metrics.ndcg_at_k(a["cat_logits"][c], (a["cat_target"][c] > 0).float(), 5)
-    rec = kind == KIND_RECOMMENDATION
+    rec = kind == Kind.RECOMMENDATION
     if rec.any():
         ranks = a["rank"][rec].long()
         out[f"recommendation/hr@{k}"] = metrics.hit_rate(ranks, k)

@@ -11,15 +11,21 @@ Layout::
     catalog/          users.jsonl, items.jsonl, categories.json, dataset.npz (interactions, social
                       edges, the split: every interaction each user had, for history and seen items)
     metrics.json      validation metrics (and the training curve)
+
+This module writes it (`save_run`) and reads it back (`load_run`), building the model through the
+same builders as training (`mtrec.model.build`); an export folder (`python -m mtrec.export`) is read
+here too.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
 
 import numpy as np
+import torch
 import yaml
 
 import mtrec
@@ -119,3 +125,136 @@ def check_run_dir(run_dir: Path) -> dict:
 
 def save_config(run_dir: Path, cfg_dict: dict) -> None:
     (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg_dict, sort_keys=False), encoding="utf-8")
+
+
+def save_run(run_dir: Path, *, model, tokenizer, cfg, ref, split: Split, metrics: dict, token_ids: dict[str, int],
+             pooling: str) -> None:
+    """Write a trained model's run folder: the peft `model`'s adapter (LoRA, token rows, heads), the
+    tokenizer, the resolved `cfg`, the templates it was trained on, the base backbone `ref`, the
+    catalog and split, the `metrics`, and the manifest."""
+    from mtrec.prompts import DEFAULT_PROMPTS_DIR
+
+    run_dir = Path(run_dir)
+    model.save_pretrained(run_dir / "adapter")
+    tokenizer.save_pretrained(run_dir / "tokenizer")
+    save_config(run_dir, cfg.to_dict())
+    src = Path(cfg.prompt.prompts_dir) if cfg.prompt.prompts_dir else DEFAULT_PROMPTS_DIR
+    shutil.copytree(src, run_dir / "prompts", dirs_exist_ok=True)
+    (run_dir / "backbone.json").write_text(json.dumps(ref.to_dict(), indent=1), encoding="utf-8")
+    save_catalog(run_dir / "catalog", split)
+    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=1), encoding="utf-8")
+    write_manifest(run_dir, {"token_ids": token_ids, "pooling": pooling})
+
+
+# ---- reading a run (or export) folder back --------------------------------------------------
+PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "int8": torch.float32}  # int8: quantised after loading
+
+
+@dataclasses.dataclass
+class LoadedRun:
+    """What `load_run` gives back: the model in eval mode on `device`, and everything around it."""
+
+    run_dir: Path
+    manifest: dict
+    cfg: object
+    split: Split
+    prompts: dict
+    tokenizer: object
+    model: torch.nn.Module
+    device: torch.device
+
+
+def load_run(run_dir: str | Path, device: str | None = None, precision: str | None = None) -> LoadedRun:
+    """Load a run folder or an export folder.
+
+    Args:
+        run_dir: the folder.
+        device: torch device; default CUDA when available.
+        precision: ``fp32``, ``bf16`` or ``int8`` (dynamic int8 quantisation of the backbone's linear
+            layers, CPU only; see `quantize_int8`); default bf16 on a GPU that has it, else fp32.
+            The heads stay fp32.
+    """
+    from transformers import AutoTokenizer
+
+    from mtrec.config import from_dict
+    from mtrec.prompts import load_prompts
+
+    run_dir = Path(run_dir)
+    manifest = check_run_dir(run_dir)
+    cfg = from_dict(yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8")), str(run_dir / "config.yaml"))
+    split = load_catalog(run_dir / "catalog")
+    prompts = load_prompts(run_dir / "prompts")
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if precision is None:
+        precision = "bf16" if dev.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
+    if precision == "int8" and dev.type != "cpu":
+        raise ValueError(f"int8 dynamic quantisation runs on the CPU, not {dev.type}")
+    tokenizer = AutoTokenizer.from_pretrained(run_dir / "tokenizer")
+    load = _load_export if manifest.get("format") == EXPORT_FORMAT else _load_adapter
+    model = load(run_dir, manifest, cfg, split, prompts, PRECISIONS[precision])
+    if precision == "int8":
+        model = quantize_int8(model)
+    return LoadedRun(run_dir, manifest, cfg, split, prompts, tokenizer, model.to(dev).eval(), dev)
+
+
+def _load_adapter(run_dir: Path, manifest: dict, cfg, split: Split, prompts: dict, dtype: torch.dtype):
+    """A training run folder: the base backbone built as training built it (instruction tokens,
+    random init for that ablation), then the peft adapter (LoRA, token rows, heads)."""
+    from peft import PeftModel
+
+    from mtrec.model.build import build_backbone, empty_heads
+    from mtrec.model.multitask import RecModel
+
+    backbone, _, token_ids, pooling = build_backbone(cfg.model, prompts, base_backbone(run_dir), cfg.run.seed, dtype)
+    if token_ids != manifest.get("token_ids", token_ids) or pooling != manifest["pooling"]:
+        raise RunFolderError(f"{run_dir}: the instruction tokens or pooling rebuilt here ({token_ids}, {pooling}) "
+                             f"are not the run's ({manifest.get('token_ids')}, {manifest['pooling']})")
+    heads = empty_heads(split.dataset, cfg.model, backbone.config.hidden_size)
+    return PeftModel.from_pretrained(RecModel(backbone, heads, pooling), run_dir / "adapter")
+
+
+def _load_export(run_dir: Path, manifest: dict, cfg, split: Split, prompts: dict, dtype: torch.dtype):
+    """An export folder: the merged backbone and the heads, plain torch modules."""
+    from safetensors.torch import load_file
+    from transformers import AutoModel
+
+    from mtrec.model.build import empty_heads
+    from mtrec.model.multitask import RecModel
+
+    backbone = AutoModel.from_pretrained(run_dir / "backbone", dtype=dtype, attn_implementation="sdpa")
+    heads = empty_heads(split.dataset, cfg.model, backbone.config.hidden_size)
+    heads.load_state_dict(load_file(str(run_dir / "heads.safetensors")))
+    return RecModel(backbone, heads, manifest["pooling"])
+
+
+def quantize_int8(model):
+    """Dynamic int8 quantisation of the backbone's `nn.Linear` layers (weights int8, activations
+    quantised per batch on the fly; CPU kernels). The heads stay fp32: they are small, and the item
+    scores are one matrix product whose precision sets the ranking. A peft model is merged first."""
+    import warnings
+
+    from torch.ao.quantization import quantize_dynamic
+
+    if hasattr(model, "merge_and_unload"):
+        model = model.merge_and_unload()
+    with warnings.catch_warnings():  # torch 2.13 marks its quantised tensor types deprecated (still supported)
+        warnings.filterwarnings("ignore", message=".*quantize_per_tensor.*", category=UserWarning)
+        model.backbone = quantize_dynamic(model.backbone.float(), {torch.nn.Linear}, dtype=torch.qint8)
+    return model
+
+
+def base_backbone(run_dir: Path):
+    """The run's base backbone on this machine (a bundled one is rebuilt if missing), checked by
+    content hash: an adapter applied to other base weights would answer silently wrong."""
+    from mtrec.model.backbone import BackboneRef, resolve_backbone
+
+    trained = BackboneRef.from_dict(json.loads((run_dir / "backbone.json").read_text(encoding="utf-8")))
+    if trained.kind == "hub" and trained.sha256 is None:
+        return trained  # nothing to compare against: a hub id that was not cached when training ran
+    here = resolve_backbone(trained.spec if trained.kind != "path" else trained.path)
+    if trained.sha256 is not None and here.sha256 != trained.sha256:
+        raise RunFolderError(f"{run_dir}: the base backbone {trained.spec!r} on this machine ({here.path}) has content "
+                             f"hash {str(here.sha256)[:12]}…, the run was trained on {trained.sha256[:12]}…")
+    return here

@@ -25,12 +25,8 @@ import numpy as np
 
 from mtrec.data.context import ContextIndex
 from mtrec.data.splits import ROLE_NAMES, Split
-
-TASKS = ("rating", "preference", "recommendation")
-KINDS = {"rating": ("rating",), "preference": ("like", "categories"), "recommendation": ("recommendation",)}
-KIND_IDS = {"rating": 0, "like": 1, "categories": 2, "recommendation": 3}
-KIND_NAMES = {v: k for k, v in KIND_IDS.items()}
-KIND_TASK = {k: t for t, ks in KINDS.items() for k in ks}
+from mtrec.kinds import KIND_IDS, KIND_NAMES
+from mtrec.model.collaborative import pair_keys, sample_unobserved
 
 
 def hidden(**kw: Any):
@@ -199,7 +195,9 @@ def _like_specs(split: Split, targets: np.ndarray, opts: ExampleOptions, rng: np
         return Specs(np.full(len(targets), k), targets, items, _liked(split, targets, opts).astype(np.float32))
     n_neg = opts.negatives_per_positive
     neg_targets = np.repeat(targets, n_neg)
-    neg_items = sample_unobserved(ds, ds.user_idx[neg_targets], rng)
+    # every split's pairs count as seen: no future positive is labelled a negative
+    seen = pair_keys(ds.user_idx, ds.item_idx, ds.num_items)
+    neg_items = sample_unobserved(ds.user_idx[neg_targets], seen, ds.num_items, rng)
     keep = neg_items >= 0  # users who have seen the whole catalog get no negatives
     neg_targets, neg_items = neg_targets[keep], neg_items[keep]
     return Specs(
@@ -210,24 +208,11 @@ def _like_specs(split: Split, targets: np.ndarray, opts: ExampleOptions, rng: np
     )
 
 
-def sample_unobserved(ds, users: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """One item per entry of `users` that this user never interacted with (in any split), or -1
-    for a user who has interacted with every item (nothing left to sample).
-
-    Excluding every split's items avoids labelling a future positive as a negative; it shows the
-    model nothing about those items.
-    """
-    seen = set(zip(ds.user_idx.tolist(), ds.item_idx.tolist()))
-    distinct = np.bincount(np.unique(ds.user_idx.astype(np.int64) * ds.num_items + ds.item_idx) // ds.num_items,
-                           minlength=ds.num_users)
-    out = rng.integers(0, ds.num_items, size=len(users))
-    for j, u in enumerate(users.tolist()):
-        if distinct[u] >= ds.num_items:
-            out[j] = -1
-            continue
-        while (u, int(out[j])) in seen:
-            out[j] = rng.integers(0, ds.num_items)
-    return out.astype(np.int64)
+def example_options(cfg) -> ExampleOptions:
+    """The example options a `mtrec.config.Config` asks for (training and serving alike)."""
+    d = cfg.data
+    return ExampleOptions(d.like_threshold, d.negatives_per_positive, d.max_history,
+                          d.max_social if cfg.prompt.social else 0, cfg.run.seed)
 
 
 class ExampleFactory:

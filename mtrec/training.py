@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,11 +25,12 @@ from mtrec.data.splits import VALID, Split, make_split
 from mtrec.model.backbone import BackboneRef, resolve_backbone
 from mtrec.model.build import (build_backbone, build_heads, build_optimizer, count_parameters, initial_item_table,
                                lora_config, wrap_model)
-from mtrec.model.multitask import NUM_KINDS, multitask_loss
+from mtrec.kinds import KIND_IDS, KIND_NAMES, KIND_TASK, NUM_KINDS
+from mtrec.model.multitask import multitask_loss
 from mtrec.pipeline import Batcher, Prefetcher, TaskSampler, evaluate, eval_specs, kinds_for, mixing_probs, train_specs
-from mtrec.prompts import DEFAULT_PROMPTS_DIR, PromptRenderer, RenderOptions, load_prompts
-from mtrec.run import RunFolderError, prepare_run_dir, save_catalog, save_config, write_manifest
-from mtrec.tasks import KIND_IDS, KIND_NAMES, KIND_TASK, ExampleFactory, ExampleOptions
+from mtrec.prompts import PromptRenderer, load_prompts, render_options
+from mtrec.run import RunFolderError, prepare_run_dir, save_run
+from mtrec.tasks import ExampleFactory, ExampleOptions, example_options
 
 
 @dataclass
@@ -47,18 +47,6 @@ class Setup:
     ref: BackboneRef
     weights: torch.Tensor
     example_options: ExampleOptions
-
-
-def example_options(cfg: Config) -> ExampleOptions:
-    d = cfg.data
-    return ExampleOptions(d.like_threshold, d.negatives_per_positive, d.max_history,
-                          d.max_social if cfg.prompt.social else 0, cfg.run.seed)
-
-
-def render_options(cfg: Config) -> RenderOptions:
-    p = cfg.prompt
-    return RenderOptions(p.max_length, p.max_title_tokens, p.max_text_tokens, max_categories=p.max_categories,
-                         social_share=p.social_share)
 
 
 def load_split(cfg: Config) -> Split:
@@ -155,7 +143,7 @@ def train(cfg: Config, run_dir: str | Path, overwrite: bool = False, setup: Setu
         accelerator.init_trackers("tensorboard", config=_flat(cfg.to_dict()))
     result = _Loop(cfg, s, accelerator, run_dir).run(resume)
     if accelerator.is_main_process:
-        save_run(run_dir, s, accelerator.unwrap_model(s.model), result)
+        save_setup(run_dir, s, accelerator.unwrap_model(s.model), result)
     # every rank leaves together: a gloo rank that tore its process group down while another still
     # held it aborted now and then ("terminate called without an active exception")
     accelerator.wait_for_everyone()
@@ -413,17 +401,10 @@ class _Log:
         self.acc.log({f"train/{k}_loss": v for k, v in shown.items()} | {"train/lr": lr}, step=step)
 
 
-def save_run(run_dir: Path, s: Setup, model, result: dict) -> None:
-    """Write the run folder (see `mtrec.run`)."""
-    model.save_pretrained(run_dir / "adapter")
-    s.tokenizer.save_pretrained(run_dir / "tokenizer")
-    save_config(run_dir, s.cfg.to_dict())
-    src = Path(s.cfg.prompt.prompts_dir) if s.cfg.prompt.prompts_dir else DEFAULT_PROMPTS_DIR
-    shutil.copytree(src, run_dir / "prompts", dirs_exist_ok=True)
-    (run_dir / "backbone.json").write_text(json.dumps(s.ref.to_dict(), indent=1), encoding="utf-8")
-    save_catalog(run_dir / "catalog", s.split)
-    (run_dir / "metrics.json").write_text(json.dumps(_jsonable(result), indent=1), encoding="utf-8")
-    write_manifest(run_dir, {"token_ids": s.token_ids, "pooling": s.model.base_model.model.pooling})
+def save_setup(run_dir: Path, s: Setup, model, result: dict) -> None:
+    """Write the run folder of a trained `Setup` (see `mtrec.run.save_run`)."""
+    save_run(run_dir, model=model, tokenizer=s.tokenizer, cfg=s.cfg, ref=s.ref, split=s.split,
+             metrics=_jsonable(result), token_ids=s.token_ids, pooling=s.model.base_model.model.pooling)
 
 
 def _jsonable(x):

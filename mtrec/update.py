@@ -296,7 +296,7 @@ def update(
 
     from mtrec.config import apply_overrides, from_dict
     from mtrec.run import prepare_run_dir
-    from mtrec.training import build_setup, save_run, train
+    from mtrec.training import build_setup, save_setup, train
 
     run_dir, data, out = Path(run_dir), Path(data), Path(out)
     check_run_dir(run_dir)
@@ -339,7 +339,7 @@ def update(
         prepare_run_dir(out)
         (out / RECORD).write_text(json.dumps(record, indent=1), encoding="utf-8")
         result = {"best": None, "final": None, "history": [], "steps": 0, "seconds": 0.0}
-        save_run(out, setup, setup.model, result)
+        save_setup(out, setup, setup.model, result)
     else:
         result = train(cfg, out, setup=setup, resume=resume, files={RECORD: record})
     result["update"] = record

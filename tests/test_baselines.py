@@ -4,10 +4,11 @@ import numpy as np
 import pytest
 import torch
 
-from mtrec.baselines import BiasBaseline, BiasedMF, BPRMF, ItemKNN, Popularity, evaluate_baseline
+from mtrec.bench.baselines import BiasBaseline, BiasedMF, BPRMF, ItemKNN, Popularity, evaluate_baseline
 from mtrec.data import Interaction, Item, RecDataset, User
 from mtrec.data.splits import TRAIN, VALID, leave_one_out
-from mtrec.metrics import exclusion_mask, target_ranks
+from mtrec.metrics import target_ranks
+from mtrec.ranking import Seen
 
 
 @pytest.fixture(autouse=True)
@@ -131,7 +132,7 @@ def test_popularity_ranks_most_popular_unseen_item_first():
     pop = Popularity().fit(split)
     assert pop.counts.tolist() == [3, 2, 1, 0, 0]
     scores = pop.score_all([0])
-    mask = exclusion_mask(split, [0], VALID)
+    mask = Seen.before(split, VALID).rows([0]).numpy()
     assert mask[0].tolist() == [True, False, False, False, False]
     best = np.argmax(np.where(mask, -np.inf, scores), axis=1)
     assert best.tolist() == [1]  # b

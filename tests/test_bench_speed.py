@@ -57,6 +57,72 @@ def test_optimizer_matches_training(tiny_backbone_dir):
            [(g["lr"], g["weight_decay"], [id(p) for p in g["params"]]) for g in theirs.param_groups]
 
 
+def test_lora_options_are_training_model_config():
+    """The bench's LoRA options fill mtrec.config.ModelConfig, whose other fields keep training's defaults."""
+    from mtrec.config import ModelConfig
+
+    args = speed.parse_args(["--lora-dropout", "0.05", "--lora-targets", "auto", "--device", "cpu"])
+    assert speed.model_config(args) == ModelConfig()
+    args = speed.parse_args(["--lora-r", "4", "--lora-targets", "q_proj,k_proj", "--device", "cpu"])
+    assert speed.model_config(args) == ModelConfig(lora_r=4, lora_dropout=0.0, lora_targets=["q_proj", "k_proj"])
+
+
+@pytest.mark.parametrize("targets", ["q_proj,v_proj", "auto", "attention"])
+def test_models_use_training_lora_builder(tiny_backbone_dir, targets):
+    """mtrec's model is mtrec.model.build's (lora_config + wrap_model); TALLRec's LoRA adapts the same
+    projections of the same layers with the same rank, alpha and dropout."""
+    from mtrec.model.build import lora_config
+
+    cpu = torch.device("cpu")
+    args = speed.parse_args([f"--backbone={tiny_backbone_dir}", "--device=cpu", "--items=20", "--lora-r=4",
+                             f"--lora-targets={targets}"])
+    config, folder, _ = speed.load_models_config(args)
+    base = speed.build_base(config, folder, False, cpu, 0)
+    expected = lora_config(speed.model_config(args), base, speed.instruction_token_ids(base))
+    vocab = base.get_input_embeddings().num_embeddings
+    mtrec = speed.build_mtrec(base, args, cpu)  # wraps `base` in place
+    got = mtrec.peft_config["default"]
+    for field in ("r", "lora_alpha", "lora_dropout", "target_modules", "modules_to_save", "trainable_token_indices"):
+        assert getattr(got, field) == getattr(expected, field), field
+    assert list(got.trainable_token_indices.values()) == [list(range(vocab - 4, vocab))]
+    tallrec = speed.build_tallrec(speed.build_base(config, folder, True, cpu, 0), args, cpu)
+    t = tallrec.peft_config["default"]
+    assert (t.r, t.lora_alpha, t.lora_dropout, t.task_type) == (4, 16, 0.0, "CAUSAL_LM")
+
+    def adapted(model):  # "layers.<i>.<path to projection>" of every LoRA-wrapped module
+        return {n[n.index("layers."):] for n, m in model.named_modules() if hasattr(m, "lora_A")}
+
+    assert adapted(mtrec) == adapted(tallrec) and adapted(mtrec)
+    if targets == "q_proj,v_proj":
+        assert {n.rsplit(".", 1)[-1] for n in adapted(mtrec)} == {"q_proj", "v_proj"}
+
+
+def test_seen_sets_feed_mtrec_ranking_and_beam_masking():
+    """random_seen gives 10 to 200 distinct items per user; mtrec's ranking (mtrec.ranking.top_k) never
+    returns them, and the beam baseline's lookup agrees between Seen's dense table and its index pairs."""
+    from mtrec.ranking import Seen, top_k
+
+    rng = np.random.default_rng(0)
+    users, items = speed.random_seen(12, 300, rng)
+    counts = np.bincount(users, minlength=12)
+    assert counts.min() >= 10 and counts.max() < 150
+    assert len(set(zip(users.tolist(), items.tolist()))) == len(users)  # distinct per user
+    dense, sparse = Seen(users, items, 12, 300, dense=True), Seen(users, items, 12, 300, dense=False)
+    batch = torch.tensor([3, 0, 11, 3])
+    scores = torch.zeros(4, 300)
+    for row, u in enumerate(batch.tolist()):  # the seen items get the top scores
+        scores[row, torch.as_tensor(items[users == u])] = 10.0
+    top = top_k(scores.clone(), 20, batch, dense)[1]
+    for row, u in enumerate(batch.tolist()):
+        assert not set(top[row].tolist()) & set(items[users == u].tolist())
+    assert torch.equal(top_k(scores.clone(), 20, batch, sparse)[1], top)
+    picked = torch.as_tensor(rng.integers(0, 300, size=(4, 30)))
+    truth = torch.tensor([[int(i) in set(items[users == u].tolist()) for i in row]
+                          for u, row in zip(batch.tolist(), picked)])
+    assert torch.equal(dense.contains(batch, picked), truth)
+    assert torch.equal(sparse.contains(batch, picked), truth)
+
+
 def test_imports_nothing_the_gpu_image_lacks():
     """The GPU image has no datasets, evaluate or gguf: importing the bench must not need them."""
     code = ("import sys, importlib.abc\n"

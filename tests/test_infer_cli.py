@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from mtrec.chat import ChatSession
-from mtrec.inference import Recommender, SeenItems, check_recommendations
+from mtrec.inference import Recommender, check_recommendations
+from mtrec.ranking import Seen
 from tests_paths import ROOT
 
 K = 5
@@ -197,8 +198,8 @@ def test_sparse_seen_mask_equals_dense():
     users, items = rng.integers(0, 50, 400), rng.integers(0, 70, 400)
     scores = torch.randn(6, 70)
     batch = torch.tensor([3, 0, 49, 3, 17, 8])
-    dense = SeenItems(users, items, 50, 70, torch.device("cpu"), dense=True)
-    sparse = SeenItems(users, items, 50, 70, torch.device("cpu"), dense=False)
+    dense = Seen(users, items, 50, 70, torch.device("cpu"), dense=True)
+    sparse = Seen(users, items, 50, 70, torch.device("cpu"), dense=False)
     assert not sparse.dense and not hasattr(sparse, "table")
     a, b = dense.mask_(scores.clone(), batch), sparse.mask_(scores.clone(), batch)
     assert torch.equal(a, b)
@@ -212,7 +213,7 @@ def test_recommend_with_sparse_mask_matches_dense(rec):
     users = [u.id for u in ds.users[:7]]
     dense = rec.recommend(users, k=8, batch_size=3)
     rec_sparse = Recommender(rec.run_dir, rec.model, rec.tokenizer, rec.split, rec.prompts, rec.cfg, rec.device)
-    rec_sparse.seen = SeenItems(ds.user_idx, ds.item_idx, ds.num_users, ds.num_items, rec.device, dense=False)
+    rec_sparse.seen = Seen(ds.user_idx, ds.item_idx, ds.num_users, ds.num_items, rec.device, dense=False)
     assert rec_sparse.recommend(users, k=8, batch_size=3) == dense
 
 

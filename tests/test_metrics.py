@@ -7,12 +7,9 @@ import pytest
 import torch
 from torchmetrics.classification import BinaryAUROC
 
-from mtrec.data import Interaction, Item, RecDataset, User
-from mtrec.data.splits import TEST, VALID, leave_one_out
 from mtrec.metrics import (
     accuracy,
     auc,
-    exclusion_mask,
     hit_rate,
     log_loss,
     mae,
@@ -136,30 +133,3 @@ def test_sampled_ranks_are_seeded_and_respect_exclusion():
     b = sampled_ranks(scores, targets, 5, exclude, seed=3)
     assert a.tolist() == b.tolist()
     assert np.all(a <= full) and np.all(a <= 5)
-
-
-def _split():
-    # user 1: a(t1) b(t2) train, c(t3) valid, d(t4) test; user 2: b, d train, a valid, c test
-    rows = [("1", "a", 1), ("1", "b", 2), ("1", "c", 3), ("1", "d", 4),
-            ("2", "b", 1), ("2", "d", 2), ("2", "a", 3), ("2", "c", 4)]
-    ds = RecDataset.from_records(
-        "toy", [User("1"), User("2")], [Item(i, i) for i in "abcde"],
-        [Interaction(u, i, rating=4.0, timestamp=t) for u, i, t in rows],
-    )
-    return leave_one_out(ds)
-
-
-def test_exclusion_mask_follows_protocol():
-    sp = _split()
-    # items a..e are indices 0..4; users "1", "2" are 0, 1
-    valid = exclusion_mask(sp, [0, 1], "valid")
-    assert valid.tolist() == [[True, True, False, False, False], [False, True, False, True, False]]
-    test = exclusion_mask(sp, np.array([1, 0]), TEST)  # order of users is kept
-    assert test.tolist() == [[True, True, False, True, False], [True, True, True, False, False]]
-    rows, cols = exclusion_mask(sp, [1, 0], TEST, as_pairs=True)
-    rebuilt = np.zeros_like(test)
-    rebuilt[rows, cols] = True
-    assert np.array_equal(rebuilt, test)
-    assert exclusion_mask(sp, [0], VALID).shape == (1, 5)
-    with pytest.raises(ValueError, match="valid"):
-        exclusion_mask(sp, [0], "train")

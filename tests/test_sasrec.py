@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from mtrec.baselines import SASRec, evaluate_baseline
+from mtrec.bench.baselines import SASRec, evaluate_baseline
 from mtrec.data import Item, RecDataset, User
 from mtrec.data.splits import TEST, TRAIN, VALID, leave_one_out
 
@@ -109,9 +109,9 @@ def test_chunked_softmax_matches_one_big_softmax():
     seq = model.history_inputs(np.arange(5), TEST)
     labels = torch.arange(5)
     net.zero_grad()
-    from mtrec.baselines import _softmax_backward
+    from mtrec.model.sequential import softmax_backward
 
-    _softmax_backward(net(seq)[:, -1], net, labels, max_logits=7)
+    softmax_backward(net(seq)[:, -1], net, labels, max_logits=7)
     chunked = [p.grad.clone() for p in net.parameters()]
     net.zero_grad()
     torch.nn.functional.cross_entropy(net(seq)[:, -1] @ net.catalog().T, labels).backward()
@@ -130,7 +130,7 @@ def test_time_budget_cuts_training_short_and_says_so():
 
 def test_item_knn_reads_the_validation_item_at_test_time():
     # ItemKNN, the other history-reading baseline: its test history is TRAIN + VALID.
-    from mtrec.baselines import ItemKNN
+    from mtrec.bench.baselines import ItemKNN
 
     split = leave_one_out(_successor_data(n_users=40))
     knn = ItemKNN(neighbours=5).fit(split)

@@ -37,7 +37,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     name, rest = argv[0], argv[1:]
     if name not in BENCHMARKS:
-        print(f"unknown benchmark {name!r}\n\n{usage()}", file=sys.stderr)
+        choices = ", ".join(BENCHMARKS)
+        print(f"{usage()}\n\nerror: unknown benchmark {name!r}; choose from: {choices}", file=sys.stderr)
         return 2
     module_name = BENCHMARKS[name][0]
     try:

@@ -34,10 +34,12 @@ import numpy as np
 import torch
 
 from mtrec.bench import baseline_suite, mtrec_suite, report
+from mtrec.bench.baselines import user_set_sha256
 from mtrec.config import ConfigError, load_config
 from mtrec.data.splits import TEST
 from mtrec.pipeline import eval_specs
-from mtrec.training import example_options, load_split
+from mtrec.tasks import example_options
+from mtrec.training import load_split
 
 DATASETS = ("movielens-100k", "lastfm-2k", "ciao", "synthetic")  # synthetic: tests and smoke runs
 
@@ -241,6 +243,7 @@ def run(args: argparse.Namespace) -> dict:
             "sizes": split.sizes(),
             "fingerprint": mtrec_suite.split_fingerprint(split),
             "test_users_evaluated": len(users),
+            "test_users_sha256": user_set_sha256(users),
         },
     }
     started = time.perf_counter()
@@ -271,15 +274,21 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def _check_same_split(result: dict) -> None:
-    """Every mtrec variant trained on the baselines' split and was tested on the same users."""
-    want, users = result["split"]["fingerprint"], result["split"]["test_users_evaluated"]
+    """Every mtrec variant trained on the baselines' split, and every row was tested on the very same
+    users (the set's fingerprint, not only its size)."""
+    want, users = result["split"]["fingerprint"], result["split"]["test_users_sha256"]
     for label, r in result["mtrec"].items():
         if r["split_fingerprint"] != want:
             raise AssertionError(f"{label} trained on a different split than the baselines")
-        if r["test"]["users"] != users:
+        if r["test"]["users_sha256"] != users:
             raise AssertionError(
-                f"{label} was tested on {r['test']['users']} users, the baselines on {users}"
+                f"{label} was tested on other users ({r['test']['users']} users, set {r['test']['users_sha256']}) "
+                f"than the split's test set ({result['split']['test_users_evaluated']} users, set {users})"
             )
+    for label, r in result["baselines"].items():
+        if "test" in r and r["test"]["users_sha256"] != users:
+            raise AssertionError(f"baseline {label} was tested on other users (set {r['test']['users_sha256']}) "
+                                 f"than the split's test set (set {users})")
 
 
 def _write(result: dict, out_dir: Path, stem: str) -> None:

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mtrec import baselines as bl
-from mtrec import metrics
+from mtrec import metrics, ranking
+from mtrec.bench import baselines as bl
 from mtrec.data.splits import TEST, VALID, Split
 from mtrec.tasks import ExampleOptions, build_specs
 
@@ -124,7 +124,7 @@ def ranking_auc(model, split: Split, rows: tuple[np.ndarray, np.ndarray, np.ndar
     users, items, labels = rows
     if len(users) == 0:
         return math.nan
-    step = bl.score_batch_size(split.dataset.num_items)
+    step = ranking.block_size(split.dataset.num_items)
     scores = np.concatenate(
         [
             model.score_all(users[a : a + step], role=TEST)[

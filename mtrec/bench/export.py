@@ -98,7 +98,7 @@ def split_batcher(rec):
     serving "now"), with the run's renderer and prompts, and the example options it was trained with."""
     from mtrec.pipeline import Batcher
     from mtrec.tasks import ExampleFactory
-    from mtrec.training import example_options
+    from mtrec.tasks import example_options
 
     opts = example_options(rec.cfg)
     factory = ExampleFactory(rec.split, opts)

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from accelerate.utils import set_seed
 
+from mtrec.bench.baselines import user_set_sha256
 from mtrec.config import Config, apply_overrides, from_dict
 from mtrec.data.splits import TEST, Split
 from mtrec.pipeline import eval_specs, evaluate, kinds_for
@@ -127,6 +128,7 @@ def test_metrics(setup: Setup, cfg: Config, test_users: int, heldout: bool = Fal
     )
     out["rows"] = len(specs)
     out["users"] = len(np.unique(setup.split.dataset.user_idx[specs.interaction]))
+    out["users_sha256"] = user_set_sha256(setup.split.dataset.user_idx[specs.interaction])
     out["seconds"] = time.perf_counter() - started
     return out
 

@@ -15,34 +15,48 @@ One run measures, for the same backbone shape, sequence length and batch size:
   rate measured in the same run.
 
 It writes everything to one JSON file and prints the ratios. The formulas are in ``docs/speed.md``.
-Only torch, transformers, peft, numpy and ``mtrec.model`` are imported (no datasets/evaluate/gguf),
-so it runs on a bare GPU image. Run ``python -m mtrec.bench speed --help`` (or
-``python -m mtrec.bench.speed --help``).
+This module holds the recipes and the command line; timing, memory, FLOP accounting and environment
+info are the generic :mod:`mtrec.bench.harness`. The recipes time the shipped code paths: the model
+and its LoRA come from ``mtrec.model.build``, the loss is ``mtrec.model.multitask.multitask_loss``,
+and ranking masks seen items and takes the top-K with ``mtrec.ranking`` (as
+``mtrec.inference.Recommender`` does). Only torch, transformers, peft, numpy, ``mtrec.model`` and
+``mtrec.ranking`` are imported (no datasets/evaluate/gguf), so it runs on a bare GPU image. Run
+``python -m mtrec.bench speed --help`` (or ``python -m mtrec.bench.speed --help``).
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import gc
 import json
-import os
-import platform
-import resource
 import sys
-import threading
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
 from mtrec.batching import length_bucketed_batches
-from mtrec.model.backbone import load_backbone, lora_target_modules, resolve_backbone
-from mtrec.model.multitask import NUM_KINDS, RecModel, TaskHeads, multitask_loss
+from mtrec.bench import harness
+from mtrec.bench.harness import (
+    PeakMemory,
+    environment,
+    flops_per_token,
+    lora_params,
+    matmul_params,
+    matmul_peak_flops,
+    throughput,
+    time_calls,
+    timed_steps,
+)
+from mtrec.kinds import NUM_KINDS
+from mtrec.model.backbone import load_backbone, resolve_backbone
+from mtrec.model.multitask import TaskHeads, multitask_loss
+from mtrec.ranking import Seen, top_k
 
 # Shapes of real models, for random-weight benchmarks without their weights (see --backbone config:).
 KNOWN_SHAPES: dict[str, tuple[str, dict[str, Any]]] = {
@@ -101,7 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
     a("--lora-alpha", type=int, default=16, help="LoRA alpha (both recipes)")
     a("--lora-dropout", type=float, default=0.0,
       help="LoRA dropout; 0 keeps eager and compiled losses comparable (dropout draws differ)")
-    a("--lora-targets", default="q_proj,v_proj", help="comma-separated module names, or 'auto' (all projections)")
+    a("--lora-targets", default="q_proj,v_proj",
+      help="comma-separated module names, 'auto' (all projections) or 'attention' (as model.lora_targets)")
     a("--beams", type=int, default=20, help="beam width of the generative ranker")
     a("--item-id-tokens", type=int, default=4, help="tokens per generated item id")
     a("--top-k", type=int, default=10, help="items returned per user (= num_return_sequences for beams)")
@@ -231,42 +246,69 @@ def build_base(config, folder: str | None, causal: bool, device: torch.device, s
     return model.to(device)  # a no-op when the init already happened there
 
 
-def _lora_targets(args: argparse.Namespace, model: nn.Module) -> list[str]:
-    return lora_target_modules(model) if args.lora_targets == "auto" else args.lora_targets.split(",")
+def model_config(args: argparse.Namespace):
+    """``mtrec.config.ModelConfig`` with the defaults training has and the bench's LoRA options
+    (``--lora-r``, ``--lora-alpha``, ``--lora-dropout``, ``--lora-targets``)."""
+    from mtrec.config import ModelConfig
+
+    targets = args.lora_targets if args.lora_targets in ("auto", "attention") else args.lora_targets.split(",")
+    return ModelConfig(lora_r=args.lora_r, lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout,
+                       lora_targets=targets)
+
+
+def instruction_token_ids(base: nn.Module) -> dict[str, int]:
+    """One id per prompt kind's instruction token: the last ``INSTRUCTION_TOKENS`` rows of the vocabulary,
+    trained as new tokens would be (the bench does not resize the embeddings)."""
+    vocab = base.get_input_embeddings().num_embeddings
+    return {f"instruction_{i}": vocab - INSTRUCTION_TOKENS + i for i in range(INSTRUCTION_TOKENS)}
 
 
 def build_mtrec(base: nn.Module, args: argparse.Namespace, device: torch.device):
-    """mtrec's model as ``mtrec.model.build`` makes it: RecModel(backbone, TaskHeads) under peft, LoRA
-    on the backbone's `--lora-targets`, heads in ``modules_to_save``, instruction-token rows trained.
+    """mtrec's model as training makes it: ``mtrec.model.build.wrap_model`` (RecModel(backbone,
+    TaskHeads) under peft) with ``mtrec.model.build.lora_config`` (LoRA on the backbone's
+    `--lora-targets`, heads in ``modules_to_save``, instruction-token rows trained), pooling as
+    ``model.pooling: auto`` chooses it.
 
     The item table is random (its init does not change speed); the instruction tokens are the last
-    ``INSTRUCTION_TOKENS`` rows of the vocabulary, trained as new tokens would be.
+    ``INSTRUCTION_TOKENS`` rows of the vocabulary.
     """
-    from peft import LoraConfig, get_peft_model
+    from mtrec.model.backbone import default_pooling
+    from mtrec.model.build import lora_config, wrap_model
 
     hidden = base.config.hidden_size
     gen = torch.Generator().manual_seed(args.seed)
     heads = TaskHeads(hidden, NUM_CATEGORIES, torch.randn(args.items, hidden, generator=gen),
                       torch.zeros(args.items), (1.0, 5.0), 3.5, num_users=NUM_USERS)
-    vocab = base.get_input_embeddings().num_embeddings
-    embed_name = next(n for n, m in base.named_modules() if m is base.get_input_embeddings()).split(".")[-1]
-    lcfg = LoraConfig(
-        r=args.lora_r, lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout,
-        # the same pattern as mtrec.model.build.lora_config: only the backbone's projections
-        target_modules=r"^backbone\..*\.(" + "|".join(_lora_targets(args, base)) + r")$",
-        modules_to_save=["heads"],
-        trainable_token_indices={embed_name: list(range(vocab - INSTRUCTION_TOKENS, vocab))},
-    )
-    return get_peft_model(RecModel(base, heads, "last"), lcfg).to(device)
+    lcfg = lora_config(model_config(args), base, instruction_token_ids(base))
+    return wrap_model(base, heads, default_pooling(base.config), lcfg).to(device)
+
+
+MTREC_TARGET_PREFIX = r"^backbone\."  # mtrec.model.build.lora_config's patterns start here (RecModel.backbone)
+
+
+def tallrec_lora_config(causal: nn.Module, args: argparse.Namespace):
+    """TALLRec's LoRA: the one ``mtrec.model.build.lora_config`` makes for mtrec (same rank, alpha,
+    dropout and target projections, resolved on the same backbone), for a causal LM: its pattern
+    without mtrec's ``backbone.`` prefix, no heads, no token rows, ``task_type="CAUSAL_LM"``."""
+    from peft import LoraConfig
+
+    from mtrec.model.build import lora_config
+
+    backbone = causal.base_model  # the decoder without its LM head, as mtrec's backbone
+    mtrec = lora_config(model_config(args), backbone, instruction_token_ids(backbone))
+    pattern = mtrec.target_modules
+    if not (isinstance(pattern, str) and pattern.startswith(MTREC_TARGET_PREFIX)):
+        raise RuntimeError(f"mtrec.model.build.lora_config's target pattern {pattern!r} no longer starts with "
+                           f"{MTREC_TARGET_PREFIX!r}: update tallrec_lora_config")
+    return LoraConfig(r=mtrec.r, lora_alpha=mtrec.lora_alpha, lora_dropout=mtrec.lora_dropout,
+                      target_modules=pattern[len(MTREC_TARGET_PREFIX):], task_type="CAUSAL_LM")
 
 
 def build_tallrec(causal: nn.Module, args: argparse.Namespace, device: torch.device):
     """TALLRec's model: the causal LM with the same LoRA (no heads, no token rows)."""
-    from peft import LoraConfig, get_peft_model
+    from peft import get_peft_model
 
-    lcfg = LoraConfig(r=args.lora_r, lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout,
-                      target_modules=r".*\.(" + "|".join(_lora_targets(args, causal)) + r")$", task_type="CAUSAL_LM")
-    return get_peft_model(causal, lcfg).to(device)
+    return get_peft_model(causal, tallrec_lora_config(causal, args)).to(device)
 
 
 def make_adamw(model: nn.Module, device: torch.device) -> torch.optim.Optimizer:
@@ -350,143 +392,6 @@ def fixed_batches(tokenizer, args, vocab: int, rng, device) -> list[dict[str, to
     return out
 
 
-# ----------------------------------------------------------------------------- timing
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _autocast(device: torch.device, dtype: str):
-    if dtype == "bf16":
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
-def count_host_syncs(device: torch.device, fn: Callable[[], Any]) -> int | None:
-    """Run `fn` once with CUDA's sync debug mode on and count the host-device syncs it made (None on CPU)."""
-    if device.type != "cuda":
-        fn()
-        return None
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        torch.cuda.set_sync_debug_mode("warn")
-        try:
-            fn()
-        finally:
-            torch.cuda.set_sync_debug_mode("default")
-    return sum("synchroniz" in str(w.message) for w in caught)
-
-
-def timed_steps(step: Callable[[dict], torch.Tensor], batches: list[dict], warmup: int, device: torch.device) -> dict:
-    """Run `step` over `batches`; the first `warmup` are untimed (each timed alone, the first one includes
-    any compilation; the last one, if not the first, counts host syncs), the rest timed as one loop.
-
-    The timed loop has no host-device sync: losses stay on the device and are read after it; on CUDA the
-    only synchronisations are the two around the loop.
-
-    Returns:
-        seconds of the timed loop, per-warmup-step seconds, host syncs of one step (CUDA), and all losses.
-    """
-    losses, warm_seconds, syncs = [], [], None
-    for i, batch in enumerate(batches[:warmup]):
-        t0 = time.perf_counter()
-        if i == warmup - 1 and i > 0:  # not the first step: compilation and lazy inits sync
-            syncs = count_host_syncs(device, lambda b=batch: losses.append(step(b)))
-        else:
-            losses.append(step(batch))
-        _sync(device)
-        warm_seconds.append(time.perf_counter() - t0)
-    _sync(device)
-    t0 = time.perf_counter()
-    for batch in batches[warmup:]:
-        losses.append(step(batch))
-    _sync(device)
-    seconds = time.perf_counter() - t0
-    return {"seconds": seconds, "warmup_seconds": warm_seconds, "host_syncs_per_step": syncs,
-            "losses": torch.stack(losses).float().cpu().tolist()}
-
-
-def throughput(timing: dict, batches: list[dict], warmup: int) -> dict:
-    """tokens/s (real, i.e. non-padding, and computed positions) and samples/s of a timed loop."""
-    timed = batches[warmup:]
-    real = sum(int(b["attention_mask"].sum()) for b in timed)
-    computed = sum(b["input_ids"].numel() for b in timed)
-    samples = sum(b["input_ids"].shape[0] for b in timed)
-    s = timing["seconds"]
-    return {"steps": len(timed), "tokens": real, "tokens_per_s": real / s, "computed_tokens_per_s": computed / s,
-            "samples_per_s": samples / s, "step_ms": 1000 * s / len(timed)}
-
-
-class PeakMemory:
-    """Peak memory of a phase. CUDA: ``max_memory_allocated`` (reset at entry). CPU: the resident set
-    size, sampled every 2 ms by a thread (tracemalloc does not see torch's allocator, and
-    ``ru_maxrss`` is a whole-process high-water mark, so a later phase could not show its own peak)."""
-
-    def __init__(self, device: torch.device) -> None:
-        self.device, self.start, self.peak = device, 0, 0
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def __enter__(self) -> PeakMemory:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-            torch.cuda.reset_peak_memory_stats(self.device)
-            self.start = torch.cuda.memory_allocated(self.device)
-        else:
-            self.start = self.peak = _rss_bytes()
-            self._thread = threading.Thread(target=self._poll, daemon=True)
-            self._thread.start()
-        return self
-
-    def _poll(self) -> None:
-        while not self._stop.wait(0.002):
-            self.peak = max(self.peak, _rss_bytes())
-
-    def __exit__(self, *exc) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-            self.peak = torch.cuda.max_memory_allocated(self.device)
-        else:
-            self._stop.set()
-            self._thread.join()
-            self.peak = max(self.peak, _rss_bytes())
-
-    def result(self) -> dict:
-        method = "torch.cuda.max_memory_allocated" if self.device.type == "cuda" else "sampled RSS"
-        return {"peak_bytes": self.peak, "peak_over_start_bytes": self.peak - self.start, "method": method}
-
-
-def _rss_bytes() -> int:
-    """Current resident set size (Linux /proc; elsewhere the process's maximum so far)."""
-    try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except OSError:
-        scale = 1 if sys.platform == "darwin" else 1024
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
-
-
-def matmul_peak_flops(device: torch.device, dtype: str, n: int, reps: int | None = None) -> dict:
-    """Dense matmul rate on this device in the compute dtype: time `reps` products of two n x n matrices
-    (after one untimed), 2 n^3 FLOPs each. The denominator of MFU. Default reps: 20 on CUDA (one
-    8192^3 bf16 product takes ~2 ms on an H100-class GPU), 5 on CPU."""
-    reps = reps or (20 if device.type == "cuda" else 5)
-    torch_dtype = torch.bfloat16 if dtype == "bf16" else torch.float32
-    a = torch.randn(n, n, device=device, dtype=torch_dtype)
-    b = torch.randn(n, n, device=device, dtype=torch_dtype)
-    a @ b
-    _sync(device)
-    t0 = time.perf_counter()
-    for _ in range(reps):
-        c = a @ b
-    _sync(device)
-    seconds = time.perf_counter() - t0
-    del a, b, c
-    return {"n": n, "reps": reps, "dtype": dtype, "seconds": seconds, "flops_per_s": 2 * n**3 * reps / seconds}
-
-
 # ----------------------------------------------------------------------------- training steps
 
 
@@ -502,7 +407,7 @@ def mtrec_step_fn(model: nn.Module, device: torch.device, dtype: str, compiled: 
     params = [p for p in model.parameters() if p.requires_grad]
 
     def forward_loss(batch: dict) -> torch.Tensor:
-        with _autocast(device, dtype):  # accelerate autocasts the model's forward; the loss runs outside it
+        with harness.autocast(device, dtype):  # accelerate autocasts the model's forward; the loss runs outside it
             out = model(batch["input_ids"], batch["attention_mask"], None, batch["item"], batch["user"])
         return multitask_loss(out, batch, weights, False)[0]
 
@@ -527,7 +432,7 @@ def tallrec_step_fn(model: nn.Module, device: torch.device, dtype: str) -> Calla
 
     def step(batch: dict) -> torch.Tensor:
         labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
-        with _autocast(device, dtype):  # the HF Trainer autocasts forward and loss together
+        with harness.autocast(device, dtype):  # the HF Trainer autocasts forward and loss together
             loss = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=labels).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -603,29 +508,13 @@ def padding_phase(model: nn.Module, tokenizer, args, vocab: int, rng: np.random.
 # ----------------------------------------------------------------------------- ranking
 
 
-def random_seen(users: int, items: int, rng: np.random.Generator) -> torch.Tensor:
-    """A [users, items] bool matrix of random seen sets (10 to 200 items each; MovieLens-1M averages 165)."""
-    seen = torch.zeros(users, items, dtype=torch.bool)
+def random_seen(users: int, items: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """(user, item) index pairs of random seen sets, 10 to 200 distinct items per user (MovieLens-1M
+    averages 165): the interactions a :class:`mtrec.ranking.Seen` is built from."""
     hi = max(11, min(200, items // 2))
-    for u in range(users):
-        seen[u, torch.as_tensor(rng.choice(items, size=int(rng.integers(10, hi)), replace=False))] = True
-    return seen
-
-
-def time_calls(rank: Callable[[np.ndarray], torch.Tensor], calls: list[np.ndarray], warmup: int,
-               device: torch.device) -> dict:
-    """Time `rank` over user batches after `warmup` untimed calls; each call ends with its top-K on the host."""
-    with PeakMemory(device) as mem:
-        for users in calls[:warmup]:
-            rank(users)
-        _sync(device)
-        t0 = time.perf_counter()
-        for users in calls[warmup:]:
-            rank(users)
-        seconds = time.perf_counter() - t0
-    n = sum(len(u) for u in calls[warmup:])
-    return {"calls": len(calls) - warmup, "users": n, "seconds": seconds, "users_per_s": n / seconds,
-            "ms_per_call": 1000 * seconds / (len(calls) - warmup), "memory": mem.result()}
+    picks = [rng.choice(items, size=int(rng.integers(10, hi)), replace=False) for _ in range(users)]
+    user_idx = np.repeat(np.arange(users), [len(p) for p in picks])
+    return user_idx, np.concatenate(picks)
 
 
 def _user_batches(size: int, args, pool: int) -> tuple[list[np.ndarray], int]:
@@ -634,47 +523,43 @@ def _user_batches(size: int, args, pool: int) -> tuple[list[np.ndarray], int]:
 
 
 @torch.no_grad()
-def mtrec_ranking(model: nn.Module, tokenizer, texts: list[str], seen: torch.Tensor, args, vocab: int,
+def mtrec_ranking(model: nn.Module, tokenizer, texts: list[str], seen: Seen, args, vocab: int,
                   device: torch.device) -> dict:
     """mtrec's full-catalog ranking (as ``mtrec.inference.Recommender.recommend``): tokenise the users'
-    prompts, one forward, query · item table, seen items masked on the device (a dense [users, items]
-    table, the form ``mtrec.inference.SeenItems`` takes for catalogs of this size), top-K on the device."""
+    prompts, one forward, query · item table, then :func:`mtrec.ranking.top_k` with the users'
+    :class:`mtrec.ranking.Seen` sets (seen items masked, top-K), all on the device."""
     model.eval()
-    seen = seen.to(device)
 
     def rank(users: np.ndarray) -> torch.Tensor:
         batch = _to(tokenize(tokenizer, [texts[u] for u in users], args.seq_len, vocab), device)
-        with _autocast(device, args.dtype):
+        with harness.autocast(device, args.dtype):
             scores = model(batch["input_ids"], batch["attention_mask"], None, None,
                            torch.as_tensor(users % NUM_USERS, device=device))["item_logits"].float()
-        scores = scores.masked_fill(seen[torch.as_tensor(users, device=device)], float("-inf"))
-        return torch.topk(scores, args.top_k, dim=-1).indices.cpu()
+        return top_k(scores, args.top_k, torch.as_tensor(users, device=device), seen)[1].cpu()
 
     calls, warmup = _user_batches(args.rank_batch, args, len(texts))
     return time_calls(rank, calls, warmup, device) | {"users_per_call": args.rank_batch}
 
 
 @torch.no_grad()
-def beam_ranking(model: nn.Module, tokenizer, texts: list[str], seen: torch.Tensor, args, vocab: int,
+def beam_ranking(model: nn.Module, tokenizer, texts: list[str], seen: Seen, args, vocab: int,
                  device: torch.device) -> dict:
     """P5/OpenP5-style ranking: beam search generates `item_id_tokens` tokens per item id and returns
     `top_k` sequences per user. Unconstrained (no prefix trie), which only makes it faster than OpenP5's
     constrained decoding. The sequences are mapped to item indices by a hash (a stand-in for the id →
-    item lookup) and seen items dropped, on the device."""
+    item lookup) and the items in the users' :class:`mtrec.ranking.Seen` sets dropped, on the device."""
     model.eval()
-    seen = seen.to(device)
     mult = torch.randint(1, 1 << 20, (args.item_id_tokens,), device=device)
     side, tokenizer.padding_side = tokenizer.padding_side, "left"  # generation appends on the right
 
     def rank(users: np.ndarray) -> torch.Tensor:
         batch = _to(tokenize(tokenizer, [texts[u] for u in users], args.seq_len, vocab), device)
-        with _autocast(device, args.dtype):
+        with harness.autocast(device, args.dtype):
             out = model.generate(**batch, num_beams=args.beams, num_return_sequences=args.top_k, do_sample=False,
                                  max_new_tokens=args.item_id_tokens, min_new_tokens=args.item_id_tokens,
                                  pad_token_id=min(tokenizer.pad_token_id, vocab - 1))
         items = ((out[:, -args.item_id_tokens:] * mult).sum(-1) % args.items).view(len(users), args.top_k)
-        rows = torch.as_tensor(users, device=device)[:, None].expand_as(items)
-        return items.masked_fill(seen[rows, items], -1).cpu()
+        return items.masked_fill(seen.contains(torch.as_tensor(users, device=device), items), -1).cpu()
 
     try:
         calls, warmup = _user_batches(args.beam_batch, args, len(texts))
@@ -686,29 +571,12 @@ def beam_ranking(model: nn.Module, tokenizer, texts: list[str], seen: torch.Tens
 
 # ----------------------------------------------------------------------------- FLOPs
 
-
-def matmul_params(module: nn.Module) -> int:
-    """Weights of the matmuls a forward computes: every Linear (and transformers Conv1D) weight.
-    Embeddings are lookups and do not count; a tied LM head is a Linear and does."""
-    from transformers.pytorch_utils import Conv1D
-
-    return sum(m.weight.numel() for m in module.modules() if isinstance(m, (nn.Linear, Conv1D)))
-
-
-def lora_params(model: nn.Module) -> int:
-    """Parameters of the LoRA A and B matrices (also matmuls the step computes)."""
-    return sum(p.numel() for n, p in model.named_parameters() if "lora_" in n)
-
-
-def flops_per_token(matmul: int, lora: int, layers: int, seq_len: int, hidden: int) -> int:
-    """Model FLOPs per token of a step with a frozen base: forward (2 per weight) plus the backward's
-    input gradient (2 per weight), 4 x (matmul weights actually computed), plus attention's
-    8 x layers x seq_len x hidden (the issue's definition; see docs/speed.md)."""
-    return 4 * (matmul + lora) + 8 * layers * seq_len * hidden
+TRAIN_RUNS = ("mtrec_eager", "mtrec_compiled", "tallrec_eager")  # run name = <recipe>_<variant>
 
 
 def flop_report(args, config, counts: dict, train: dict, peak: float) -> dict:
-    """FLOPs per token and per step of both recipes, achieved FLOP/s and MFU of every training run.
+    """FLOPs per token and per step of both recipes, achieved FLOP/s and MFU of every training run
+    (:func:`mtrec.bench.harness.flop_report`).
 
     mtrec's heads run once per row, not per token: their matmuls (query, item table, rating, like,
     categories) are counted per sample; TALLRec's LM head runs per token and is in its matmul count.
@@ -718,42 +586,11 @@ def flop_report(args, config, counts: dict, train: dict, peak: float) -> dict:
     per_token = {"mtrec": flops_per_token(m["backbone_matmul"], m["lora"], L, T, H),
                  "tallrec": flops_per_token(t["matmul"], t["lora"], L, T, H)}
     per_step = {"mtrec": B * T * per_token["mtrec"] + B * 4 * m["heads_matmul"], "tallrec": B * T * per_token["tallrec"]}
-    achieved, mfu = {}, {}
-    for run in ("mtrec_eager", "mtrec_compiled", "tallrec_eager"):
-        if run in train:
-            recipe = run.split("_")[0]
-            achieved[run] = per_step[recipe] * train[run]["steps"] / train[run]["seconds"]
-            mfu[run] = achieved[run] / peak
-    return {"per_token": per_token, "mtrec_heads_per_sample": 4 * m["heads_matmul"], "per_step": per_step,
-            "achieved_flops_per_s": achieved, "peak_flops_per_s": peak, "mfu": mfu}
+    report = harness.flop_report(per_token, per_step, {run: train[run] for run in TRAIN_RUNS if run in train}, peak)
+    return {"per_token": per_token, "mtrec_heads_per_sample": 4 * m["heads_matmul"]} | report
 
 
 # ----------------------------------------------------------------------------- orchestration
-
-
-def environment(device: torch.device) -> dict:
-    """Versions, device and how busy the machine was (timings on a shared CPU are noisy)."""
-    import peft
-    import transformers
-
-    if device.type == "cuda":
-        name = torch.cuda.get_device_name(device)
-    else:
-        name = next((line.split(":", 1)[1].strip() for line in _read_lines("/proc/cpuinfo")
-                     if line.startswith("model name")), platform.processor() or platform.machine())
-    return {"device": device.type, "device_name": name, "torch": torch.__version__,
-            "transformers": transformers.__version__, "peft": peft.__version__, "python": platform.python_version(),
-            "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
-            "cpu_capability": torch.backends.cpu.get_cpu_capability(), "niceness": os.nice(0),
-            "load_average_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
-            "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-
-
-def _read_lines(path: str) -> list[str]:
-    try:
-        return Path(path).read_text().splitlines()
-    except OSError:
-        return []
 
 
 def shape_info(config, args, tokenizer) -> dict:
@@ -823,13 +660,14 @@ def run_bench(args: argparse.Namespace) -> dict:
     device = torch.device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)  # LoRA A and the beam hash multipliers: the same on every run
     config, folder, tokenizer_dir = load_models_config(args)
     tokenizer = load_tokenizer(tokenizer_dir)
     rng = np.random.default_rng(args.seed)
     batches = fixed_batches(tokenizer, args, config.vocab_size, rng, torch.device("cpu"))  # same tokens for both
     pool = max(args.rank_batch, args.beam_batch) * (args.steps + 1)
     rank_texts = variable_prompts(tokenizer, pool, args.seq_len, rng)
-    seen = random_seen(pool, args.items, rng)
+    seen = Seen(*random_seen(pool, args.items, rng), pool, args.items, device)
     result: dict[str, Any] = {"schema_version": SCHEMA_VERSION, "label": args.label, "environment": environment(device),
                               "args": vars(args), "shape": shape_info(config, args, tokenizer),
                               "weights": "random" if folder is None else folder}

@@ -26,6 +26,7 @@ import torch
 
 from mtrec import metrics
 from mtrec.data.splits import TEST
+from mtrec.kinds import Kind
 
 ROWS = ("stale", "priors refit only", "updated")
 
@@ -118,10 +119,9 @@ def _select(rows: dict, kind: int) -> dict:
 
 
 def summary(rows: dict) -> dict:
-    from mtrec.model.multitask import KIND_LIKE, KIND_RATING, KIND_RECOMMENDATION
 
     out = {}
-    rating, like, rec = (_select(rows, k) for k in (KIND_RATING, KIND_LIKE, KIND_RECOMMENDATION))
+    rating, like, rec = (_select(rows, k) for k in (Kind.RATING, Kind.LIKE, Kind.RECOMMENDATION))
     if len(rating["kind"]):
         out["rmse"] = _rmse(rating["rating_pred"], rating["rating"])
     out["like_auc"] = _auc(like["like_logit"], like["like"])
@@ -133,19 +133,18 @@ def summary(rows: dict) -> dict:
 
 def intervals(a: dict, b: dict, resamples: int) -> dict:
     """Paired intervals of a - b over users: RMSE and AUC by resampling users' rows, NDCG@10 per user."""
-    from mtrec.model.multitask import KIND_LIKE, KIND_RATING, KIND_RECOMMENDATION
 
     out = {}
-    ra, rb = _select(a, KIND_RATING), _select(b, KIND_RATING)
+    ra, rb = _select(a, Kind.RATING), _select(b, Kind.RATING)
     if len(ra["kind"]):
         out["rmse"] = metrics.paired_bootstrap_groups(
             _rmse, ra["rating_pred"], rb["rating_pred"], ra["rating"], ra["user"], resamples
         )
-    la, lb = _select(a, KIND_LIKE), _select(b, KIND_LIKE)
+    la, lb = _select(a, Kind.LIKE), _select(b, Kind.LIKE)
     out["like_auc"] = metrics.paired_bootstrap_groups(
         _auc, la["like_logit"], lb["like_logit"], la["like"], la["user"], resamples
     )
-    na, nb = _select(a, KIND_RECOMMENDATION), _select(b, KIND_RECOMMENDATION)
+    na, nb = _select(a, Kind.RECOMMENDATION), _select(b, Kind.RECOMMENDATION)
     out["ndcg@10"] = metrics.paired_bootstrap(
         metrics.ndcg_rows(na["rank"].astype(np.int64), 10).numpy(),
         metrics.ndcg_rows(nb["rank"].astype(np.int64), 10).numpy(),

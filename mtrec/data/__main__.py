@@ -1,7 +1,7 @@
 """Command line for the data layer.
 
 python -m mtrec.data describe movielens-100k [--data-dir DIR] [--download] [--seed N]
-python -m mtrec.data describe local:path/to/folder
+python -m mtrec.data describe local:path/to/folder     (or hf:path/to/saved-DatasetDict)
 python -m mtrec.data list
 """
 
@@ -25,7 +25,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     describe = commands.add_parser(
         "describe", help="print sizes, rating scale, cleaning notes and split sizes"
     )
-    describe.add_argument("name", help="a data set name (see `list`) or local:<folder>")
+    describe.add_argument("name", help="a data set name (see `list`), local:<folder> or hf:<folder>")
     describe.add_argument("--data-dir", help="folder holding the data-set folders (default: $MTREC_DATA_DIR)")
     describe.add_argument(
         "--download", action="store_true", help="fetch the official archive if files are missing"
@@ -36,7 +36,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands.add_parser("list", help="list the data set names")
     args = parser.parse_args(argv)
     if args.command == "list":
-        print("\n".join(available() + ["local:<folder>"]))
+        print("\n".join([n for n in available() if n != "local"] + ["local:<folder>", "hf:<folder>"]))
         return 0
     options = {"download": True} if args.download else {}
     try:

@@ -1,7 +1,12 @@
 """mtrec's local format: a user's own data in one folder (see docs/data-format.md).
 
-Files, each either ``.csv`` (comma-separated, header row, UTF-8) or ``.jsonl`` (one JSON object
-per line), never both:
+Tables, each in one of these forms (never two for one table):
+
+- ``<table>.csv`` (comma-separated, header row, UTF-8) or ``<table>.jsonl`` (one JSON object per
+  line), read by mtrec's strict readers (errors name the line);
+- ``<table>.parquet``, or a folder ``<table>/`` written by ``datasets.Dataset.save_to_disk``, read
+  through the ``datasets`` library (errors name the 1-based row). A ``DatasetDict`` saved with
+  ``save_to_disk`` is such a folder: its splits are the tables (``hf:<folder>`` says so by name).
 
 - ``items``: item_id, title, [text], [categories] (``|``-separated; a list in JSONL)
 - ``interactions``: user_id, item_id, and exactly one of rating (explicit) / weight (implicit);
@@ -15,6 +20,7 @@ Repeated (user, item) rows are kept: they are separate events.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Iterator
 from datetime import datetime, timezone
@@ -25,9 +31,12 @@ import numpy as np
 from mtrec.data.errors import DataError
 from mtrec.data.readers import (
     Source,
+    is_arrow_folder,
     iter_csv_records,
     iter_jsonl_records,
+    iter_table_records,
     missing_files_error,
+    read_arrow_table,
     unknown_id_error,
 )
 from mtrec.data.records import Item, RecDataset, User
@@ -38,20 +47,26 @@ INTERACTION_COLUMNS = (("user_id", "item_id"), ("rating", "weight", "timestamp")
 USER_COLUMNS = (("user_id",), ())
 SOCIAL_COLUMNS = (("source", "target"), ("kind",))
 SOCIAL_KINDS = ("friend", "trust")
+TABLES = ("items", "interactions", "users", "social")
+FORMATS = (".csv", ".jsonl", ".parquet", "/")  # "/": a save_to_disk folder named after the table
+DATASET_DICT_FILE = "dataset_dict.json"  # what DatasetDict.save_to_disk writes beside its splits
 
 
 @register("local")
 def load_local(
     folder: Path, rating_scale: tuple[float, float] | None = None, name: str | None = None
 ) -> RecDataset:
-    """Load a folder in the local format.
+    """Load a folder in the local format (``local:<folder>``, or ``hf:<folder>`` for a DatasetDict).
 
     Args:
-        folder: the folder holding items/interactions[/users][/social] .csv or .jsonl files.
+        folder: the folder holding the items/interactions[/users][/social] tables, each a .csv,
+            .jsonl or .parquet file or a save_to_disk folder (a saved DatasetDict's splits are such
+            folders).
         rating_scale: (min, max) of explicit ratings; default: the smallest and largest rating seen.
         name: the data set's name; default ``local:<folder name>``.
     """
     folder = Path(folder)
+    _check_layout(folder)
     items, items_src = _read_items(folder)
     users, users_src = _read_users(folder)
     columns, explicit = _read_interactions(folder, items, users, items_src)
@@ -79,26 +94,65 @@ def load_local(
     )
 
 
+def _forms(stem: str) -> str:
+    return "|".join(f"{stem}{ext}" for ext in FORMATS)
+
+
+def _check_layout(folder: Path) -> None:
+    """A saved DatasetDict must hold only mtrec's tables; a single saved Dataset is not a data set."""
+    if is_arrow_folder(folder):
+        raise DataError(
+            folder,
+            "holds a single Dataset (save_to_disk); expected a DatasetDict with the splits items and "
+            "interactions (optional: users, social), e.g. DatasetDict({'items': ..., 'interactions': ...})"
+            ".save_to_disk(folder). See docs/data-format.md for the format.",
+        )
+    marker = folder / DATASET_DICT_FILE
+    if marker.is_file():
+        try:
+            splits = json.loads(marker.read_text(encoding="utf-8"))["splits"]
+        except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError):
+            raise DataError(marker, 'not a readable DatasetDict index; expected {"splits": [...]}') from None
+        unknown = [str(s) for s in splits if s not in TABLES]
+        if unknown:
+            raise DataError(
+                marker,
+                f"split(s) {', '.join(map(repr, unknown))} are not mtrec tables; the splits must be named "
+                f"{', '.join(TABLES[:2])} (required) and {', '.join(TABLES[2:])} (optional)",
+            )
+
+
 def _open(folder: Path, stem: str, columns: tuple, required: bool) -> tuple[Source, Iterator] | None:
-    """The records of ``stem.csv`` or ``stem.jsonl`` in `folder` (None if optional and absent)."""
-    found = [folder / f"{stem}{ext}" for ext in (".csv", ".jsonl") if (folder / f"{stem}{ext}").is_file()]
-    if len(found) == 2:
-        raise DataError(folder, f"both {stem}.csv and {stem}.jsonl exist; keep one of them")
+    """The records of table `stem` in `folder` (None if optional and absent), in whichever of the
+    forms in ``FORMATS`` it is given."""
+    found = [folder / f"{stem}{ext}" for ext in FORMATS[:-1] if (folder / f"{stem}{ext}").is_file()]
+    found += [folder / stem] if (folder / stem).is_dir() else []
+    if len(found) > 1:
+        names = [f.name + ("/" if f.is_dir() else "") for f in found]
+        both = f"both {names[0]} and {names[1]}" if len(names) == 2 else ", ".join(names) + " all"
+        raise DataError(folder, f"{both} exist; keep one of them")
     if not found:
         if required:
-            needed = ["items.csv|items.jsonl", "interactions.csv|interactions.jsonl"]
             raise missing_files_error(
                 folder,
                 "local",
-                [f"{stem}.csv|{stem}.jsonl"],
-                needed,
+                [_forms(stem)],
+                [_forms("items"), _forms("interactions")],
                 hint="See docs/data-format.md for the format.",
                 under_data_dir=False,
             )
         return None
-    source = Source(found[0])
-    reader = iter_csv_records if found[0].suffix == ".csv" else iter_jsonl_records
-    return source, reader(source, *columns)
+    path = found[0]
+    if path.suffix == ".csv" or path.suffix == ".jsonl":
+        source = Source(path)
+        reader = iter_csv_records if path.suffix == ".csv" else iter_jsonl_records
+        return source, reader(source, *columns)
+    source = Source(path, unit="row")
+    if path.is_dir() and not is_arrow_folder(path):
+        raise DataError(
+            source, "is a folder, but not one written by datasets' Dataset.save_to_disk (no state.json)"
+        )
+    return source, iter_table_records(source, read_arrow_table(source), *columns)
 
 
 def _read_items(folder: Path) -> tuple[list[Item], Source]:
@@ -107,7 +161,9 @@ def _read_items(folder: Path) -> tuple[list[Item], Source]:
     for line, row in records:
         item_id = _id(row["item_id"], "item_id", source, line)
         if item_id in seen:
-            raise DataError(source, f"item_id {item_id!r} repeats the item of line {seen[item_id]}", line)
+            raise DataError(
+                source, f"item_id {item_id!r} repeats the item of {source.unit} {seen[item_id]}", line
+            )
         seen[item_id] = line
         title = _text(row["title"])
         if not title:
@@ -165,7 +221,7 @@ def _read_interactions(
     if timed_line and untimed_line:
         raise DataError(
             source,
-            f"no timestamp, while line {timed_line} has one; give every row a timestamp or none",
+            f"no timestamp, while {source.unit} {timed_line} has one; give every row a timestamp or none",
             untimed_line,
         )
     cols["timestamp"] = np.asarray(cols["timestamp"], np.int64) if timed_line else None
@@ -197,7 +253,7 @@ def _read_social(folder: Path, user_index: dict[str, int]) -> tuple[np.ndarray, 
         if kind is not None and this_kind != kind:
             raise DataError(
                 source,
-                f"kind {this_kind!r} differs from {kind!r} on line {kind_line}; "
+                f"kind {this_kind!r} differs from {kind!r} on {source.unit} {kind_line}; "
                 f"a data set holds one kind of social relation",
                 line,
             )

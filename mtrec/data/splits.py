@@ -26,6 +26,17 @@ from mtrec.data.records import RecDataset
 
 TRAIN, VALID, TEST = 0, 1, 2
 ROLE_NAMES = {TRAIN: "train", VALID: "valid", TEST: "test"}
+
+
+def ranking_role(role: int | str) -> int:
+    """VALID or TEST from ``"valid"``/``"test"`` or the int; TRAIN and unknown names raise ValueError."""
+    names = {v: k for k, v in ROLE_NAMES.items()}
+    value = names.get(role, role) if isinstance(role, str) else int(role)
+    if value not in ROLE_NAMES or value == TRAIN:
+        raise ValueError(f"ranking role must be 'valid'/'test' (1/2), got {role!r}")
+    return value
+
+
 MIN_INTERACTIONS = 3
 
 

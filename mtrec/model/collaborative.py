@@ -16,6 +16,9 @@ refits on all of the training split for the chosen number of epochs: validation 
 seen. A user or item the run does not know (cold start) gets no factors, and the heads fall back to
 the prompt alone. Fitting takes seconds on a CPU (MovieLens-100K: ~3 s per task).
 
+The same module holds what every collaborative fit shares, the bench's baselines included: the
+early-stopping loop, Platt calibration, and the sampler of unobserved items.
+
 Rows of the tables are read with ``index_select``, never ``table[index]``: the backward of advanced
 indexing (``index_put_`` with accumulate) sums in a thread-dependent order on a multi-threaded CPU,
 so two same-seed fits would drift apart (the baselines and the heads do the same).
@@ -23,12 +26,16 @@ so two same-seed fits would drift apart (the baselines and the heads do the same
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable, Sequence
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from mtrec.baselines import sample_negatives
 from mtrec.data.splits import Split
+
+ArrayLike = np.ndarray | torch.Tensor
 
 FULL_SOFTMAX_ITEMS = 20_000  # above this, each batch scores the targets and a shared random sample
 MIN_STEPS_PER_EPOCH = 50
@@ -48,55 +55,186 @@ def newest_per_user(split: Split, train_idx: np.ndarray, min_left: int = 2) -> n
     return mask & (counts[users] > min_left)
 
 
-def _batches(n: int, size: int, gen: torch.Generator):
-    size = max(16, min(size, n // MIN_STEPS_PER_EPOCH))  # small data: smaller batches, not fewer steps
-    perm = torch.randperm(n, generator=gen)
-    for start in range(0, n, size):
-        yield perm[start : start + size]
+# ---- shared by every collaborative fit: the heads' priors and the bench's baselines -------------
+def batches(n: int, size: int, gen: torch.Generator, min_steps: int = 0) -> tuple[torch.Tensor, ...]:
+    """A seeded random permutation of range(n) cut into batches of `size`; with `min_steps`, small
+    data gets smaller batches (at least 16 rows) rather than fewer than `min_steps` steps an epoch."""
+    if min_steps:
+        size = max(16, min(size, n // min_steps))
+    return torch.randperm(n, generator=gen).split(size)
 
 
-def _epochs(make_params, loss_fn, n_train: int, batch: int, lr: float, seed: int):
-    """Mini-batch Adam on `loss_fn(params, rows)`: yields (epoch, params) for epoch 0 (the starting
-    values) and after every epoch, until the caller stops."""
+def early_stopping(
+    params: Sequence[torch.Tensor],
+    run_epoch: Callable[[], float | None],
+    evaluate: Callable[[], float | None],
+    *,
+    max_epochs: int,
+    patience: int,
+    higher_is_better: bool = False,
+    min_delta: float = 0.0,
+    score_start: bool = False,
+    restore_best: bool = True,
+    max_seconds: float | None = None,
+    on_best: Callable[[], None] | None = None,
+) -> dict:
+    """Train epoch by epoch, scoring each by `evaluate` (None: no held-out data, every epoch runs);
+    stop after `patience` epochs without an improvement of more than `min_delta`.
+
+    With `score_start` the starting values are scored too (epoch 0: a fit may keep them). With
+    `restore_best` the parameters of the best epoch are copied back at the end (the baselines report
+    that model); without it they are left as trained (the priors refit from scratch for the best
+    epoch count). `on_best()` runs at each new best. With `max_seconds`, no new epoch starts once
+    that much time has passed (``budget_stopped``). A run that used all `max_epochs` without early
+    stopping is ``epoch_capped`` (reproducible, unlike the clock).
+
+    Returns:
+        info entries: epochs_run, best_epoch, stopped_early, budget_stopped, epoch_capped,
+        best_valid, train_loss, valid history.
+    """
+    best, best_epoch, bad, epoch = None, 0, 0, 0
+    losses, history = [], []
+    best_state = [p.detach().clone() for p in params] if restore_best else []
+    started, budget_stopped = time.perf_counter(), False
+
+    def better(score: float) -> bool:
+        if best is None:
+            return True
+        return score > best + min_delta if higher_is_better else score < best - min_delta
+
+    def consider(at: int) -> bool:
+        """Score epoch `at`; True when patience has run out."""
+        nonlocal best, best_epoch, bad, best_state
+        with torch.no_grad():
+            score = evaluate()
+        if score is None:
+            return False
+        history.append(score)
+        if better(score):
+            best, best_epoch, bad = score, at, 0
+            if restore_best:
+                best_state = [p.detach().clone() for p in params]
+            if on_best is not None:
+                on_best()
+            return False
+        bad += 1
+        return bad >= patience
+
+    if score_start:
+        consider(0)
+    for epoch in range(1, max_epochs + 1):
+        losses.append(run_epoch())
+        if consider(epoch):
+            break
+        if max_seconds is not None and time.perf_counter() - started > max_seconds and epoch < max_epochs:
+            budget_stopped = True
+            break
+    if best is not None and restore_best:
+        with torch.no_grad():  # roll back to the best epoch: the model we report is that one
+            for p, saved in zip(params, best_state):
+                p.copy_(saved)
+    return {
+        "epochs_run": epoch,
+        "best_epoch": best_epoch if score_start else (best_epoch or epoch),
+        "stopped_early": best is not None and bad >= patience,
+        "budget_stopped": budget_stopped,
+        "epoch_capped": best is not None and bad < patience and not budget_stopped and epoch == max_epochs,
+        "best_valid": best,
+        "train_loss": losses,
+        "valid": history,
+    }
+
+
+def platt(z: ArrayLike, y: ArrayLike, iters: int = 30, ridge: float = 1e-6) -> tuple[float, float]:
+    """(a, c) minimising the log-loss of ``sigmoid(a z + c)`` against labels `y`: Newton's method on
+    a convex problem, in float64. The `ridge` on the Hessian only keeps it invertible when `z` is
+    constant (it does not move the optimum). (1, 0) if it does not converge to finite values."""
+    z = z.detach().double().cpu().numpy() if torch.is_tensor(z) else np.asarray(z, np.float64)
+    t = y.detach().double().cpu().numpy() if torch.is_tensor(y) else np.asarray(y, np.float64)
+    x = np.stack([z, np.ones_like(z)], 1)
+    w = np.zeros(2)
+    with np.errstate(over="ignore"):
+        for _ in range(iters):
+            p = 1.0 / (1.0 + np.exp(-x @ w))
+            hess = x.T @ (x * (p * (1 - p))[:, None]) + ridge * np.eye(2)
+            w -= np.linalg.solve(hess, x.T @ (p - t))
+    a, c = float(w[0]), float(w[1])
+    return (a, c) if np.isfinite(a) and np.isfinite(c) else (1.0, 0.0)
+
+
+def pair_keys(users: np.ndarray, items: np.ndarray, num_items: int) -> np.ndarray:
+    """Sorted unique keys ``user * num_items + item`` of (user, item) pairs (the `seen` of the sampler)."""
+    return np.unique(np.asarray(users, np.int64) * num_items + np.asarray(items, np.int64))
+
+
+def sample_unobserved(users: np.ndarray, seen: np.ndarray, num_items: int, rng: np.random.Generator,
+                      fallback_after: int = 20) -> np.ndarray:
+    """One uniform item per entry of `users` that is not among that user's `seen` pairs
+    (`pair_keys`), or -1 for a user who has seen every item (nothing left to draw).
+
+    The caller says what counts as seen: the baselines and the priors pass the training pairs (a
+    model may not know later interactions); the preference examples pass every split's pairs, so
+    that no future positive is labelled a negative (that shows the model nothing about those items).
+    Rejection sampling, vectorised; entries still clashing after `fallback_after` rounds draw
+    uniformly from their user's unseen items directly.
+    """
+    users = np.asarray(users, np.int64)
+    neg = rng.integers(0, num_items, len(users))
+    if len(users) == 0 or len(seen) == 0:
+        return neg.astype(np.int64)
+    counts = np.bincount(seen // num_items, minlength=int(users.max()) + 1)
+    full = counts[users] >= num_items
+    neg[full] = -1
+    for _ in range(fallback_after):
+        keys = users * num_items + neg
+        pos = np.searchsorted(seen, keys).clip(max=len(seen) - 1)
+        clash = np.flatnonzero((seen[pos] == keys) & ~full)
+        if len(clash) == 0:
+            return neg.astype(np.int64)
+        neg[clash] = rng.integers(0, num_items, len(clash))
+    keys = users * num_items + neg
+    pos = np.searchsorted(seen, keys).clip(max=len(seen) - 1)
+    for j in np.flatnonzero((seen[pos] == keys) & ~full):
+        u = users[j]
+        mine = seen[np.searchsorted(seen, u * num_items) : np.searchsorted(seen, (u + 1) * num_items)] % num_items
+        neg[j] = rng.choice(np.setdiff1d(np.arange(num_items), mine))
+    return neg.astype(np.int64)
+
+
+def _trainer(make_params, loss_fn, n_train: int, batch: int, lr: float, seed: int):
+    """The parameters (from `make_params(gen)`) and a function running one mini-batch Adam epoch of
+    `loss_fn(params, rows)` over them."""
     gen = torch.Generator().manual_seed(seed)
     params = make_params(gen)
     opt = torch.optim.Adam(params.values(), lr=lr)
-    epoch = 0
-    while True:
-        yield epoch, params
-        epoch += 1
-        for rows in _batches(n_train, batch, gen):
+
+    def run_epoch() -> None:
+        for rows in batches(n_train, batch, gen, MIN_STEPS_PER_EPOCH):
             opt.zero_grad(set_to_none=True)
             loss_fn(params, rows).backward()
             opt.step()
 
+    return params, run_epoch
+
 
 def _fit(make_params, loss_fn, holdout_fn, n_train: int, epochs: int, patience: int, batch: int, lr: float,
          seed: int, on_best=None) -> tuple[int, float]:
-    """Train up to `epochs` epochs, scoring each by `holdout_fn(params)` (lower is better), until
-    `patience` epochs without improvement; `on_best(params)` sees each new best. Returns (best epoch,
-    0 = the starting values; its score)."""
-    best, best_epoch = float("inf"), 0
-    for epoch, params in _epochs(make_params, loss_fn, n_train, batch, lr, seed):
-        with torch.no_grad():
-            score = holdout_fn(params)
-        if score < best - 1e-6:
-            best, best_epoch = score, epoch
-            if on_best is not None:
-                on_best(params)
-        elif epoch - best_epoch >= patience:
-            break
-        if epoch >= epochs:
-            break
-    return best_epoch, best
+    """Train up to `epochs` epochs, scoring the starting values and each epoch by `holdout_fn(params)`
+    (lower is better), until `patience` epochs without improvement; `on_best(params)` sees each new
+    best. Returns (best epoch, 0 = the starting values; its score)."""
+    params, run_epoch = _trainer(make_params, loss_fn, n_train, batch, lr, seed)
+    info = early_stopping(list(params.values()), run_epoch, lambda: holdout_fn(params), max_epochs=epochs,
+                          patience=patience, min_delta=1e-6, score_start=True, restore_best=False,
+                          on_best=None if on_best is None else (lambda: on_best(params)))
+    return info["best_epoch"], info["best_valid"]
 
 
 def _refit(make_params, loss_fn, n_train: int, epochs: int, batch: int, lr: float, seed: int) -> dict:
     """The parameters after exactly `epochs` epochs (0: the starting values)."""
-    for epoch, params in _epochs(make_params, loss_fn, n_train, batch, lr, seed):
-        if epoch == epochs:
-            return {k: v.detach().clone() for k, v in params.items()}
-    raise AssertionError("unreachable")
+    params, run_epoch = _trainer(make_params, loss_fn, n_train, batch, lr, seed)
+    for _ in range(epochs):
+        run_epoch()
+    return {k: v.detach().clone() for k, v in params.items()}
 
 
 def _logit(p: float) -> float:
@@ -220,9 +358,9 @@ def fit_ranking(split: Split, train_idx: np.ndarray, holdout: np.ndarray, dim: i
                    "sampled_softmax": sampled}
     if like_negatives and len(hold_rows):
         u, i = u_all[hold_rows], i_all[hold_rows]
-        seen = np.unique(u_all.numpy().astype(np.int64) * ds.num_items + i_all.numpy())
-        neg = sample_negatives(np.repeat(u.numpy().astype(np.int64), like_negatives), seen, ds.num_items,
-                               np.random.default_rng(seed))
+        seen = pair_keys(u_all.numpy(), i_all.numpy(), ds.num_items)
+        neg = sample_unobserved(np.repeat(u.numpy().astype(np.int64), like_negatives), seen, ds.num_items,
+                                np.random.default_rng(seed))
         neg = torch.as_tensor(neg, dtype=torch.long).view(len(u), like_negatives)
         z = softmax_log_odds(kept, u, torch.cat([i[:, None], neg], 1), like_negatives)
         y = torch.zeros_like(z)
@@ -247,18 +385,3 @@ def softmax_log_odds(p: dict, users: torch.Tensor, items: torch.Tensor, k: int) 
     return torch.cat(out) + float(np.log(n / max(k, 1)))
 
 
-def platt(z: torch.Tensor, y: torch.Tensor, iters: int = 50) -> tuple[float, float]:
-    """(a, c) minimising the log-loss of ``sigmoid(a z + c)`` against labels `y` (Newton's method on a
-    convex problem; (1, 0) if it does not converge to finite values)."""
-    x = torch.stack([z.double(), torch.ones_like(z, dtype=torch.float64)], 1)
-    t, w = y.double(), torch.tensor([1.0, 0.0], dtype=torch.float64)
-    for _ in range(iters):
-        q = torch.sigmoid(x @ w)
-        grad = x.T @ (q - t)
-        hess = x.T @ (x * (q * (1 - q))[:, None]) + 1e-9 * torch.eye(2, dtype=torch.float64)
-        step = torch.linalg.solve(hess, grad)
-        w = w - step
-        if step.abs().max() < 1e-10:
-            break
-    a, c = float(w[0]), float(w[1])
-    return (a, c) if np.isfinite(a) and np.isfinite(c) else (1.0, 0.0)

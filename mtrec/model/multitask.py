@@ -25,10 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mtrec.kinds import NUM_KINDS, Kind
 from mtrec.model.backbone import pool_hidden
-
-KIND_RATING, KIND_LIKE, KIND_CATEGORIES, KIND_RECOMMENDATION = 0, 1, 2, 3
-NUM_KINDS = 4
 
 
 class TaskHeads(nn.Module):
@@ -174,7 +172,7 @@ def row_losses(out: dict[str, torch.Tensor], batch: dict[str, torch.Tensor],
     labels = batch["item"] if item_labels is None else item_labels
     rec = F.cross_entropy(out["item_logits"], labels.clamp(min=0), reduction="none")
     per_row = torch.zeros_like(rating)
-    for k, loss in ((KIND_RATING, rating), (KIND_LIKE, like), (KIND_CATEGORIES, cats), (KIND_RECOMMENDATION, rec)):
+    for k, loss in ((Kind.RATING, rating), (Kind.LIKE, like), (Kind.CATEGORIES, cats), (Kind.RECOMMENDATION, rec)):
         per_row = torch.where(kind == k, loss, per_row)
     return per_row
 

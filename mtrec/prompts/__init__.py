@@ -1,6 +1,6 @@
 """Prompts: templates as data files, rendered to a token budget with instruction tokens."""
 
-from mtrec.prompts.render import PromptRenderer, PromptTooLongError, RenderedPrompt, RenderOptions
+from mtrec.prompts.render import PromptRenderer, PromptTooLongError, RenderedPrompt, RenderOptions, render_options
 from mtrec.prompts.templates import (
     DEFAULT_PROMPTS_DIR,
     TaskPrompts,
@@ -35,4 +35,5 @@ __all__ = [
     "add_instruction_tokens",
     "load_prompts",
     "load_task_prompts",
+    "render_options",
 ]

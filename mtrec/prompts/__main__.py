@@ -1,6 +1,6 @@
 """Command line for prompts: see exactly what the model will read.
 
-python -m mtrec.prompts preview --dataset movielens-100k --task rating [-n 3] [--role valid]
+python -m mtrec.prompts preview --dataset movielens-100k|local:<folder> --task rating [-n 3] [--role valid]
     [--max-length 256] [--heldout] [--seed 0] [--data-dir DIR] [--prompts-dir DIR]
 
 Prints `n` rendered prompts per prompt kind (``preference`` shows both ``like`` and ``categories``)
@@ -21,10 +21,11 @@ import numpy as np
 
 from mtrec.cli import exit_with
 from mtrec.data.errors import DataError
-from mtrec.data.registry import available, load_dataset
+from mtrec.data.registry import available, check_name, load_dataset
 from mtrec.data.splits import ROLE_NAMES, leave_one_out
+from mtrec.kinds import KINDS, TASKS
 from mtrec.prompts import PromptRenderer, RenderOptions, TemplateError, add_instruction_tokens, load_prompts
-from mtrec.tasks import KINDS, TASKS, ExampleFactory, ExampleOptions, build_specs
+from mtrec.tasks import ExampleFactory, ExampleOptions, build_specs
 
 ROLES = {name: role for role, name in ROLE_NAMES.items()}
 
@@ -33,6 +34,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status (2 for unusable data or templates)."""
     args = _parser().parse_args(argv)
     try:
+        check_name(args.dataset)  # before anything loads: the error lists the choices
         prompts = load_prompts(args.prompts_dir)
         ds = load_dataset(args.dataset, args.data_dir)
     except (TemplateError, DataError) as exc:
@@ -65,8 +67,8 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m mtrec.prompts", description="Inspect mtrec prompts.")
     commands = parser.add_subparsers(dest="command", required=True)
     p = commands.add_parser("preview", help="print rendered prompts for seeded examples of a data set")
-    p.add_argument("--dataset", required=True, choices=[n for n in available() if n != "local"],
-                   help="a registered data set name")
+    p.add_argument("--dataset", required=True,
+                   help=f"a data set: {', '.join(n for n in available() if n != 'local')}, local:<folder> or hf:<folder>")
     p.add_argument("--task", required=True, choices=TASKS, help="preference shows both kinds (like, categories)")
     p.add_argument("-n", type=int, default=3, help="prompts per prompt kind")
     p.add_argument("--role", choices=list(ROLES), default="valid", help="which split's targets to show")
@@ -74,7 +76,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--heldout", action="store_true", help="use the held-out paraphrases instead of the training ones")
     p.add_argument("--seed", type=int, default=0, help="seed of the example and paraphrase choice (and the split)")
     p.add_argument("--data-dir", help="folder holding the data-set folders (default: $MTREC_DATA_DIR)")
-    p.add_argument("--prompts-dir", help="folder holding <task>.yaml templates (default: the repository's prompts/)")
+    p.add_argument("--prompts-dir", help="folder holding <task>.yaml templates (default: the ones shipped with mtrec)")
     return parser
 
 

@@ -42,6 +42,13 @@ class RenderOptions:
     social_share: float = 0.3
 
 
+def render_options(cfg) -> RenderOptions:
+    """The token budget a `mtrec.config.Config` asks for (training and serving alike)."""
+    p = cfg.prompt
+    return RenderOptions(p.max_length, p.max_title_tokens, p.max_text_tokens, max_categories=p.max_categories,
+                         social_share=p.social_share)
+
+
 @dataclass(frozen=True)
 class RenderedPrompt:
     """A prompt ready for the model, with what was cut to fit."""

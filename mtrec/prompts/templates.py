@@ -12,6 +12,7 @@ Jinja never evaluates text inside a value, so a title like ``{{ 7*7 }}`` is prin
 from __future__ import annotations
 
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 
 import jinja2
@@ -20,9 +21,19 @@ from jinja2 import meta
 from jinja2.sandbox import SandboxedEnvironment
 
 from mtrec.paths import PROJECT_ROOT
-from mtrec.tasks import KINDS, TASKS, template_fields
+from mtrec.kinds import KINDS, TASKS
+from mtrec.tasks import template_fields
 
-DEFAULT_PROMPTS_DIR = PROJECT_ROOT / "prompts"
+
+def _default_prompts_dir() -> Path:
+    """Where the shipped templates are: ``mtrec/prompts/default/`` inside an installed wheel (setup.py
+    copies the repository's ``prompts/`` there at build time), else ``prompts/`` of the checkout
+    (an editable install, or running from the source tree)."""
+    packaged = Path(str(resources.files("mtrec.prompts") / "default"))
+    return packaged if packaged.is_dir() else PROJECT_ROOT / "prompts"
+
+
+DEFAULT_PROMPTS_DIR = _default_prompts_dir()
 MIN_TRAIN, MIN_HELDOUT = 5, 2
 ITEM_FIELDS = {"title", "text", "categories"}
 # A template of these kinds must name the target item, or the head has nothing to score.
@@ -193,7 +204,7 @@ def _fields_used(env, macros: str, text: str) -> set[str]:
 
 
 def load_prompts(prompts_dir: str | Path | None = None) -> dict[str, TaskPrompts]:
-    """Load every task's file from `prompts_dir` (default: the repository's ``prompts/``)."""
+    """Load every task's file from `prompts_dir` (default: the shipped templates, `DEFAULT_PROMPTS_DIR`)."""
     d = Path(prompts_dir) if prompts_dir else DEFAULT_PROMPTS_DIR
     env = make_environment()
     out = {}

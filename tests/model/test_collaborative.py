@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mtrec import metrics
+from mtrec import metrics, ranking
 from mtrec.data.splits import make_split
 from mtrec.data.synthetic import load_synthetic
 from mtrec.model.build import build_heads
@@ -39,13 +39,14 @@ def test_platt_recovers_a_known_scale_and_offset():
 
 
 def test_calibration_negatives_are_unobserved_and_a_user_who_saw_everything_does_not_hang():
-    from mtrec.baselines import sample_negatives
+    from mtrec.model.collaborative import pair_keys, sample_unobserved
 
     # user 0 saw items 0..7 of 10; user 1 saw all 10 (the calibration draws its negatives with this)
-    seen = np.unique(np.array([0] * 8 + [1] * 10) * 10 + np.array(list(range(8)) + list(range(10))))
-    neg = sample_negatives(np.array([0] * 10 + [1]), seen, 10, np.random.default_rng(0))
+    seen = pair_keys(np.array([0] * 8 + [1] * 10), np.array(list(range(8)) + list(range(10))), 10)
+    neg = sample_unobserved(np.array([0] * 10 + [1]), seen, 10, np.random.default_rng(0))
     assert neg.shape == (11,)
-    assert set(neg[:10].tolist()) <= {8, 9}  # only the two items user 0 never touched
+    assert set(neg[:10].tolist()) == {8, 9}  # only the two items user 0 never touched (both drawn)
+    assert neg[10] == -1  # nothing left for user 1
 
 
 def test_holdout_is_each_users_newest_training_interaction(split):
@@ -104,12 +105,10 @@ def test_ranking_fit_beats_popularity_on_validation(split, sampled, monkeypatch)
     assert p["report"]["sampled_softmax"] is sampled
     va = split.valid
     users, items = ds.user_idx[va], torch.as_tensor(ds.item_idx[va])
-    rows, cols = metrics.exclusion_mask(split, users, 1, as_pairs=True)
-    keep = cols != ds.item_idx[va][rows]
-    mask = (rows[keep], cols[keep])
+    seen = ranking.Seen.before(split, "valid")
 
     def ndcg(scores):
-        return metrics.ndcg(metrics.target_ranks(scores, items, mask), 10)
+        return metrics.ndcg(ranking.ranks(scores, items, users, seen), 10)
 
     fitted = ndcg(p["R"][torch.as_tensor(users)] @ p["T"].T + p["bias"])
     popularity = ndcg(pop.expand(len(users), -1).clone())

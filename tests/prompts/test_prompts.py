@@ -28,12 +28,9 @@ from mtrec.prompts import (
     TemplateError,
     load_prompts,
 )
+from mtrec.kinds import KIND_IDS, KIND_NAMES, KIND_TASK, TASKS
 from mtrec.tasks import (
     EXAMPLE_TYPES,
-    KIND_IDS,
-    KIND_NAMES,
-    KIND_TASK,
-    TASKS,
     ExampleFactory,
     ExampleOptions,
     HistoryEntry,
@@ -532,9 +529,10 @@ def test_preview_command_prints_prompts_with_their_cuts(capsys):
 def test_preview_command_rejects_unknown_names(capsys):
     from mtrec.prompts.__main__ import main
 
-    with pytest.raises(SystemExit) as info:
-        main(["preview", "--dataset", "movielens-9m", "--task", "rating"])
-    assert info.value.code == 2 and "invalid choice: 'movielens-9m'" in capsys.readouterr().err
+    assert main(["preview", "--dataset", "movielens-9m", "--task", "rating"]) == 2  # the registry says no
+    err = capsys.readouterr().err
+    assert err.startswith("error: unknown data set 'movielens-9m'") and err.count("\n") == 1
+    assert "movielens-1m" in err and "local:<folder>" in err
     with pytest.raises(SystemExit):
         main(["preview", "--dataset", "synthetic", "--task", "ranking"])
     assert "invalid choice: 'ranking'" in capsys.readouterr().err

@@ -16,7 +16,10 @@ epoch, and take ``max_seconds`` to cut training short), ``score_all(users, role=
 hyper-parameters, fit seconds, per-epoch history). Rating models also give
 ``predict_ratings(users, items)`` and ``like_proba(users, items)`` (P(rating >= like_threshold),
 a logistic on the predicted rating fitted on training). `evaluate_baseline` scores any of them
-with the metrics and exclusion protocol of `mtrec.metrics`.
+with the metrics of `mtrec.metrics` and the ranking protocol of `mtrec.ranking`. The training
+loop (early stopping), the Platt calibration, the negative sampler and SASRec's network are the
+collaborative layer's (`mtrec.model.collaborative`, `mtrec.model.sequential`), shared with the
+heads' priors: the baselines add only their models' losses.
 
 The `role` of `score_all` says which targets are being ranked, hence which history a model may
 read: for validation the user's TRAIN interactions, for test TRAIN + VALID (the validation item
@@ -28,15 +31,17 @@ are not re-fitted with the validation item).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import scipy.sparse as sp
 import torch
 import torch.nn.functional as F
 
-from mtrec import metrics
-from mtrec.data.splits import TEST, TRAIN, VALID, Split
+from mtrec import metrics, ranking
+from mtrec.data.splits import TEST, TRAIN, VALID, Split, ranking_role
+from mtrec.model.collaborative import batches, early_stopping, pair_keys, platt, sample_unobserved
+from mtrec.model.sequential import SequenceNet, history_inputs, train_epoch, training_windows
 
 
 def _role_arrays(split: Split, role: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -119,18 +124,11 @@ class _RatingModel(Baseline):
         return 1.0 / (1.0 + np.exp(-(w[0] * z + w[1])))
 
     def _calibrate(self) -> None:
-        # Platt scaling on training predictions: a 2-parameter logistic fitted by Newton's method.
-        # A small ridge keeps the Hessian invertible when predictions are constant (global mean).
+        # Platt scaling on standardised training predictions (`mtrec.model.collaborative.platt`).
         u, i, r = _role_arrays(self.split, TRAIN)
         pred = self.predict_ratings(u, i)
         mean, std = pred.mean(), pred.std() or 1.0
-        x = np.stack([(pred - mean) / std, np.ones_like(pred)], 1)
-        y = (r >= self.like_threshold).astype(np.float64)
-        w = np.zeros(2)
-        for _ in range(30):
-            p = 1.0 / (1.0 + np.exp(-x @ w))
-            hess = x.T @ (x * (p * (1 - p))[:, None]) + 1e-6 * np.eye(2)
-            w -= np.linalg.solve(hess, x.T @ (p - y))
+        w = platt((pred - mean) / std, (r >= self.like_threshold).astype(np.float64))
         self._platt = (mean, std, w)
 
 
@@ -210,67 +208,6 @@ class BiasBaseline(_RatingModel):
         return self.mu + self.b_u[users][:, None] + self.b_i[None, :]
 
 
-# ---- training loop shared by the torch models --------------------------------------------------
-def _early_stopping(
-    params: Sequence[torch.Tensor],
-    run_epoch: Callable[[], float],
-    evaluate: Callable[[], float | None],
-    *,
-    max_epochs: int,
-    patience: int,
-    higher_is_better: bool,
-    max_seconds: float | None = None,
-) -> dict:
-    """Train epoch by epoch, keep the parameters of the best validation epoch, stop after `patience`
-    epochs without improvement. Without validation data (`evaluate` -> None) all epochs run.
-    With `max_seconds`, no new epoch starts once that much time has passed (``budget_stopped``):
-    a benchmark then reports the model as cut short rather than waiting for it. A run that used all
-    `max_epochs` without early stopping is ``epoch_capped`` (reproducible, unlike the clock).
-
-    Returns:
-        info entries: epochs_run, best_epoch, stopped_early, budget_stopped, epoch_capped,
-        best_valid, train_loss, valid history.
-    """
-    best, best_epoch, bad, epoch = None, 0, 0, 0
-    losses, history = [], []
-    best_state = [p.detach().clone() for p in params]
-    started, budget_stopped = time.perf_counter(), False
-    for epoch in range(1, max_epochs + 1):
-        losses.append(run_epoch())
-        score = evaluate()
-        if score is not None:
-            history.append(score)
-            if best is None or (score > best if higher_is_better else score < best):
-                best, best_epoch, bad = score, epoch, 0
-                best_state = [p.detach().clone() for p in params]
-            else:
-                bad += 1
-                if bad >= patience:
-                    break
-        if max_seconds is not None and time.perf_counter() - started > max_seconds and epoch < max_epochs:
-            budget_stopped = True
-            break
-    if best is not None:
-        with torch.no_grad():  # roll back to the best epoch: the model we report is that one
-            for p, saved in zip(params, best_state):
-                p.copy_(saved)
-    return {
-        "epochs_run": epoch,
-        "best_epoch": best_epoch or epoch,
-        "stopped_early": best is not None and bad >= patience,
-        "budget_stopped": budget_stopped,
-        "epoch_capped": best is not None and bad < patience and not budget_stopped and epoch == max_epochs,
-        "best_valid": best,
-        "train_loss": losses,
-        "valid": history,
-    }
-
-
-def _batches(n: int, batch_size: int, gen: torch.Generator):
-    perm = torch.randperm(n, generator=gen)
-    return perm.split(batch_size)
-
-
 class BiasedMF(_RatingModel):
     """r_ui = mu + b_u + b_i + p_u . q_i, trained with Adam on squared error + L2 (mini-batches).
 
@@ -318,7 +255,7 @@ class BiasedMF(_RatingModel):
 
         def run_epoch() -> float:
             total = 0.0
-            for b in _batches(len(r), self.batch_size, gen):
+            for b in batches(len(r), self.batch_size, gen):
                 ub, ib = u[b], i[b]  # index_select: its backward is deterministic on a multi-threaded CPU
                 pu, qi = self.P.index_select(0, ub), self.Q.index_select(0, ib)
                 bu, bi = self.bu.index_select(0, ub), self.bi.index_select(0, ib)
@@ -332,7 +269,7 @@ class BiasedMF(_RatingModel):
 
         vu, vi, vr = _role_arrays(split, VALID)
         evaluate = (lambda: metrics.rmse(self.predict_ratings(vu, vi), vr)) if len(vr) else (lambda: None)
-        info = _early_stopping(
+        info = early_stopping(
             params,
             run_epoch,
             evaluate,
@@ -358,63 +295,22 @@ class BiasedMF(_RatingModel):
 
 
 # ---- ranking models ----------------------------------------------------------------------------
-def sample_negatives(
-    users: np.ndarray, positives: np.ndarray, num_items: int, rng: np.random.Generator
-) -> np.ndarray:
-    """One uniform item per user that is not among the user's training items (rejection sampling).
-
-    `positives` are the sorted keys user * num_items + item of training pairs. Rejection rounds stop
-    after 20 (a user who has seen almost every item keeps a rare positive "negative").
-    """
-    neg = rng.integers(0, num_items, len(users))
-    for _ in range(20):
-        keys = users * num_items + neg
-        pos = np.searchsorted(positives, keys).clip(max=len(positives) - 1)
-        clash = np.flatnonzero(positives[pos] == keys)
-        if len(clash) == 0:
-            break
-        neg[clash] = rng.integers(0, num_items, len(clash))
-    return neg
-
-
-# Score matrices are built in blocks of at most this many entries (users x items): 1024 users on
-# MovieLens, ~190 on Ciao's 105k items, so memory stays ~100 MB whatever the catalog.
-SCORE_BLOCK = 20_000_000
-
-
-def score_batch_size(num_items: int, batch_size: int | None = None) -> int:
-    """Users scored at once: `batch_size`, or as many as fit in `SCORE_BLOCK` entries (at most 1024)."""
-    return batch_size or max(1, min(1024, SCORE_BLOCK // max(num_items, 1)))
-
-
-def _full_catalog_ranks(
-    model: Baseline,
-    split: Split,
-    users: np.ndarray,
-    items: np.ndarray,
-    role: int,
-    batch_size: int | None = None,
-) -> np.ndarray:
-    """0-based full-catalog rank of each (user, target item), earlier-role items excluded, in batches.
-
-    A target the user already met earlier (repeat consumption) is ranked, not excluded from its own
-    ranking, exactly as `mtrec.pipeline` does for the language model."""
-    parts = [np.zeros(0, np.int64)]
-    step = score_batch_size(split.dataset.num_items, batch_size)
-    for a in range(0, len(users), step):
-        u, i = users[a : a + step], items[a : a + step]
-        rows, cols = metrics.exclusion_mask(split, u, role, as_pairs=True)
-        keep = cols != i[rows]
-        parts.append(metrics.target_ranks(model.score_all(u, role=role), i, (rows[keep], cols[keep])))
-    return np.concatenate(parts)
-
-
 def _valid_ndcg(model: Baseline, split: Split, k: int) -> float | None:
     """Full-catalog validation NDCG@k (training items excluded), or None without validation targets."""
     users, items, _ = _role_arrays(split, VALID)
     if len(users) == 0:
         return None
-    return metrics.ndcg(_full_catalog_ranks(model, split, users, items, VALID), k)
+    return metrics.ndcg(full_catalog_ranks(model, split, users, items, VALID), k)
+
+
+def full_catalog_ranks(model: Baseline, split: Split, users: np.ndarray, items: np.ndarray, role: int | str,
+                       batch_size: int | None = None, candidates=None) -> np.ndarray:
+    """0-based rank of each (user, target item) under `mtrec.ranking`'s protocol (earlier-role items
+    left out, repeats ranked, ties pessimistic), scored in blocks by `model.score_all`."""
+    value = ranking_role(role)
+    return ranking.rank_targets(lambda u: model.score_all(u, role=value), users, items,
+                                ranking.Seen.before(split, value, dense=False), candidates, batch_size,
+                                split.dataset.num_items)
 
 
 class BPRMF(Baseline):
@@ -450,7 +346,7 @@ class BPRMF(Baseline):
         ds = split.dataset
         gen, rng = torch.Generator().manual_seed(seed), np.random.default_rng(seed)
         u_np, i_np, _ = _role_arrays(split, TRAIN)
-        keys = np.unique(u_np * ds.num_items + i_np)  # implicit: a pair counts once
+        keys = pair_keys(u_np, i_np, ds.num_items)  # implicit: a pair counts once
         u_np, i_np = keys // ds.num_items, keys % ds.num_items
         u, i = torch.as_tensor(u_np), torch.as_tensor(i_np)
         self.P = (0.1 * torch.randn(ds.num_users, self.dim, generator=gen)).requires_grad_()
@@ -458,9 +354,9 @@ class BPRMF(Baseline):
         opt = torch.optim.Adam([self.P, self.Q], lr=self.lr)
 
         def run_epoch() -> float:
-            j = torch.as_tensor(sample_negatives(u_np, keys, ds.num_items, rng))
+            j = torch.as_tensor(sample_unobserved(u_np, keys, ds.num_items, rng))
             total = 0.0
-            for b in _batches(len(u), self.batch_size, gen):
+            for b in batches(len(u), self.batch_size, gen):
                 # index_select, not P[u]: the backward of advanced indexing (index_put_ with accumulate) is
                 # not deterministic on a multi-threaded CPU
                 pu, qi, qj = self.P.index_select(0, u[b]), self.Q.index_select(0, i[b]), self.Q.index_select(0, j[b])
@@ -472,7 +368,7 @@ class BPRMF(Baseline):
                 total += float(loss.detach()) * len(b)
             return total / len(u)
 
-        info = _early_stopping(
+        info = early_stopping(
             [self.P, self.Q],
             run_epoch,
             lambda: _valid_ndcg(self, split, self.k),
@@ -525,7 +421,7 @@ class ItemKNN(Baseline):
         return self
 
     def score_all(self, users, role=VALID):
-        history = self._history[metrics.ranking_role(role)]
+        history = self._history[ranking_role(role)]
         return (history[np.asarray(users, np.int64)] @ self.S).toarray()
 
 
@@ -558,90 +454,6 @@ def _top_k_similar(co: sp.spmatrix, norms: np.ndarray, start: int, k: int):
 
 
 # ---- sequential -------------------------------------------------------------------------------
-class _AttentionBlock(torch.nn.Module):
-    """Pre-LayerNorm transformer block: masked self-attention, then a position-wise feed-forward."""
-
-    def __init__(self, hidden: int, heads: int, dropout: float) -> None:
-        super().__init__()
-        self.heads, self.dropout = heads, dropout
-        self.norm1, self.norm2 = torch.nn.LayerNorm(hidden), torch.nn.LayerNorm(hidden)
-        self.qkv, self.out = torch.nn.Linear(hidden, 3 * hidden), torch.nn.Linear(hidden, hidden)
-        self.ff = torch.nn.Sequential(
-            torch.nn.Linear(hidden, hidden),
-            torch.nn.ReLU(),
-            torch.nn.Dropout(dropout),
-            torch.nn.Linear(hidden, hidden),
-        )
-        self.drop = torch.nn.Dropout(dropout)
-
-    def forward(self, x: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
-        b, n, h = x.shape
-        q, k, v = self.qkv(self.norm1(x)).view(b, n, 3, self.heads, h // self.heads).permute(2, 0, 3, 1, 4)
-        p = self.dropout if self.training else 0.0
-        att = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, dropout_p=p)
-        x = x + self.drop(self.out(att.transpose(1, 2).reshape(b, n, h)))
-        return x + self.drop(self.ff(self.norm2(x)))
-
-
-class _SASRecNet(torch.nn.Module):
-    """Item + learned position embeddings, causal attention blocks, final LayerNorm.
-
-    Input: [B, L] item index + 1, left-padded with 0, so the newest item always sits at position
-    L - 1 (in training windows and at scoring time alike). Output: [B, L, hidden]; the score of item
-    i after position t is out[:, t] . E[i + 1] (the input embedding table, shared as output)."""
-
-    def __init__(
-        self, num_items: int, max_len: int, hidden: int, blocks: int, heads: int, dropout: float
-    ) -> None:
-        super().__init__()
-        self.item = torch.nn.Embedding(num_items + 1, hidden, padding_idx=0)
-        self.pos = torch.nn.Embedding(max_len, hidden)
-        self.drop = torch.nn.Dropout(dropout)
-        self.blocks = torch.nn.ModuleList(_AttentionBlock(hidden, heads, dropout) for _ in range(blocks))
-        self.norm = torch.nn.LayerNorm(hidden)
-        torch.nn.init.normal_(self.item.weight, std=hidden**-0.5)
-        with torch.no_grad():
-            self.item.weight[0].zero_()
-
-    def forward(self, seq: torch.Tensor) -> torch.Tensor:
-        n = seq.shape[1]
-        real = (seq > 0).unsqueeze(-1)
-        x = self.item(seq) * self.item.embedding_dim**0.5 + self.pos(torch.arange(n, device=seq.device))
-        x = self.drop(x) * real
-        # Causal, and no attention to padding; a padded position still sees itself so that no
-        # softmax row is empty (its output is zeroed anyway).
-        causal = torch.ones(n, n, dtype=torch.bool, device=seq.device).tril()
-        allowed = (causal & (seq > 0)[:, None, :]) | torch.eye(n, dtype=torch.bool, device=seq.device)
-        for block in self.blocks:
-            x = block(x, allowed[:, None]) * real
-        return self.norm(x)
-
-    def catalog(self) -> torch.Tensor:
-        """[num_items, hidden] output embeddings (the padding row left out)."""
-        return self.item.weight[1:]
-
-
-def _softmax_backward(hidden: torch.Tensor, net: _SASRecNet, labels: torch.Tensor, max_logits: int) -> float:
-    """Backpropagate mean full-catalog cross-entropy of `hidden` [P, H] against `labels` [P].
-
-    The [P, num_items] logits are built `max_logits` entries at a time: each chunk's loss is
-    backpropagated into a detached copy of `hidden` (and the item table) and freed, then the
-    accumulated gradient flows through the transformer once. Same gradient as one big softmax,
-    memory bounded on large catalogs. Returns the loss value."""
-    if len(labels) == 0:
-        return 0.0
-    leaf = hidden.detach().requires_grad_()
-    rows = max(1, max_logits // net.catalog().shape[0])
-    total = 0.0
-    for a in range(0, len(labels), rows):
-        logits = leaf[a : a + rows] @ net.catalog().T
-        loss = F.cross_entropy(logits, labels[a : a + rows], reduction="sum") / len(labels)
-        loss.backward()
-        total += float(loss.detach())
-    hidden.backward(leaf.grad)
-    return total
-
-
 class SASRec(Baseline):
     """Self-attentive sequential recommendation (Kang & McAuley 2018), trained with a full softmax.
 
@@ -709,22 +521,21 @@ class SASRec(Baseline):
         """
         started = self._start(split, seed)
         ds = split.dataset
-        self._seq_items = ds.item_idx[split.seq].astype(np.int64) + 1  # 0 is padding
-        self._seq_roles = split.role[split.seq]
-        windows = self._training_windows()
+        windows = training_windows(split, self.max_len)
         devices = [torch.device(self.device)] if torch.device(self.device).type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(seed)
-            self.net = _SASRecNet(
+            self.net = SequenceNet(
                 ds.num_items, self.max_len, self.hidden, self.blocks, self.heads, self.dropout
             )
             self.net.to(self.device)
             opt = torch.optim.Adam(self.net.parameters(), lr=self.lr, betas=(0.9, 0.98))
             gen = torch.Generator().manual_seed(seed)
             deadline = None if max_seconds is None else time.perf_counter() + max_seconds
-            info = _early_stopping(
+            info = early_stopping(
                 list(self.net.parameters()),
-                lambda: self._epoch(windows, opt, gen, deadline),
+                lambda: train_epoch(self.net, windows, opt, gen, self.batch_size, self.max_logits, self.device,
+                                    deadline),
                 lambda: _valid_ndcg(self, split, self.k),
                 max_epochs=max_epochs,
                 patience=patience,
@@ -735,56 +546,23 @@ class SASRec(Baseline):
         self._done(started, windows=len(windows), **info)
         return self
 
-    def _training_windows(self) -> torch.Tensor:
-        """[W, max_len + 1] windows of TRAIN item ids, cut from each sequence's end, left-padded.
-
-        Consecutive windows overlap by one item (the last input of one is the first target of the
-        next), so every training item but each user's first is a target exactly once."""
-        out, offsets = [], self.split.offsets
-        for u in range(self.split.dataset.num_users):
-            a, b = offsets[u], offsets[u + 1]
-            seq = self._seq_items[a:b][self._seq_roles[a:b] == TRAIN]
-            for end in range(len(seq), 1, -self.max_len):
-                w = seq[max(0, end - self.max_len - 1) : end]
-                out.append(np.pad(w, (self.max_len + 1 - len(w), 0)))
-        return torch.as_tensor(np.array(out, dtype=np.int64).reshape(-1, self.max_len + 1))
-
-    def _epoch(
-        self, windows: torch.Tensor, opt: torch.optim.Optimizer, gen: torch.Generator, deadline: float | None
-    ) -> float:
-        """One pass over the shuffled windows; returns the mean training loss per batch.
-
-        Past `deadline` (perf_counter seconds) the epoch ends early: one epoch over Ciao's 105k-item
-        softmax takes minutes on a CPU, longer than a quick benchmark's whole budget."""
-        self.net.train()
-        losses = []
-        for b in _batches(len(windows), self.batch_size, gen):
-            if deadline is not None and losses and time.perf_counter() > deadline:
-                break
-            w = windows[b].to(self.device)
-            target = w[:, 1:]
-            keep = target > 0
-            opt.zero_grad(set_to_none=True)
-            hidden = self.net(w[:, :-1])[keep]
-            losses.append(_softmax_backward(hidden, self.net, target[keep] - 1, self.max_logits))
-            opt.step()
-        return float(np.mean(losses)) if losses else float("nan")
-
     def history_inputs(self, users: np.ndarray, role: int | str) -> torch.Tensor:
         """[B, max_len] the newest `max_len` items each user had before the `role` targets, left-padded."""
-        value = metrics.ranking_role(role)
-        out = np.zeros((len(users), self.max_len), np.int64)
-        for row, u in enumerate(np.asarray(users, np.int64)):
-            a, b = self.split.offsets[u], self.split.offsets[u + 1]
-            items = self._seq_items[a:b][self._seq_roles[a:b] < value][-self.max_len :]
-            out[row, self.max_len - len(items) :] = items
-        return torch.as_tensor(out)
+        return history_inputs(self.split, users, role, self.max_len)
 
     @torch.no_grad()
     def score_all(self, users, role=VALID):
         self.net.eval()
         seq = self.history_inputs(users, role).to(self.device)
         return (self.net(seq)[:, -1] @ self.net.catalog().T).float().cpu().numpy()
+
+
+def user_set_sha256(users) -> str:
+    """A fingerprint of a set of user indices (order and repeats ignored): rows compared side by side
+    must have been scored on the same users, not merely as many."""
+    import hashlib
+
+    return hashlib.sha256(np.unique(np.asarray(users, np.int64)).tobytes()).hexdigest()[:16]
 
 
 # ---- evaluation --------------------------------------------------------------------------------
@@ -801,25 +579,25 @@ def evaluate_baseline(
     Rating models on explicit data: RMSE/MAE of `predict_ratings`, and preference metrics for the
     label rating >= like_threshold: AUC of the predicted rating, log-loss and accuracy of
     `like_proba`. Every model: full-catalog HR@k, NDCG@k, MRR@k of each target, excluding the user's
-    earlier-role items (`metrics.exclusion_mask`), ties pessimistic.
+    earlier-role items (`mtrec.ranking`), ties pessimistic.
 
     Args:
         model: a fitted baseline.
         split: the split it was fitted on.
         role: ``"valid"``/``VALID`` or ``"test"``/``TEST``.
         k: ranking cut-off.
-        batch_size: users scored at once (default: sized to the catalog, see `score_batch_size`).
+        batch_size: users scored at once (default: sized to the catalog, see `mtrec.ranking.block_size`).
         users: evaluate only these users' targets (a benchmark's seeded subset); None = every user.
 
     Returns:
         Metric name -> value, plus ``n`` (interactions evaluated).
     """
-    value = metrics.ranking_role(role)
+    value = ranking_role(role)
     users_, items, ratings = _role_arrays(split, value)
     if users is not None:
         keep = np.isin(users_, np.asarray(users, np.int64))
         users_, items, ratings = users_[keep], items[keep], ratings[keep]
-    out: dict[str, float] = {"n": len(users_)}
+    out: dict[str, float] = {"n": len(users_), "users_sha256": user_set_sha256(users_)}
     if model.rates and split.dataset.explicit:
         pred = model.predict_ratings(users_, items)
         out.update(rmse=metrics.rmse(pred, ratings), mae=metrics.mae(pred, ratings))
@@ -830,7 +608,7 @@ def evaluate_baseline(
             log_loss=metrics.log_loss(proba, like),
             accuracy=metrics.accuracy(proba, like),
         )
-    ranks = _full_catalog_ranks(model, split, users_, items, value, batch_size)
+    ranks = full_catalog_ranks(model, split, users_, items, value, batch_size)
     out[f"hr@{k}"] = metrics.hit_rate(ranks, k)
     out[f"ndcg@{k}"] = metrics.ndcg(ranks, k)
     out[f"mrr@{k}"] = metrics.mrr(ranks, k)

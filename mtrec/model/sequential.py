@@ -1,0 +1,151 @@
+"""The sequence network of the collaborative layer: SASRec's (Kang & McAuley 2018) causal
+self-attention over a user's item sequence, with its training windows, history inputs and a
+full-catalog softmax epoch. The bench's `SASRec` baseline is this network early-stopped on
+validation; a sequential prior for the heads fits the same network on the training split only.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from mtrec.data.splits import TRAIN, Split, ranking_role
+from mtrec.model.collaborative import batches
+
+
+class _AttentionBlock(torch.nn.Module):
+    """Pre-LayerNorm transformer block: masked self-attention, then a position-wise feed-forward."""
+
+    def __init__(self, hidden: int, heads: int, dropout: float) -> None:
+        super().__init__()
+        self.heads, self.dropout = heads, dropout
+        self.norm1, self.norm2 = torch.nn.LayerNorm(hidden), torch.nn.LayerNorm(hidden)
+        self.qkv, self.out = torch.nn.Linear(hidden, 3 * hidden), torch.nn.Linear(hidden, hidden)
+        self.ff = torch.nn.Sequential(
+            torch.nn.Linear(hidden, hidden),
+            torch.nn.ReLU(),
+            torch.nn.Dropout(dropout),
+            torch.nn.Linear(hidden, hidden),
+        )
+        self.drop = torch.nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+        b, n, h = x.shape
+        q, k, v = self.qkv(self.norm1(x)).view(b, n, 3, self.heads, h // self.heads).permute(2, 0, 3, 1, 4)
+        p = self.dropout if self.training else 0.0
+        att = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, dropout_p=p)
+        x = x + self.drop(self.out(att.transpose(1, 2).reshape(b, n, h)))
+        return x + self.drop(self.ff(self.norm2(x)))
+
+
+class SequenceNet(torch.nn.Module):
+    """Item + learned position embeddings, causal attention blocks, final LayerNorm.
+
+    Input: [B, L] item index + 1, left-padded with 0, so the newest item always sits at position
+    L - 1 (in training windows and at scoring time alike). Output: [B, L, hidden]; the score of item
+    i after position t is out[:, t] . E[i + 1] (the input embedding table, shared as output)."""
+
+    def __init__(
+        self, num_items: int, max_len: int, hidden: int, blocks: int, heads: int, dropout: float
+    ) -> None:
+        super().__init__()
+        self.item = torch.nn.Embedding(num_items + 1, hidden, padding_idx=0)
+        self.pos = torch.nn.Embedding(max_len, hidden)
+        self.drop = torch.nn.Dropout(dropout)
+        self.blocks = torch.nn.ModuleList(_AttentionBlock(hidden, heads, dropout) for _ in range(blocks))
+        self.norm = torch.nn.LayerNorm(hidden)
+        torch.nn.init.normal_(self.item.weight, std=hidden**-0.5)
+        with torch.no_grad():
+            self.item.weight[0].zero_()
+
+    def forward(self, seq: torch.Tensor) -> torch.Tensor:
+        n = seq.shape[1]
+        real = (seq > 0).unsqueeze(-1)
+        x = self.item(seq) * self.item.embedding_dim**0.5 + self.pos(torch.arange(n, device=seq.device))
+        x = self.drop(x) * real
+        # Causal, and no attention to padding; a padded position still sees itself so that no
+        # softmax row is empty (its output is zeroed anyway).
+        causal = torch.ones(n, n, dtype=torch.bool, device=seq.device).tril()
+        allowed = (causal & (seq > 0)[:, None, :]) | torch.eye(n, dtype=torch.bool, device=seq.device)
+        for block in self.blocks:
+            x = block(x, allowed[:, None]) * real
+        return self.norm(x)
+
+    def catalog(self) -> torch.Tensor:
+        """[num_items, hidden] output embeddings (the padding row left out)."""
+        return self.item.weight[1:]
+
+
+def softmax_backward(hidden: torch.Tensor, net: SequenceNet, labels: torch.Tensor, max_logits: int) -> float:
+    """Backpropagate mean full-catalog cross-entropy of `hidden` [P, H] against `labels` [P].
+
+    The [P, num_items] logits are built `max_logits` entries at a time: each chunk's loss is
+    backpropagated into a detached copy of `hidden` (and the item table) and freed, then the
+    accumulated gradient flows through the transformer once. Same gradient as one big softmax,
+    memory bounded on large catalogs. Returns the loss value."""
+    if len(labels) == 0:
+        return 0.0
+    leaf = hidden.detach().requires_grad_()
+    rows = max(1, max_logits // net.catalog().shape[0])
+    total = 0.0
+    for a in range(0, len(labels), rows):
+        logits = leaf[a : a + rows] @ net.catalog().T
+        loss = F.cross_entropy(logits, labels[a : a + rows], reduction="sum") / len(labels)
+        loss.backward()
+        total += float(loss.detach())
+    hidden.backward(leaf.grad)
+    return total
+
+
+def training_windows(split: Split, max_len: int) -> torch.Tensor:
+    """[W, max_len + 1] windows of each user's TRAIN item ids + 1, cut from the sequence's end,
+    left-padded with 0.
+
+    Consecutive windows overlap by one item (the last input of one is the first target of the
+    next), so every training item but each user's first is a target exactly once."""
+    items, roles = split.dataset.item_idx[split.seq].astype(np.int64) + 1, split.role[split.seq]
+    out, offsets = [], split.offsets
+    for u in range(split.dataset.num_users):
+        a, b = offsets[u], offsets[u + 1]
+        seq = items[a:b][roles[a:b] == TRAIN]
+        for end in range(len(seq), 1, -max_len):
+            w = seq[max(0, end - max_len - 1) : end]
+            out.append(np.pad(w, (max_len + 1 - len(w), 0)))
+    return torch.as_tensor(np.array(out, dtype=np.int64).reshape(-1, max_len + 1))
+
+
+def history_inputs(split: Split, users: np.ndarray, role: int | str, max_len: int) -> torch.Tensor:
+    """[B, max_len] the newest `max_len` item ids + 1 each user had before the `role` targets, left-padded."""
+    value = ranking_role(role)
+    items, roles = split.dataset.item_idx[split.seq].astype(np.int64) + 1, split.role[split.seq]
+    out = np.zeros((len(users), max_len), np.int64)
+    for row, u in enumerate(np.asarray(users, np.int64)):
+        a, b = split.offsets[u], split.offsets[u + 1]
+        seen = items[a:b][roles[a:b] < value][-max_len:]
+        out[row, max_len - len(seen) :] = seen
+    return torch.as_tensor(out)
+
+
+def train_epoch(net: SequenceNet, windows: torch.Tensor, opt: torch.optim.Optimizer, gen: torch.Generator,
+                batch_size: int, max_logits: int, device, deadline: float | None = None) -> float:
+    """One pass over the shuffled windows, next-item cross-entropy over the whole catalog at every
+    position; returns the mean training loss per batch.
+
+    Past `deadline` (perf_counter seconds) the epoch ends early: one epoch over Ciao's 105k-item
+    softmax takes minutes on a CPU, longer than a quick benchmark's whole budget."""
+    net.train()
+    losses = []
+    for b in batches(len(windows), batch_size, gen):
+        if deadline is not None and losses and time.perf_counter() > deadline:
+            break
+        w = windows[b].to(device)
+        target = w[:, 1:]
+        keep = target > 0
+        opt.zero_grad(set_to_none=True)
+        hidden = net(w[:, :-1])[keep]
+        losses.append(softmax_backward(hidden, net, target[keep] - 1, max_logits))
+        opt.step()
+    return float(np.mean(losses)) if losses else float("nan")
