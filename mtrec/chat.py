@@ -8,6 +8,8 @@ Commands (one per line; USER is a user id, optionally written ``user 42``, or ``
     prefer USER                  category affinities
     history USER [k=20|all]      the user's known items, newest first
     like ITEM [ITEM ...]         add items to the session's new user "me"; forget: clear it
+    why ITEM for USER            which items shown in USER's prompt raised ITEM's score most
+    why [ITEM]                   the same for the last recommendation (bare: its top item)
     format table|json            answers as aligned tables (default) or one JSON object per line
     help, quit / exit / EOF
 
@@ -57,6 +59,7 @@ STOPWORDS = {"what", "which", "next", "then", "and", "but", "also", "like", "lov
 K_PATTERN = re.compile(r"\btop\s+(\d{1,4})\b|\b(\d{1,4})\s+(?:more\s+)?(?:movies|items|films|songs|records|books|"
                        r"things|titles|picks|recommendations|suggestions)\b", re.I)
 USER_PATTERN = re.compile(r"\buser\s+([^\s,;:?!\"]+)", re.I)
+WHY_PATTERN = re.compile(r"^(.*?)\s+for\s+(?:user\s+)?(\S+)$", re.I)  # "ITEM for [user] USER"
 
 
 class ChatError(Exception):
@@ -212,6 +215,8 @@ HELP = """commands (USER: a user id, or "me" = the new user you describe; ITEM: 
   prefer USER                    USER's categories by affinity         prefer 42
   history USER [k=20|all]        USER's known items, newest first      history 42
   like ITEM [ITEM ...]           add items "me" liked; forget: clear    like "Toy Story" Heat
+  why ITEM for USER              shown items that raised ITEM most     why 50 for 42
+  why [ITEM]                     the same after a recommendation       why   (its top item)
   format table|json              how answers are printed
   help, quit
 or ask in free text: "I loved Toy Story and Heat, what next?", "how would user 42 rate Heat (1995)?"
@@ -231,9 +236,10 @@ class ChatSession:
         self.rec, self.ds, self.fmt = rec, ds, fmt
         self.titles = TitleIndex(ds.items, np.bincount(ds.item_idx, minlength=ds.num_items))
         self.me: list[str] = []  # item ids the session's new user liked, newest first
+        self.last: tuple[str | None, str] | None = None  # (user, top item id) of the last recommendation
         self.finished = False
         self.commands = {"recommend": self._recommend, "rate": self._rate, "prefer": self._prefer,
-                         "history": self._history, "like": self._like, "forget": self._forget,
+                         "history": self._history, "like": self._like, "forget": self._forget, "why": self._why,
                          "format": self._format, "help": lambda rest: {"answer": "message", "text": HELP}}
 
     def handle(self, line: str) -> str:
@@ -300,6 +306,30 @@ class ChatSession:
         liked = "; ".join(self._title(i) for i in self.me)
         return {"answer": "message", "text": f"new user 'me' liked (newest first): {liked}. Try: recommend me"}
 
+    def _why(self, rest: str) -> dict:
+        """`why ITEM for USER`, `why ITEM` (the last recommendation's user), bare `why` (its top item)."""
+        text = rest.strip().rstrip("?").strip()
+        if not text:
+            if self.last is None:
+                raise ChatError("nothing to explain yet: ask for a recommendation first, or ask why ITEM for USER "
+                                "(e.g. why 50 for 42)")
+            return self._explain_answer(*self.last)
+        m = WHY_PATTERN.match(text)
+        if m and (m.group(2).lower() == "me" or m.group(2) in self.ds.user_index):
+            (user, _), text = self._user([m.group(2)]), m.group(1)
+        elif m:  # "for X" with X no user: a title holding "for" (after a recommendation), else a bad user
+            if self.last is not None:
+                try:
+                    return self._explain_answer(self.last[0], self.ds.items[self.titles.resolve(text)].id)
+                except ChatError:
+                    pass
+            self._user([m.group(2)])  # raises: unknown user, naming it
+        elif self.last is not None:  # "why Heat": the last recommendation's user
+            user = self.last[0]
+        else:
+            raise ChatError(f"why {text[:60]!r} for whom? e.g. why 50 for 42 (or ask after a recommendation)")
+        return self._explain_answer(user, self.ds.items[self.titles.resolve(text)].id)
+
     def _forget(self, rest: str) -> dict:
         self.me = []
         return {"answer": "message", "text": "forgot the new user 'me'"}
@@ -360,6 +390,8 @@ class ChatSession:
             top = self.rec.recommend(user, k=k)[0]
             known = len(self.rec.split.user_sequence(self.ds.user_index[user]))
         rows = [{"item": i, "score": s, "title": self._title(i)} for i, s in top]
+        if rows:
+            self.last = (user, rows[0]["item"])
         return {"answer": "recommend", "user": user, "liked": None if user else list(self.me), "known": known,
                 "k": k, "items": rows}
 
@@ -372,6 +404,18 @@ class ChatSession:
         key = "rating" if task == "rate" else "p_like"
         rows = [{"item": i, key: v, "title": self._title(i)} for i, v in zip(ids, values)]
         return {"answer": task, "user": user, "items": rows}
+
+    def _explain_answer(self, user: str | None, item: str) -> dict:
+        from mtrec.inference import NewUser
+
+        if user is None and not self.me:
+            raise ChatError("no new user 'me' any more (forgotten): say which titles you liked first")
+        e = self.rec.explain(user if user is not None else NewUser(self.me), item, k=3)
+        rows = [{"item": c.item, "change": c.change, "share": c.share, "source": c.source, "friend": c.friend,
+                 "title": c.title} for c in e.contributions]
+        return {"answer": "explain", "user": user, "item": e.item, "title": e.title, "score": e.score,
+                "prior_part": e.prior_part, "lm_part": e.lm_part, "shown": e.shown, "items": rows,
+                "sentence": e.sentence}
 
     def _categories_answer(self, user: str | None) -> dict:
         if not self.ds.categories:
@@ -423,11 +467,12 @@ class ChatSession:
             return r["text"]
         lines = [f"note: {n}" for n in r.get("notes", ())] + [self._headline(r)]
         rows = r["categories"] if r["answer"] == "categories" else r["items"]
+        after = [r["sentence"]] if r["answer"] == "explain" else []
         if not rows:
-            return "\n".join(lines + ["  (none)"])
+            return "\n".join(lines + ["  (none)"] + after)
         columns = self._columns(r)
         cells = [[fmt(row, n) for _, fmt in columns] for n, row in enumerate(rows, 1)]
-        return "\n".join(lines + table([h for h, _ in columns], cells))
+        return "\n".join(lines + table([h for h, _ in columns], cells) + after)
 
     def _who(self, user: str | None) -> str:
         return f"user {user}" if user is not None else "the new user 'me'"
@@ -444,6 +489,10 @@ class ChatSession:
             return f"predicted ratings for {who} (scale {lo:g} to {hi:g}):"
         if kind == "prefer":
             return f"P(like) for {who}:"
+        if kind == "explain":
+            return (f"why {self.titles.describe(self.ds.item_index[r['item']])} for {who}: score {r['score']:.4f} = "
+                    f"prior {r['prior_part']:.4f} + prompt {r['lm_part']:+.4f}; of the {r['shown']} items shown, "
+                    "those whose removal lowers it most:")
         if kind == "categories":
             return f"categories {who} prefers (probabilities over {len(self.ds.categories)}):"
         shown = len(r["items"])
@@ -465,6 +514,10 @@ class ChatSession:
             return [item, ("P(like)", lambda row, n: f"{row['p_like']:.4f}"), title]
         if kind == "categories":
             return [rank, ("p", lambda row, n: f"{row['p']:.4f}"), ("category", lambda row, n: row["category"])]
+        if kind == "explain":
+            return [rank, ("change", lambda row, n: f"{row['change']:+.4f}"),
+                    ("share", lambda row, n: f"{100 * row['share']:.0f}"), ("source", lambda row, n: row["source"]),
+                    ("friend", lambda row, n: row["friend"] or "-"), item, title]
         key = "rating" if self.ds.explicit else "weight"
         value = (key, lambda row, n: "-" if row[key] is None else f"{row[key]:g}")
         columns = [rank, item, value]

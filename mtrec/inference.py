@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import functools
 import io
 import json
 import sys
@@ -160,6 +161,40 @@ class Recommender:
 
         return self._top_items(examples, k, mask, batch_size)
 
+    def explain(self, user: Who, item: str, k: int = 3, batch_size: int = 32):
+        """Why `item` scores as it does for `user` (a known id or a `NewUser`): an
+        `mtrec.explain.Explanation` with the score split into the priors' part and the language
+        model's part, and the `k` items shown in the prompt whose removal lowers the score most
+        (occlusion: the prompt re-scored without each shown entry, all variants batched).
+        Costs 1 + (shown history and friends' entries) prompts."""
+        from mtrec.explain import explain_pairs
+
+        return explain_pairs(self, [user], [item], k, batch_size)[0]
+
+    def explain_items(self, user: Who, items: Sequence[str], k: int = 3, batch_size: int = 32) -> list:
+        """`explain` for several items of one user: the occluded prompts do not depend on the item,
+        so this costs what one explanation costs (the items are extra columns of the same passes)."""
+        from mtrec.explain import explain_pairs
+
+        items = _as_list(items)
+        return explain_pairs(self, [user] * len(items), items, k, batch_size)
+
+    def explain_pairs(self, users: Who | Sequence[Who], items: str | Sequence[str], k: int | Sequence[int] = 3,
+                      batch_size: int = 32) -> list:
+        """`explain` per (user, item) pair (a single user or item is broadcast); pairs of one user
+        share that user's occluded prompts, and every prompt of the call is batched together."""
+        from mtrec.explain import explain_pairs
+
+        return explain_pairs(self, users, items, k, batch_size)
+
+    @functools.cached_property
+    def explanation_templates(self):
+        """The sentence templates of `explain`: the run folder's ``prompts/explanation.yaml``, or
+        the shipped one when the run predates it (`mtrec.prompts.load_explanation_templates`)."""
+        from mtrec.prompts import load_explanation_templates
+
+        return load_explanation_templates(self.prompts["recommendation"].path.parent)
+
     # the cold-start spellings of the same calls (a new user described by the items they liked)
     def recommend_for_history(self, history: Sequence, k: int = 10,
                               exclude_named: bool = True) -> list[tuple[str, float]]:
@@ -266,18 +301,22 @@ class Recommender:
         return results
 
     @torch.no_grad()
-    def _batches(self, examples: list, batch_size: int, full_catalog: bool = False) -> Iterator[tuple[int, dict]]:
+    def _batches(self, examples: list, batch_size: int, full_catalog: bool = False,
+                 subset: torch.Tensor | None = None, with_prior: bool = False) -> Iterator[tuple[int, dict]]:
         """(start, model outputs) per batch. Catalog scores are computed only when asked: for
-        rating / like / category rows an empty item subset skips the [B, items] matrix product."""
+        rating / like / category rows an empty item subset skips the [B, items] matrix product.
+        `subset` (item indices) scores only those columns; `with_prior` adds ``item_prior`` (see
+        `mtrec.model.multitask.TaskHeads.forward`)."""
         no_items = torch.zeros(0, dtype=torch.long, device=self.device)
+        extra = {"with_prior": True} if with_prior else {}
         for start in range(0, len(examples), batch_size):
             chunk = examples[start : start + batch_size]
             rendered = [self.renderer.render(ex, self._template(ex)) for ex in chunk]
             ids, mask = pad_right(rendered, self.tokenizer.pad_token_id)
             items = torch.tensor([getattr(ex, "item_index", -1) for ex in chunk], device=self.device)
             users = torch.tensor([ex.user_index for ex in chunk], device=self.device)  # -1: a cold-start user
-            subset = None if full_catalog else no_items
-            yield start, self.model(ids.to(self.device), mask.to(self.device), subset, items, users)
+            columns = subset if subset is not None else None if full_catalog else no_items
+            yield start, self.model(ids.to(self.device), mask.to(self.device), columns, items, users, **extra)
 
     def _template(self, example):
         kind = KIND_OF_TYPE[type(example)]
@@ -305,7 +344,7 @@ def _pairs(users, items) -> tuple[list[str], list[str]]:
 
 # ---- batch front end (infer.py --task) ------------------------------------------------------
 USER_TASKS = ("recommend", "categories")  # one user per request
-PAIR_TASKS = ("rate", "prefer")  # one (user, item) pair per request
+PAIR_TASKS = ("rate", "prefer", "explain")  # one (user, item) pair per request
 TASKS = USER_TASKS + PAIR_TASKS
 USER_COLUMNS, ITEM_COLUMNS = ("user", "user_id"), ("item", "item_id")
 
@@ -345,9 +384,9 @@ def input_format(path: str | Path, fmt: str | None = None) -> str:
 def read_requests(path: str | Path, task: str, fmt: str | None = None) -> list[Request | Rejected]:
     """Requests from a file, in file order; unusable lines come back as `Rejected` naming file:line.
 
-    CSV needs a header with a ``user``/``user_id`` column (and ``item``/``item_id`` for rate and
-    prefer). JSONL holds one object per line with the same keys. A text file holds
-    whitespace-separated user ids (recommend / categories) or ``USER ITEM`` per line (rate / prefer);
+    CSV needs a header with a ``user``/``user_id`` column (and ``item``/``item_id`` for the pair
+    tasks rate, prefer and explain). JSONL holds one object per line with the same keys. A text file
+    holds whitespace-separated user ids (recommend / categories) or ``USER ITEM`` per line (pair tasks);
     ``#`` starts a comment. Raises `BadInputError` for a missing file or a bad CSV header.
     """
     path = Path(path)
@@ -360,7 +399,7 @@ def read_requests(path: str | Path, task: str, fmt: str | None = None) -> list[R
 
 
 def requests_from_args(tokens: Sequence[str], task: str) -> list[Request | Rejected]:
-    """Requests from command-line ids: USER for recommend/categories, USER:ITEM for rate/prefer."""
+    """Requests from command-line ids: USER for recommend/categories, USER:ITEM for rate/prefer/explain."""
     out: list[Request | Rejected] = []
     for n, token in enumerate(tokens, 1):
         where = f"argument {n} ({token!r})"
@@ -470,7 +509,8 @@ def check_ids(dataset, requests: Iterable[Request | Rejected]) -> tuple[list[Req
 
 def score_requests(rec: Recommender, task: str, requests: Sequence[Request], k: int = 10,
                    exclude_seen: bool = True, batch_size: int = 32) -> list[dict]:
-    """One result row (a JSON-ready dict) per request, in order."""
+    """One result row (a JSON-ready dict) per request, in order (`k`: items or categories per user;
+    for explain, contributions per pair)."""
     users = [r.user for r in requests]
     if task == "recommend":
         tops = rec.recommend(users, k=k, exclude_seen=exclude_seen, batch_size=batch_size)
@@ -479,6 +519,9 @@ def score_requests(rec: Recommender, task: str, requests: Sequence[Request], k: 
         cats = rec.categories(users, k=k, batch_size=batch_size)
         return [{"user": u, "categories": [{"category": c, "p": p} for c, p in cs]} for u, cs in zip(users, cats)]
     items = [r.item for r in requests]
+    if task == "explain":  # k: contributions per pair; pairs of one user share its occluded prompts
+        return [{"user": u, **_explanation_row(e)}
+                for u, e in zip(users, rec.explain_pairs(users, items, k=k, batch_size=batch_size))]
     if task == "rate":
         values, key = rec.rate(users, items, batch_size), "rating"
     elif task == "prefer":
@@ -488,12 +531,23 @@ def score_requests(rec: Recommender, task: str, requests: Sequence[Request], k: 
     return [{"user": u, "item": i, key: v} for u, i, v in zip(users, items, values)]
 
 
+def _explanation_row(e) -> dict:
+    """An `Explanation` as a JSON-ready row (without the user, which the caller sets)."""
+    row = e.to_dict()
+    del row["user"]
+    return row
+
+
 class ResultWriter:
     """Writes result rows as JSONL (one object per request) or CSV (one line per item / category
-    for recommend and categories: user,rank,item,score and user,rank,category,p)."""
+    for recommend and categories: user,rank,item,score and user,rank,category,p; one line per
+    contribution for explain, the pair's score repeated, and a line with empty contribution fields
+    for a pair with none)."""
 
     CSV_COLUMNS = {"recommend": ("user", "rank", "item", "score"), "categories": ("user", "rank", "category", "p"),
-                   "rate": ("user", "item", "rating"), "prefer": ("user", "item", "p_like")}
+                   "rate": ("user", "item", "rating"), "prefer": ("user", "item", "p_like"),
+                   "explain": ("user", "item", "score", "prior_part", "lm_part", "rank", "source", "contributor",
+                               "friend", "change", "share", "contributor_title")}
     NESTED = {"recommend": ("items", "item", "score"), "categories": ("categories", "category", "p")}
 
     def __init__(self, stream, fmt: str, task: str) -> None:
@@ -511,6 +565,11 @@ class ResultWriter:
             elif self.task in USER_TASKS:
                 key, name, value = self.NESTED[self.task]
                 self.csv.writerows((row["user"], n, e[name], e[value]) for n, e in enumerate(row[key], 1))
+            elif self.task == "explain":
+                head = [row[c] for c in ("user", "item", "score", "prior_part", "lm_part")]
+                lines = [head + [n, c["source"], c["item"], c["friend"] or "", c["change"], c["share"], c["title"]]
+                         for n, c in enumerate(row["contributions"], 1)]
+                self.csv.writerows(lines or [head + [""] * 7])
             else:
                 self.csv.writerow([row[c] for c in self.CSV_COLUMNS[self.task]])
         self.stream.flush()

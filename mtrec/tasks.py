@@ -252,11 +252,16 @@ class ExampleFactory:
         """An example for `user` *after* every interaction the split knows (serving time): the whole
         sequence is history and friends' interactions have no time cut. With a split whose roles
         are all TRAIN (see `mtrec.inference.serving_split`), friends' validation/test items count too."""
-        seq = self.split.user_sequence(user)[::-1][: self.opts.max_history]
-        social = self.context.social_for(user, None, self.opts.max_social)
+        seq, social = self.now_interactions(user)
         context = dict(history=tuple(self._entry(int(i)) for i in seq),
                        social=tuple(self._social_entry(int(i)) for i in social), interaction=-1, role="serve")
         return self._example(kind, int(user), item, 0.0, context)
+
+    def now_interactions(self, user: int) -> tuple[np.ndarray, np.ndarray]:
+        """The interactions `make_now` writes into `user`'s prompt, in prompt order (newest first):
+        (own history, friends' items). Their items are ``dataset.item_idx`` of these indices."""
+        seq = self.split.user_sequence(user)[::-1][: self.opts.max_history]
+        return seq, np.asarray(self.context.social_for(user, None, self.opts.max_social))
 
     def _example(self, kind: str, user: int, item: int, label: float, context: dict):
         ds = self.ds

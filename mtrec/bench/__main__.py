@@ -1,4 +1,4 @@
-"""`python -m mtrec.bench {accuracy,speed,compare,prior,export,update,serve} [options]`: dispatch to the benchmark's own `main(argv)`.
+"""`python -m mtrec.bench {accuracy,speed,compare,prior,export,update,serve,explain} [options]`: dispatch to the benchmark's own `main(argv)`.
 
 Each benchmark is imported only when asked for, so one that is missing or broken (or needs
 optional packages) never stops the other from running."""
@@ -18,12 +18,13 @@ BENCHMARKS = {
     "export": ("mtrec.bench.export", "the merged export against its run; int8 / bf16 speed and accuracy"),
     "update": ("mtrec.bench.update", "stale / priors-refit-only / updated models on the test split, with intervals"),
     "serve": ("mtrec.bench.serve", "a load test of the HTTP server: requests/s and latency at 1, 8, 32 clients"),
+    "explain": ("mtrec.bench.explain", "faithfulness of occlusion explanations: removing the top-attributed items vs others"),
 }
 
 
 def usage() -> str:
     lines = [
-        "usage: python -m mtrec.bench {accuracy,speed,compare,prior,export,update,serve} [options]   (--help after the name for its options)",
+        "usage: python -m mtrec.bench {accuracy,speed,compare,prior,export,update,serve,explain} [options]   (--help after the name for its options)",
         "",
     ]
     lines += [f"  {name:<9} {text}" for name, (_, text) in BENCHMARKS.items()]

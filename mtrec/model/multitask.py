@@ -93,7 +93,8 @@ class TaskHeads(nn.Module):
                 self.rating.bias.fill_(math.log(p / (1 - p)))
 
     def forward(self, pooled: torch.Tensor, item_subset: torch.Tensor | None = None,
-                items: torch.Tensor | None = None, users: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+                items: torch.Tensor | None = None, users: torch.Tensor | None = None,
+                with_prior: bool = False) -> dict[str, torch.Tensor]:
         """Outputs of every head for every row.
 
         Args:
@@ -102,6 +103,10 @@ class TaskHeads(nn.Module):
             items: [B] the item each row names (rating/like rows), whose offsets are added; -1 or
                 None: none.
             users: [B] the user of each row, whose offsets are added; -1 (unknown) or None: none.
+            with_prior: also return ``item_prior`` [B, items]: the part of ``item_logits`` that the
+                prompt cannot move (the per-item bias plus the collaborative ``<r_u, t_i>``); the rest,
+                ``item_logits - item_prior``, is the backbone's (scaled cosine of query and table).
+                ``item_logits`` is computed exactly as without it.
         """
         # LayerNorm then 1/sqrt(hidden): unit-norm features, so one Adam step on a head's weights moves
         # its logit by about lr * sqrt(hidden) instead of lr * hidden (small, noisy batches stay gentle)
@@ -119,23 +124,30 @@ class TaskHeads(nn.Module):
             table, bias, rec_items = (t.index_select(0, item_subset) for t in (table, bias, rec_items))
         q = F.normalize(self.query(x), dim=-1)
         item_logits = self.log_scale.exp() * (q @ F.normalize(table, dim=-1).T) + bias
+        item_prior = bias.expand_as(item_logits) if with_prior else None
         if users is not None and self.user_factors.shape[1]:
             known_u = (users >= 0).float()[:, None]
             u = users.clamp(min=0)
-            item_logits = item_logits + (known_u * self.rec_user_factors.index_select(0, u)) @ rec_items.T
+            collab = (known_u * self.rec_user_factors.index_select(0, u)) @ rec_items.T
+            item_logits = item_logits + collab
+            if with_prior:
+                item_prior = item_prior + collab
             if items is not None:
                 known_i = (items >= 0).float()[:, None]
                 dot = (known_u * self.user_factors.index_select(0, u) * known_i
                        * self.item_factors.index_select(0, items.clamp(min=0))).sum(-1)
                 rating_z = rating_z + dot
                 like_z = like_z + self.like_factor_scale * dot
-        return {
+        out = {
             "rating": self.rating_lo + (self.rating_hi - self.rating_lo) * torch.sigmoid(rating_z),
             "like_logit": like_z,
             "category_logits": self.categories(x),
             "item_logits": item_logits,
             "log_vars": self.log_vars,
         }
+        if with_prior:
+            out["item_prior"] = item_prior
+        return out
 
 
 def _or(value: torch.Tensor | None, default: torch.Tensor) -> torch.Tensor:
@@ -156,8 +168,11 @@ class RecModel(nn.Module):
         return pool_hidden(out.last_hidden_state, attention_mask, self.pooling, getattr(out, "pooler_output", None))
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, item_subset: torch.Tensor | None = None,
-                items: torch.Tensor | None = None, users: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        return self.heads(self.encode(input_ids, attention_mask), item_subset, items, users)
+                items: torch.Tensor | None = None, users: torch.Tensor | None = None,
+                with_prior: bool = False) -> dict[str, torch.Tensor]:
+        heads_args = (self.encode(input_ids, attention_mask), item_subset, items, users)
+        # only passed when asked, so a model traced or compiled without it sees the old call
+        return self.heads(*heads_args, with_prior=True) if with_prior else self.heads(*heads_args)
 
 
 def row_losses(out: dict[str, torch.Tensor], batch: dict[str, torch.Tensor],

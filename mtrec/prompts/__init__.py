@@ -3,9 +3,12 @@
 from mtrec.prompts.render import PromptRenderer, PromptTooLongError, RenderedPrompt, RenderOptions, render_options
 from mtrec.prompts.templates import (
     DEFAULT_PROMPTS_DIR,
+    EXPLANATION_FILE,
+    ExplanationTemplates,
     TaskPrompts,
     Template,
     TemplateError,
+    load_explanation_templates,
     load_prompts,
     load_task_prompts,
 )
@@ -25,6 +28,8 @@ def add_instruction_tokens(tokenizer, prompts: dict[str, TaskPrompts]) -> dict[s
 
 __all__ = [
     "DEFAULT_PROMPTS_DIR",
+    "EXPLANATION_FILE",
+    "ExplanationTemplates",
     "PromptRenderer",
     "PromptTooLongError",
     "RenderOptions",
@@ -33,6 +38,7 @@ __all__ = [
     "Template",
     "TemplateError",
     "add_instruction_tokens",
+    "load_explanation_templates",
     "load_prompts",
     "load_task_prompts",
     "render_options",

@@ -217,3 +217,74 @@ def load_prompts(prompts_dir: str | Path | None = None) -> dict[str, TaskPrompts
     if len(set(tokens)) != len(tokens):
         raise TemplateError(f"{d}: instruction tokens must differ between tasks, got {tokens}")
     return out
+
+
+# ---- explanation sentences (`Recommender.explain`) ----------------------------------------------
+EXPLANATION_FILE = "explanation.yaml"  # not a task file: `load_prompts` reads only <task>.yaml
+EXPLANATION_KEYS = ("sentence", "because")  # the full sentence; the short "because ..." line
+EXPLANATION_FIELDS = {"who", "user", "item", "title", "score", "prior_part", "lm_part", "shown", "history_shown",
+                      "social_shown", "positive_total", "contributions", "explicit"}
+
+
+def _signed(x) -> str:
+    return f"{float(x):+.3f}"
+
+
+def _fixed(x) -> str:
+    return f"{float(x):.3f}"
+
+
+def _pct(x) -> str:
+    return f"{100 * float(x):.0f}%"
+
+
+@dataclass(frozen=True)
+class ExplanationTemplates:
+    """The compiled sentence templates of an explanation, and the file they came from."""
+
+    path: Path
+    sentence: jinja2.Template
+    because: jinja2.Template
+
+    def render(self, which: str, **fields) -> str:
+        return " ".join(getattr(self, which).render(**fields).split())  # one line, single spaces
+
+
+def load_explanation_templates(prompts_dir: str | Path | None = None) -> ExplanationTemplates:
+    """The explanation templates of `prompts_dir` (a run folder's ``prompts/``), or the shipped ones
+    (`DEFAULT_PROMPTS_DIR`) when that folder has no ``explanation.yaml`` (run folders written before
+    explanations existed). The file holds ``sentence`` and ``because`` (Jinja2 bodies, run in the
+    same sandbox as the task templates) and optional ``macros`` prepended to both; the fields they
+    may use are `EXPLANATION_FIELDS`, and the filters ``num``, ``fixed`` (0.123), ``signed`` (+0.123)
+    and ``pct`` (45%).
+
+    Raises:
+        TemplateError: the file is malformed, a body has a Jinja syntax error or uses an unknown field.
+    """
+    path = Path(prompts_dir) / EXPLANATION_FILE if prompts_dir else None
+    if path is None or not path.is_file():
+        path = DEFAULT_PROMPTS_DIR / EXPLANATION_FILE
+    try:
+        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as e:
+        raise TemplateError(f"{path}: cannot read explanation templates: {e}") from None
+    if not isinstance(doc, dict) or not set(EXPLANATION_KEYS) <= set(doc):
+        raise TemplateError(f"{path}: expected a mapping with keys {', '.join(EXPLANATION_KEYS)} (and optional macros)")
+    unknown = set(doc) - {*EXPLANATION_KEYS, "macros"}
+    if unknown:
+        raise TemplateError(f"{path}: unknown key(s) {sorted(unknown)}")
+    env = make_environment()
+    env.filters.update(signed=_signed, fixed=_fixed, pct=_pct)
+    macros = str(doc.get("macros") or "")
+    compiled = {}
+    for key in EXPLANATION_KEYS:
+        source = f"{macros}\n{doc[key]}" if macros else str(doc[key])
+        try:
+            used = meta.find_undeclared_variables(env.parse(source))
+        except jinja2.TemplateSyntaxError as e:
+            raise TemplateError(f"{path}: {key}: Jinja syntax error: {e.message} (line {e.lineno})") from None
+        if used - EXPLANATION_FIELDS:
+            raise TemplateError(f"{path}: {key} uses {sorted(used - EXPLANATION_FIELDS)}; "
+                                f"allowed: {', '.join(sorted(EXPLANATION_FIELDS))}")
+        compiled[key] = env.from_string(source)
+    return ExplanationTemplates(path, **compiled)

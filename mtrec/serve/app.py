@@ -1,6 +1,6 @@
 """The HTTP API over a run folder: FastAPI routes, dynamic batching, errors, hot reload, the page.
 
-Model work (/recommend, /rate, /prefer, /categories, /recommend_for_history) goes through a
+Model work (/recommend, /rate, /prefer, /categories, /recommend_for_history, /explain) goes through a
 `DynamicBatcher`: concurrent requests of one kind become one `Recommender` call on the single
 model thread. Ids, titles and the run's abilities are checked inside that call, against the model
 that answers it, so a reload between a request's arrival and its batch can never mix two runs.
@@ -107,6 +107,7 @@ class Service:
                 "rate": self._rate,
                 "prefer": self._prefer,
                 "categories": self._categories,
+                "explain": self._explain,
             },
             max_wait_s=settings.max_wait_ms / 1000,
             max_batch=settings.max_batch,
@@ -177,6 +178,19 @@ class Service:
                 results[n] = s.CategoriesResponse(user=_user_of(who), categories=out)
         return results
 
+    def _explain(self, reqs: Sequence) -> list:
+        """Every request's explanation in one call: the occluded prompts of all of them (shared by
+        requests of one user) go through the model together, `forward_batch` at a time."""
+        served = self.served
+        results, checked, rows = _checked(reqs, lambda r: (_who(served, r), _items(served, [r.item], "item")[0]))
+        if checked:
+            whos, items = [w for w, _ in checked], [i for _, i in checked]
+            ks = [reqs[n].k for n in rows]
+            answers = served.rec.explain_pairs(whos, items, k=ks, batch_size=self.settings.forward_batch)
+            for n, who, e in zip(rows, whos, answers):
+                results[n] = s.ExplainResponse(**{**e.to_dict(), "user": _user_of(who)})
+        return results
+
     # ---- reload ---------------------------------------------------------------------------------
     async def reload(self, run: str) -> Served:
         """Load `run` beside the served model (requests keep being answered), then swap it in on
@@ -232,11 +246,12 @@ def _who(served: Served, req) -> str | NewUser:
     return NewUser(ids)
 
 
-def _items(served: Served, items: Sequence[str]) -> list[str]:
+def _items(served: Served, items: Sequence[str], field: str | None = None) -> list[str]:
+    """The ids, all known (404 naming ``items.N``, or `field` for a request's single item)."""
     index = served.rec.dataset.item_index
     for n, item in enumerate(items):
         if item not in index:
-            raise ApiError(404, f"unknown item id {item!r} (this run knows {len(index)} items)", f"items.{n}")
+            raise ApiError(404, f"unknown item id {item!r} (this run knows {len(index)} items)", field or f"items.{n}")
     return list(items)
 
 
@@ -314,6 +329,13 @@ def _model_routes(app: FastAPI, service: Service) -> None:
     async def categories(body: s.CategoriesRequest):
         """The user's categories by affinity, best first."""
         return await submit("categories", body)
+
+    @app.post("/explain", response_model=s.ExplainResponse, tags=["model"])
+    async def explain(body: s.ExplainRequest):
+        """Why `item` scores as it does for a user (or a new user's `history`): the score split into
+        the priors' and the language model's parts, and the `k` items shown in the prompt whose
+        removal lowers it most (occlusion: 1 + shown entries prompts per user)."""
+        return await submit("explain", body)
 
     def admin(x_admin_token: str | None = Header(None)) -> None:
         """Checked before the body is read: without the token nothing about the request is answered."""

@@ -66,6 +66,11 @@ class CategoriesRequest(UserOrHistory):
     k: int | None = Field(None, ge=1, le=MAX_K, description="how many categories (default: all)")
 
 
+class ExplainRequest(UserOrHistory):
+    item: Id = Field(description="the item whose score is explained", examples=["50"])
+    k: int = Field(3, ge=1, le=MAX_K, description="how many shown items to list")
+
+
 class ReloadRequest(Body):
     run: Annotated[str, StringConstraints(min_length=1, max_length=4096)] = Field(
         description="the run folder to serve from now on (a path on the server)"
@@ -113,6 +118,32 @@ class CategoryAffinity(BaseModel):
 class CategoriesResponse(BaseModel):
     user: str | None
     categories: list[CategoryAffinity]
+
+
+class ContributionOut(BaseModel):
+    item: str
+    title: str
+    source: str = Field(description="'history' (the user's own) or 'friend' (a friend's item)")
+    friend: str | None = Field(description="the friend's user id (source 'friend')")
+    change: float = Field(description="score with this entry in the prompt minus score without it")
+    share: float = Field(description="change / the sum of positive changes; 0 when not positive")
+    position: int = Field(description="the entry's place in its list in the prompt, 0 = newest")
+
+
+class ExplainResponse(BaseModel):
+    user: str | None = Field(description="the user id; null for a new user")
+    item: str
+    title: str
+    score: float = Field(description="the recommendation score, as /recommend gives it")
+    prior_part: float = Field(description="collaborative bias and factors: no prompt edit moves it")
+    lm_part: float = Field(description="score - prior_part: what the language model read from the prompt")
+    shown: int = Field(description="entries the prompt shows (history + friends' items), each left out once")
+    history_shown: int
+    social_shown: int
+    positive_total: float = Field(description="the sum of the positive changes")
+    contributions: list[ContributionOut] = Field(description="the k entries whose removal lowers the score most")
+    sentence: str
+    because: str
 
 
 class ItemResponse(BaseModel):

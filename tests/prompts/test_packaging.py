@@ -14,7 +14,7 @@ import zipfile
 import pytest
 from tests_paths import ROOT
 
-TEMPLATES = ("preference.yaml", "rating.yaml", "recommendation.yaml")
+TEMPLATES = ("explanation.yaml", "preference.yaml", "rating.yaml", "recommendation.yaml")
 SOURCES = ("pyproject.toml", "setup.py", "MANIFEST.in", "README.md", "prompts", "mtrec")
 
 
@@ -53,15 +53,17 @@ def test_installed_wheel_finds_its_templates(wheel, tmp_path):
     site = tmp_path / "site"
     with zipfile.ZipFile(wheel) as z:
         z.extractall(site)
-    code = ("from mtrec.prompts import DEFAULT_PROMPTS_DIR, load_prompts; import mtrec; "
-            "print(mtrec.__file__); print(DEFAULT_PROMPTS_DIR); print(sorted(load_prompts()))")
+    code = ("from mtrec.prompts import DEFAULT_PROMPTS_DIR, load_explanation_templates, load_prompts; import mtrec; "
+            "print(mtrec.__file__); print(DEFAULT_PROMPTS_DIR); print(sorted(load_prompts())); "
+            "print(load_explanation_templates().path)")
     done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300, check=False,
                           env={**os.environ, "PYTHONPATH": str(site)})
     assert done.returncode == 0, done.stderr[-3000:]
-    module, folder, tasks = done.stdout.splitlines()
+    module, folder, tasks, explanation = done.stdout.splitlines()
     assert module == str(site / "mtrec" / "__init__.py")
     assert folder == str(site / "mtrec" / "prompts" / "default")
-    assert tasks == "['preference', 'rating', 'recommendation']"
+    assert tasks == "['preference', 'rating', 'recommendation']"  # explanation.yaml is no task file
+    assert explanation == str(site / "mtrec" / "prompts" / "default" / "explanation.yaml")
 
 
 def test_checkout_reads_prompts_in_place():
