@@ -179,15 +179,21 @@ def test_autocast_bf16_and_fp32():
 
 
 def test_peak_memory_sees_a_tensor_allocated_in_the_phase():
-    size = 128 * 2**20  # above glibc's largest mmap threshold (32 MiB): fresh pages, counted in RSS
+    import mmap
+
+    size = 128 * 2**20
     with harness.PeakMemory(CPU) as mem:
-        x = torch.ones(size // 4, dtype=torch.float32)  # written: resident
+        # an anonymous mapping written page by page: fresh resident pages whatever malloc's state
+        # (a torch tensor may reuse memory an earlier test left resident: CI saw no growth once)
+        x = mmap.mmap(-1, size)
+        for at in range(0, size, mmap.PAGESIZE):
+            x[at] = 1
         time.sleep(0.01)  # a few polls
     r = mem.result()
     assert r["method"] == "sampled RSS"
     assert r["peak_bytes"] >= r["peak_over_start_bytes"] >= size // 2
     assert r["peak_bytes"] <= harness.rss_bytes() + size  # a figure of this process, not of the machine
-    del x
+    x.close()
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
