@@ -6,6 +6,7 @@
   python infer.py --run runs/NAME --task recommend --input users.csv --out recs.csv
   python infer.py --run runs/NAME --task rate 42:50 42:181          (USER:ITEM on the command line)
   python infer.py --run runs/NAME --task explain --input pairs.csv -k 3 --out why.jsonl
+  python infer.py --run runs/NAME --task friends 42 7 -k 5          (a run trained with the friends task)
   python infer.py --run runs/NAME --check recs.jsonl -k 10 --all-users
 
 Batch input (--input): CSV with a header (a user/user_id column; rate, prefer and explain also
@@ -69,6 +70,8 @@ def batch(rec: Recommender, args, requests: list) -> int:
         requests = requests + [Request("all users", u.id) for u in rec.dataset.users]
     if args.task == "rate" and not rec.dataset.explicit:
         raise BadInputError(f"--task rate: data set {rec.dataset.name!r} has implicit feedback only; use --task prefer")
+    if args.task == "friends" and "friends" not in rec.prompts:
+        raise BadInputError(f"--task friends: {args.run} was not trained with the friends task (train.tasks)")
     good, bad = check_ids(rec.dataset, requests)
     for r in bad:
         print(f"rejected {r}", file=sys.stderr)
@@ -110,14 +113,15 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help=f"batch ids: USER for {'/'.join(USER_TASKS)}, USER:ITEM for {'/'.join(PAIR_TASKS)}")
     p.add_argument("--input", "--users", type=Path, help="batch input file: .csv, .jsonl, or text (ids)")
     p.add_argument("--input-format", choices=["csv", "jsonl", "txt"], help="input format (default: from the suffix)")
-    p.add_argument("--all-users", action="store_true", help="recommend/categories for every user of the run")
+    p.add_argument("--all-users", action="store_true", help="recommend/categories/friends for every user of the run")
     p.add_argument("--out", type=Path, help="output file (default stdout)")
     p.add_argument("--format", choices=["jsonl", "csv"],
                    help="output format (default: from --out's suffix, else jsonl)")
     p.add_argument("-k", type=int, default=None,
                    help="how many items / categories per user (default 10); for explain, contributions per pair (default 3)")
     p.add_argument("--batch-size", type=int, default=32, help="prompts per forward pass (default 32)")
-    p.add_argument("--include-seen", action="store_true", help="let top-K include items the user already has")
+    p.add_argument("--include-seen", action="store_true",
+                   help="let top-K include items the user already has (friends: people they are already friends with)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     p.add_argument("--no-prompt", action="store_true", help="chat: do not print the 'mtrec> ' prompt")
     p.add_argument("--no-explain", action="store_true", help="--show-user: no 'because ...' line under each item")

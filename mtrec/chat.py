@@ -10,6 +10,7 @@ Commands (one per line; USER is a user id, optionally written ``user 42``, or ``
     like ITEM [ITEM ...]         add items to the session's new user "me"; forget: clear it
     why ITEM for USER            which items shown in USER's prompt raised ITEM's score most
     why [ITEM]                   the same for the last recommendation (bare: its top item)
+    friends USER [k=10]          people USER may want to befriend (a run trained with the friends task)
     format table|json            answers as aligned tables (default) or one JSON object per line
     help, quit / exit / EOF
 
@@ -217,6 +218,7 @@ HELP = """commands (USER: a user id, or "me" = the new user you describe; ITEM: 
   like ITEM [ITEM ...]           add items "me" liked; forget: clear    like "Toy Story" Heat
   why ITEM for USER              shown items that raised ITEM most     why 50 for 42
   why [ITEM]                     the same after a recommendation       why   (its top item)
+  friends USER [k=10]            people to befriend (friends runs)     friends 42 k=5
   format table|json              how answers are printed
   help, quit
 or ask in free text: "I loved Toy Story and Heat, what next?", "how would user 42 rate Heat (1995)?"
@@ -240,6 +242,7 @@ class ChatSession:
         self.finished = False
         self.commands = {"recommend": self._recommend, "rate": self._rate, "prefer": self._prefer,
                          "history": self._history, "like": self._like, "forget": self._forget, "why": self._why,
+                         "friends": self._friends,
                          "format": self._format, "help": lambda rest: {"answer": "message", "text": HELP}}
 
     def handle(self, line: str) -> str:
@@ -285,6 +288,16 @@ class ChatSession:
     def _recommend(self, rest: str) -> dict:
         user, tokens = self._user(split_args(rest))
         return self._recommend_answer(user, self._count(tokens, 10))
+
+    def _friends(self, rest: str) -> dict:
+        from mtrec.inference import NewUser
+
+        user, tokens = self._user(split_args(rest))
+        k = self._count(tokens, 10)
+        top = self.rec.recommend_friends(user if user is not None else NewUser(self.me), k=k)[0]
+        known = 0 if user is None else len(self.rec.factory.context.friends(self.ds.user_index[user]))
+        return {"answer": "friends", "user": user, "known": known, "k": k,
+                "items": [{"friend": v, "score": s} for v, s in top]}
 
     def _rate(self, rest: str) -> dict:
         user, tokens = self._user(split_args(rest))
@@ -484,6 +497,8 @@ class ChatSession:
             return f"top {r['k']} for a new user who liked {liked} (named items excluded):"
         if kind == "recommend":
             return f"top {r['k']} for {who} ({r['known']} known interactions; seen items excluded):"
+        if kind == "friends":
+            return f"top {r['k']} people for {who} to befriend ({r['known']} current friends excluded):"
         if kind == "rate":
             lo, hi = self.ds.rating_scale or (float("nan"), float("nan"))
             return f"predicted ratings for {who} (scale {lo:g} to {hi:g}):"
@@ -508,6 +523,8 @@ class ChatSession:
         kind = r["answer"]
         if kind == "recommend":
             return [rank, item, ("score", lambda row, n: f"{row['score']:.4f}"), title]
+        if kind == "friends":
+            return [rank, ("score", lambda row, n: f"{row['score']:.4f}"), ("user", lambda row, n: row["friend"])]
         if kind == "rate":
             return [item, ("rating", lambda row, n: f"{row['rating']:.4f}"), title]
         if kind == "prefer":

@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from mtrec.kinds import KIND_NAMES
+from mtrec.kinds import KIND_NAMES, TASKS
 
 
 class ConfigError(ValueError):
@@ -49,6 +49,8 @@ class DataConfig:
     max_history: int = knob(50, "at most this many own-history items before the token budget cut")
     max_social: int = knob(20, "at most this many friends' items before the token budget cut")
     max_train_users: int | None = knob(None, "train on a seeded subset of users (quick runs); null = all")
+    friend_holdout: bool = knob(True, "with the friends task: hold out a validation and a test friend per user with "
+                                ">= 3 (mtrec.data.friends); false = train on every edge (nothing to evaluate)")
     options: dict = knob({}, "extra loader options (e.g. synthetic sizes)")
 
 
@@ -79,6 +81,8 @@ class ModelConfig:
     encode_batch_size: int = knob(64, "batch size when encoding item texts")
     collab_dim: int = knob(32, "width of the collaborative user/item factors fitted on the training split "
                            "before fine-tuning (CoLLM/E4SRec-style ID knowledge); 0 = prompt only")
+    friend_dim: int | None = knob(None, "width of the friend head's user factors (the user-embedding factor model "
+                                  "fitted on the training graph); null = collab_dim")
 
 
 @dataclass
@@ -154,9 +158,9 @@ def check(cfg: Config) -> None:
         if value not in allowed:
             raise ConfigError(f"{key}: {value!r} is not one of {list(allowed)}")
     t = cfg.train
-    bad = [x for x in t.tasks if x not in ("rating", "preference", "recommendation")]
+    bad = [x for x in t.tasks if x not in TASKS]
     if bad or not t.tasks:
-        raise ConfigError(f"train.tasks: {t.tasks!r}; expected a non-empty list of rating, preference, recommendation")
+        raise ConfigError(f"train.tasks: {t.tasks!r}; expected a non-empty list of {', '.join(TASKS)}")
     for k in t.task_weights:
         if k not in KIND_NAMES:
             raise ConfigError(f"train.task_weights: unknown kind {k!r}; expected some of {list(KIND_NAMES)}")
@@ -179,6 +183,8 @@ def check(cfg: Config) -> None:
                           f"such as [q_proj, v_proj]")
     if t.length_buckets < 0:
         raise ConfigError(f"train.length_buckets: must be >= 0, got {t.length_buckets}")
+    if cfg.model.friend_dim is not None and cfg.model.friend_dim < 0:
+        raise ConfigError(f"model.friend_dim: must be >= 0 or null (= model.collab_dim), got {cfg.model.friend_dim}")
     if cfg.model.collab_dim < 0:
         raise ConfigError(f"model.collab_dim: must be >= 0 (0 = no collaborative factors), got {cfg.model.collab_dim}")
     if not 0 <= cfg.prompt.social_share < 1:

@@ -75,6 +75,7 @@ class Recommender:
         self.factory = ExampleFactory(serving_split(split), example_options(cfg))
         self.renderer = PromptRenderer(tokenizer, {t: p.instruction_token for t, p in prompts.items()}, render_options(cfg))
         self.seen = Seen.every(split, device)  # serving comes after every interaction the run knows
+        self._friend_seen = None  # built on first use (recommend_friends)
 
     @classmethod
     def from_run(cls, run_dir: str | Path, device: str | None = None,
@@ -160,6 +161,40 @@ class Recommender:
                     scores[r - start, torch.as_tensor(cols, device=self.device)] = float("-inf")
 
         return self._top_items(examples, k, mask, batch_size)
+
+    def recommend_friends(self, users: Who | Sequence[Who], k: int = 10, exclude_friends: bool = True,
+                          batch_size: int = 32) -> list[list[tuple[str, float]]]:
+        """Top-k (user id, score) per user over every user the run knows, by the friends head: the
+        user themself and (with `exclude_friends`) their current friends are left out. A `NewUser`
+        has neither (their prompt shows the items they named). Needs a run trained with the
+        ``friends`` task (a data set with a social graph)."""
+        from mtrec.model.build import wants_friends
+
+        if "friends" not in self.prompts or not wants_friends(self.cfg, self.dataset):
+            raise ValueError(f"{self.run_dir}: this run was not trained with the friends task "
+                             f"(train.tasks: {list(self.cfg.train.tasks)}; it needs a data set with a social graph)")
+        if k < 1:
+            raise ValueError(f"k must be at least 1, got {k}")
+        if self._friend_seen is None:
+            from mtrec.data.friends import friend_seen
+
+            self._friend_seen = friend_seen(self.dataset, None, "valid", self.device)
+        who = _as_list(users)
+        examples = [self._cold_example("friends", self.cold_history(w.history)[0]) if isinstance(w, NewUser)
+                    else self.factory.make_now("friends", self.user_index(w)) for w in who]
+        people, results = self.dataset.users, []
+        for start, out in self._batches(examples, batch_size):
+            scores = out["friend_logits"].float()
+            rows = [(r, ex.user_index) for r, ex in enumerate(examples[start : start + len(scores)]) if ex.user_index >= 0]
+            if rows and exclude_friends:
+                at = torch.as_tensor([r for r, _ in rows], device=self.device)
+                scores[at] = self._friend_seen.mask_(scores[at], torch.as_tensor([u for _, u in rows], device=self.device))
+            elif rows:  # never the user themself
+                scores[[r for r, _ in rows], [u for _, u in rows]] = float("-inf")
+            values, indices = top_k(scores, k)
+            for vals, cols in zip(values.tolist(), indices.tolist()):
+                results.append([(people[c].id, v) for c, v in zip(cols, vals) if v != float("-inf")])
+        return results
 
     def explain(self, user: Who, item: str, k: int = 3, batch_size: int = 32):
         """Why `item` scores as it does for `user` (a known id or a `NewUser`): an
@@ -343,7 +378,7 @@ def _pairs(users, items) -> tuple[list[str], list[str]]:
 
 
 # ---- batch front end (infer.py --task) ------------------------------------------------------
-USER_TASKS = ("recommend", "categories")  # one user per request
+USER_TASKS = ("recommend", "categories", "friends")  # one user per request
 PAIR_TASKS = ("rate", "prefer", "explain")  # one (user, item) pair per request
 TASKS = USER_TASKS + PAIR_TASKS
 USER_COLUMNS, ITEM_COLUMNS = ("user", "user_id"), ("item", "item_id")
@@ -515,6 +550,9 @@ def score_requests(rec: Recommender, task: str, requests: Sequence[Request], k: 
     if task == "recommend":
         tops = rec.recommend(users, k=k, exclude_seen=exclude_seen, batch_size=batch_size)
         return [{"user": u, "items": [{"item": i, "score": s} for i, s in top]} for u, top in zip(users, tops)]
+    if task == "friends":  # exclude_seen: leave out the user's current friends
+        tops = rec.recommend_friends(users, k=k, exclude_friends=exclude_seen, batch_size=batch_size)
+        return [{"user": u, "friends": [{"friend": v, "score": s} for v, s in top]} for u, top in zip(users, tops)]
     if task == "categories":
         cats = rec.categories(users, k=k, batch_size=batch_size)
         return [{"user": u, "categories": [{"category": c, "p": p} for c, p in cs]} for u, cs in zip(users, cats)]
@@ -545,10 +583,12 @@ class ResultWriter:
     for a pair with none)."""
 
     CSV_COLUMNS = {"recommend": ("user", "rank", "item", "score"), "categories": ("user", "rank", "category", "p"),
+                   "friends": ("user", "rank", "friend", "score"),
                    "rate": ("user", "item", "rating"), "prefer": ("user", "item", "p_like"),
                    "explain": ("user", "item", "score", "prior_part", "lm_part", "rank", "source", "contributor",
                                "friend", "change", "share", "contributor_title")}
-    NESTED = {"recommend": ("items", "item", "score"), "categories": ("categories", "category", "p")}
+    NESTED = {"recommend": ("items", "item", "score"), "categories": ("categories", "category", "p"),
+              "friends": ("friends", "friend", "score")}
 
     def __init__(self, stream, fmt: str, task: str) -> None:
         if fmt not in ("jsonl", "csv"):

@@ -1,6 +1,6 @@
 """The tasks mtrec serves and the prompt kinds each one trains: defined here once.
 
-A *task* is what a user asks for (``rating``, ``preference``, ``recommendation``); a *kind* is one
+A *task* is what a user asks for (``rating``, ``preference``, ``recommendation``, ``friends``); a *kind* is one
 head's example type. ``preference`` trains two kinds (``like`` and ``categories``). The kind's
 integer value is its row in per-kind tensors (loss weights, uncertainty weights, batch ``kind``).
 """
@@ -15,6 +15,7 @@ class Kind(IntEnum):
     LIKE = 1
     CATEGORIES = 2
     RECOMMENDATION = 3
+    FRIENDS = 4
 
     @property
     def label(self) -> str:
@@ -33,6 +34,7 @@ class Kind(IntEnum):
 NUM_KINDS = len(Kind)
 KIND_NAMES = tuple(k.label for k in Kind)  # by value: KIND_NAMES[Kind.LIKE] == "like"
 KIND_IDS = {k.label: k for k in Kind}
-TASKS = ("rating", "preference", "recommendation")
-KINDS = {"rating": ("rating",), "preference": ("like", "categories"), "recommendation": ("recommendation",)}
+TASKS = ("rating", "preference", "recommendation", "friends")
+KINDS = {"rating": ("rating",), "preference": ("like", "categories"), "recommendation": ("recommendation",),
+         "friends": ("friends",)}
 KIND_TASK = {k: t for t, ks in KINDS.items() for k in ks}

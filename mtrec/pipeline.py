@@ -33,6 +33,8 @@ def kinds_for(tasks: list[str], split: Split) -> list[str]:
                 continue
             if kind == "categories" and not ds.categories:
                 continue
+            if kind == "friends" and not ds.num_social_edges:
+                continue
             out.append(kind)
     return out
 
@@ -84,7 +86,9 @@ class Batcher:
             "rating": torch.where(kind == Kind.RATING, label, torch.zeros_like(label)),
             "like": torch.where(kind == Kind.LIKE, label, torch.zeros_like(label)),
             "category_target": cat_target,
-            "item": torch.as_tensor(specs.item[rows], dtype=torch.long),
+            # a friends row's `item` column holds its target user: the heads get it as `friend`, and no item
+            "item": torch.where(kind == Kind.FRIENDS, -1, torch.as_tensor(specs.item[rows], dtype=torch.long)),
+            "friend": torch.where(kind == Kind.FRIENDS, torch.as_tensor(specs.item[rows], dtype=torch.long), -1),
             "user": torch.as_tensor(self.factory.ds.user_idx[specs.interaction[rows]], dtype=torch.long),
             "template_ids": [r.template_id for r in rendered],
         }
@@ -205,6 +209,7 @@ def evaluate_rows(model, batcher: Batcher, specs: Specs, split: Split, role: int
     rows, valid = _share(len(specs), accelerator)
     fixed = {kind: batcher.templates(kind, heldout)[0] for kind in _present(specs)}
     seen = ranking.Seen.before(split, role, dense=False) if Kind.RECOMMENDATION in specs.kind else None
+    friend_seen = friend_seen_for(split, role) if Kind.FRIENDS in specs.kind else None
     acc: dict[str, list[torch.Tensor]] = {}
     for start in range(0, len(rows), batch_size):
         chunk = rows[start : start + batch_size]
@@ -214,6 +219,7 @@ def evaluate_rows(model, batcher: Batcher, specs: Specs, split: Split, role: int
         piece = {"kind": batch["kind"], "rating_pred": out["rating"], "rating": batch["rating"],
                  "like_logit": out["like_logit"], "like": batch["like"], "loss": row_losses(out, batch),
                  "rank": _ranks(out["item_logits"], batch, seen),
+                 "friend_rank": _friend_ranks(out, batch, friend_seen),
                  "valid": torch.as_tensor(valid[start : start + batch_size], device=device),
                  "cat_logits": out["category_logits"], "cat_target": batch["category_target"],
                  "user": batch["user"]}
@@ -254,6 +260,23 @@ def _ranks(item_logits: torch.Tensor, batch: dict, seen: ranking.Seen) -> torch.
     return out
 
 
+def friend_seen_for(split: Split, role: int) -> ranking.Seen:
+    """The pairs a friend ranking of `role` leaves out (`mtrec.data.friends.friend_seen`)."""
+    from mtrec.data.friends import friend_seen
+    from mtrec.data.splits import ROLE_NAMES
+
+    return friend_seen(split.dataset, split.friends, ROLE_NAMES[role])
+
+
+def _friend_ranks(out: dict, batch: dict, seen: ranking.Seen | None) -> torch.Tensor:
+    fr = batch["kind"] == Kind.FRIENDS
+    ranks = torch.full_like(batch["kind"], -1)
+    if seen is not None and bool(fr.any()):
+        ranks[fr] = ranking.ranks(out["friend_logits"][fr].float(), batch["friend"][fr], batch["user"][fr],
+                                  seen).to(ranks.device)
+    return ranks
+
+
 def summarise(a: dict[str, torch.Tensor], weights: torch.Tensor, k: int) -> dict[str, float]:
     """Metrics from gathered evaluation outputs."""
     kind = a["kind"].long()
@@ -285,4 +308,10 @@ def summarise(a: dict[str, torch.Tensor], weights: torch.Tensor, k: int) -> dict
         out[f"recommendation/hr@{k}"] = metrics.hit_rate(ranks, k)
         out[f"recommendation/ndcg@{k}"] = metrics.ndcg(ranks, k)
         out[f"recommendation/mrr@{k}"] = metrics.mrr(ranks, k)
+    fr = kind == Kind.FRIENDS
+    if fr.any():
+        ranks = a["friend_rank"][fr].long()
+        out[f"friends/hr@{k}"] = metrics.hit_rate(ranks, k)
+        out[f"friends/ndcg@{k}"] = metrics.ndcg(ranks, k)
+        out[f"friends/mrr@{k}"] = metrics.mrr(ranks, k)
     return out

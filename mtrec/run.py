@@ -29,6 +29,7 @@ import torch
 import yaml
 
 import mtrec
+from mtrec.data.friends import FriendHoldout
 from mtrec.data.records import Item, RecDataset, User
 from mtrec.data.splits import Split
 
@@ -66,13 +67,16 @@ def save_catalog(folder: Path, split: Split) -> None:
                                ensure_ascii=False) + "\n")
     meta = {"name": ds.name, "categories": list(ds.categories), "explicit": ds.explicit,
             "rating_scale": ds.rating_scale, "social_kind": ds.social_kind, "order_rule": split.order_rule,
-            "method": split.method, "seed": split.seed, "too_few_users": split.too_few_users}
+            "method": split.method, "seed": split.seed, "too_few_users": split.too_few_users,
+            "friends_seed": split.friends.seed if split.friends is not None else None}
     (folder / "dataset.json").write_text(json.dumps(meta, indent=1), encoding="utf-8")
     arrays = dict(user_idx=ds.user_idx, item_idx=ds.item_idx, values=ds.values, social_src=ds.social_src,
                   social_dst=ds.social_dst, role=split.role, seq=split.seq, offsets=split.offsets,
                   position=split.position)
     if ds.timestamps is not None:
         arrays["timestamps"] = ds.timestamps
+    if split.friends is not None:
+        arrays.update(friends_valid=split.friends.valid, friends_test=split.friends.test)
     np.savez_compressed(folder / "dataset.npz", **arrays)
 
 
@@ -89,8 +93,10 @@ def load_catalog(folder: Path) -> Split:
                     a["timestamps"] if "timestamps" in a else None, explicit=meta["explicit"],
                     social_src=a["social_src"], social_dst=a["social_dst"], social_kind=meta["social_kind"],
                     categories=meta["categories"], rating_scale=scale)
+    friends = (FriendHoldout(a["friends_valid"], a["friends_test"], meta.get("friends_seed") or 0)
+               if "friends_test" in a else None)
     return Split(ds, a["role"], a["seq"], a["offsets"], a["position"], meta["order_rule"], meta["too_few_users"],
-                 meta["seed"], meta["method"])
+                 meta["seed"], meta["method"], friends)
 
 
 def write_manifest(run_dir: Path, extra: dict | None = None) -> None:
@@ -177,13 +183,13 @@ def load_run(run_dir: str | Path, device: str | None = None, precision: str | No
     from transformers import AutoTokenizer
 
     from mtrec.config import from_dict
-    from mtrec.prompts import load_prompts
+    from mtrec.prompts import load_prompts, prompt_tasks
 
     run_dir = Path(run_dir)
     manifest = check_run_dir(run_dir)
     cfg = from_dict(yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8")), str(run_dir / "config.yaml"))
     split = load_catalog(run_dir / "catalog")
-    prompts = load_prompts(run_dir / "prompts")
+    prompts = load_prompts(run_dir / "prompts", prompt_tasks(cfg.train.tasks))
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if precision is None:
         precision = "bf16" if dev.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
@@ -204,14 +210,14 @@ def _load_adapter(run_dir: Path, manifest: dict, cfg, split: Split, prompts: dic
     random init for that ablation), then the peft adapter (LoRA, token rows, heads)."""
     from peft import PeftModel
 
-    from mtrec.model.build import build_backbone, empty_heads
+    from mtrec.model.build import build_backbone, empty_heads, wants_friends
     from mtrec.model.multitask import RecModel
 
     backbone, _, token_ids, pooling = build_backbone(cfg.model, prompts, base_backbone(run_dir), cfg.run.seed, dtype)
     if token_ids != manifest.get("token_ids", token_ids) or pooling != manifest["pooling"]:
         raise RunFolderError(f"{run_dir}: the instruction tokens or pooling rebuilt here ({token_ids}, {pooling}) "
                              f"are not the run's ({manifest.get('token_ids')}, {manifest['pooling']})")
-    heads = empty_heads(split.dataset, cfg.model, backbone.config.hidden_size)
+    heads = empty_heads(split.dataset, cfg.model, backbone.config.hidden_size, wants_friends(cfg, split.dataset))
     return PeftModel.from_pretrained(RecModel(backbone, heads, pooling), run_dir / "adapter")
 
 
@@ -220,11 +226,11 @@ def _load_export(run_dir: Path, manifest: dict, cfg, split: Split, prompts: dict
     from safetensors.torch import load_file
     from transformers import AutoModel
 
-    from mtrec.model.build import empty_heads
+    from mtrec.model.build import empty_heads, wants_friends
     from mtrec.model.multitask import RecModel
 
     backbone = AutoModel.from_pretrained(run_dir / "backbone", dtype=dtype, attn_implementation="sdpa")
-    heads = empty_heads(split.dataset, cfg.model, backbone.config.hidden_size)
+    heads = empty_heads(split.dataset, cfg.model, backbone.config.hidden_size, wants_friends(cfg, split.dataset))
     heads.load_state_dict(load_file(str(run_dir / "heads.safetensors")))
     return RecModel(backbone, heads, manifest["pooling"])
 

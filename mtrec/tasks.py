@@ -8,6 +8,11 @@ Tasks and their prompt kinds:
   ``categories`` (CategoryExample): which categories does the user prefer? No item is named (so the
   head cannot just read the item's categories); the label is the categories of the user's next liked item.
 - ``recommendation``: RecommendationExample -> the next item, scored against the whole catalog.
+- ``friends``: FriendsExample -> a user to befriend, scored against every user (the protocol:
+  `mtrec.data.friends`). Training rows are the remaining graph's edges (u -> v: the prompt lists u's
+  other friends, never v, and none of v's items); validation/test rows are the held-out pairs. A
+  friends row's ``interaction`` is an anchor, the user's newest training interaction (it names the
+  user; the history shown is the user's training interactions), and its ``item`` is the target user.
 
 Examples are built lazily: `build_specs` returns compact numpy arrays (one row per example) and
 `ExampleFactory.make` materialises a dataclass for one row, applying the context rules of
@@ -24,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from mtrec.data.context import ContextIndex
-from mtrec.data.splits import ROLE_NAMES, Split
+from mtrec.data.splits import ROLE_NAMES, TRAIN, Split
 from mtrec.kinds import KIND_IDS, KIND_NAMES
 from mtrec.model.collaborative import pair_keys, sample_unobserved
 
@@ -99,11 +104,21 @@ class RecommendationExample(_UserContext):
     label: int = hidden(default=-1)
 
 
+@dataclass(frozen=True)
+class FriendsExample(_UserContext):
+    """Whom should this user befriend? `friend_ids`: the user's current friends shown (the target
+    never among them); label = the target user's index."""
+
+    friend_ids: tuple[str, ...] = ()
+    label: int = hidden(default=-1)
+
+
 EXAMPLE_TYPES = {
     "rating": RatingExample,
     "like": PreferenceExample,
     "categories": CategoryExample,
     "recommendation": RecommendationExample,
+    "friends": FriendsExample,
 }
 
 
@@ -144,9 +159,11 @@ class Specs:
 
 
 def task_available(task: str, split: Split) -> bool:
-    """Rating needs explicit ratings; category affinity needs categories."""
+    """Rating needs explicit ratings; friends a social graph."""
     if task == "rating":
         return split.dataset.explicit
+    if task == "friends":
+        return split.dataset.num_social_edges > 0
     return True
 
 
@@ -172,11 +189,42 @@ def build_specs(split: Split, role: int, kinds: tuple[str, ...], opts: ExampleOp
             parts.append(Specs(np.full(len(keep), k), keep, ds.item_idx[keep].astype(np.int64), np.ones(len(keep), np.float32)))
         elif kind == "recommendation":
             parts.append(Specs(np.full(len(targets), k), targets, items, np.ones(len(targets), np.float32)))
+        elif kind == "friends":
+            parts.append(friend_specs(split, role))
         else:
             raise ValueError(f"unknown prompt kind {kind!r}; expected one of {sorted(KIND_IDS)}")
     if not parts:
         return Specs(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32))
     return Specs.concat(parts)
+
+
+def friend_anchors(split: Split) -> np.ndarray:
+    """Per user, the newest training interaction (-1 for a user without one): a friends row's
+    ``interaction`` (see the module docstring)."""
+    anchor = np.full(split.dataset.num_users, -1, np.int64)
+    seq = split.seq[split.role[split.seq] == TRAIN]  # grouped by user, each user's oldest first
+    anchor[split.dataset.user_idx[seq]] = seq  # the last write per user is the newest
+    return anchor
+
+
+def friend_specs(split: Split, role: int) -> Specs:
+    """Friends rows of `role`: TRAIN, every edge of the (held-out-free) graph; VALID/TEST, the
+    held-out pairs of `split.friends` (none without a hold-out). Users without a training
+    interaction have no anchor and no rows."""
+    ds = split.dataset
+    if role == TRAIN:
+        src, dst = ds.social_src.astype(np.int64), ds.social_dst.astype(np.int64)
+        keep = src != dst
+        src, dst = src[keep], dst[keep]
+    elif split.friends is None:
+        src = dst = np.zeros(0, np.int64)
+    else:
+        pairs = split.friends.pairs(ROLE_NAMES[role])
+        src, dst = pairs[:, 0], pairs[:, 1]
+    anchor = friend_anchors(split)[src]
+    ok = anchor >= 0
+    n = int(ok.sum())
+    return Specs(np.full(n, KIND_IDS["friends"]), anchor[ok], dst[ok], np.ones(n, np.float32))
 
 
 def _liked(split: Split, targets: np.ndarray, opts: ExampleOptions) -> np.ndarray:
@@ -244,6 +292,8 @@ class ExampleFactory:
         kind = KIND_NAMES[kind] if isinstance(kind, (int, np.integer)) else kind
         ds = self.ds
         u = int(ds.user_idx[interaction])
+        if kind == "friends":
+            return self.make_friends(u, item)
         context = dict(history=self.history(interaction), social=self.social(interaction), interaction=int(interaction),
                        role=ROLE_NAMES[int(self.split.role[interaction])])
         return self._example(kind, u, item, label, context)
@@ -252,6 +302,8 @@ class ExampleFactory:
         """An example for `user` *after* every interaction the split knows (serving time): the whole
         sequence is history and friends' interactions have no time cut. With a split whose roles
         are all TRAIN (see `mtrec.inference.serving_split`), friends' validation/test items count too."""
+        if kind == "friends":
+            return self.make_friends(int(user))
         seq, social = self.now_interactions(user)
         context = dict(history=tuple(self._entry(int(i)) for i in seq),
                        social=tuple(self._social_entry(int(i)) for i in social), interaction=-1, role="serve")
@@ -262,6 +314,27 @@ class ExampleFactory:
         (own history, friends' items). Their items are ``dataset.item_idx`` of these indices."""
         seq = self.split.user_sequence(user)[::-1][: self.opts.max_history]
         return seq, np.asarray(self.context.social_for(user, None, self.opts.max_social))
+
+    def make_friends(self, user: int, target: int = -1):
+        """A friends example for `user`: their training interactions as history (newest first), their
+        friends other than `target` (at most `max_social`, in index order) and those friends' recent
+        training items (no time cut). At serving time (`target` -1) every friend counts."""
+        history, friends, social = self.friends_context(user, target)
+        context = dict(history=tuple(self._entry(int(i)) for i in history),
+                       social=tuple(self._social_entry(int(i)) for i in social), interaction=-1, role="train")
+        base = dict(user_id=self.ds.users[user].id, user=self.ds.users[user].attributes, explicit=self.ds.explicit,
+                    rating_scale=self.ds.rating_scale, user_index=user, **context)
+        return FriendsExample(**base, friend_ids=tuple(self.ds.users[f].id for f in friends), label=int(target))
+
+    def friends_context(self, user: int, target: int = -1) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(own training interactions newest first, friends shown, friends' interactions shown) of
+        `make_friends`: the target and anything of the target's never appear."""
+        c = self.context
+        history = c.train_interactions(user)[::-1][: self.opts.max_history]
+        friends = c.friends(user)
+        friends = friends[friends != target]
+        social = c.social_for(user, None, self.opts.max_social, exclude=target)
+        return history, friends[: self.opts.max_social], social
 
     def _example(self, kind: str, user: int, item: int, label: float, context: dict):
         ds = self.ds

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -19,16 +20,17 @@ from transformers import get_cosine_schedule_with_warmup
 from mtrec.checkpoint import (NonFiniteLossError, checkpoint_bytes, checkpoint_dir, latest_checkpoint,
                               load_checkpoint, load_trainable_state, preflight_run_dir, save_checkpoint,
                               trainable_state)
-from mtrec.config import Config
+from mtrec.config import Config, ConfigError
 from mtrec.data import load_dataset
+from mtrec.data.friends import hold_out_friends
 from mtrec.data.splits import VALID, Split, make_split
 from mtrec.model.backbone import BackboneRef, resolve_backbone
 from mtrec.model.build import (build_backbone, build_heads, build_optimizer, count_parameters, initial_item_table,
-                               lora_config, wrap_model)
+                               lora_config, wants_friends, wrap_model)
 from mtrec.kinds import KIND_IDS, KIND_NAMES, KIND_TASK, NUM_KINDS
 from mtrec.model.multitask import multitask_loss
 from mtrec.pipeline import Batcher, Prefetcher, TaskSampler, evaluate, eval_specs, kinds_for, mixing_probs, train_specs
-from mtrec.prompts import PromptRenderer, load_prompts, render_options
+from mtrec.prompts import PromptRenderer, load_prompts, prompt_tasks, render_options
 from mtrec.run import RunFolderError, prepare_run_dir, save_run
 from mtrec.tasks import ExampleFactory, ExampleOptions, example_options
 
@@ -50,16 +52,25 @@ class Setup:
 
 
 def load_split(cfg: Config) -> Split:
+    """The configured data set and split; with the friends task (and `data.friend_holdout`), the
+    friend protocol's held-out pairs removed from the graph first (`mtrec.data.friends`)."""
     ds = load_dataset(cfg.data.dataset, cfg.data.data_dir, **({"download": True} if cfg.data.download else {}),
                       **cfg.data.options)
-    return make_split(ds, cfg.data.split, seed=cfg.data.split_seed)
+    held = None
+    if "friends" in cfg.train.tasks and ds.num_social_edges and cfg.data.friend_holdout:
+        ds, held = hold_out_friends(ds, cfg.data.split_seed)
+    return dataclasses.replace(make_split(ds, cfg.data.split, seed=cfg.data.split_seed), friends=held)
 
 
 def build_setup(cfg: Config, accelerator: Accelerator | None = None, split: Split | None = None) -> Setup:
     """Data, prompts, backbone (+instruction tokens), item table, heads and LoRA, from `cfg` (the
     data from `split` where given: `mtrec.update` passes a run's catalog grown by new data)."""
     split = split if split is not None else load_split(cfg)
-    prompts = load_prompts(cfg.prompt.prompts_dir)
+    kinds = kinds_for(cfg.train.tasks, split)
+    if not kinds:  # before anything expensive
+        raise ConfigError(f"train.tasks: {list(cfg.train.tasks)} has nothing to train on {split.dataset.name} "
+                          f"(rating needs ratings, friends a social graph)")
+    prompts = load_prompts(cfg.prompt.prompts_dir, prompt_tasks(cfg.train.tasks))
     if accelerator is not None:
         with accelerator.main_process_first():  # one process converts the bundled backbone; others wait
             ref = resolve_backbone(cfg.model.backbone)
@@ -72,13 +83,14 @@ def build_setup(cfg: Config, accelerator: Accelerator | None = None, split: Spli
                                ref.sha256, bf16)
     heads = build_heads(split.dataset, table, split.train, hidden, cfg.data.like_threshold,
                         collab_dim=cfg.model.collab_dim, split=split, seed=cfg.run.seed,
-                        negatives_per_positive=cfg.data.negatives_per_positive)
+                        negatives_per_positive=cfg.data.negatives_per_positive,
+                        friends=wants_friends(cfg, split.dataset), friend_dim=cfg.model.friend_dim)
     model = wrap_model(backbone, heads, pooling, lora_config(cfg.model, backbone, token_ids))
     opts = example_options(cfg)
     renderer = PromptRenderer(tokenizer, {t: p.instruction_token for t, p in prompts.items()}, render_options(cfg))
     batcher = Batcher(ExampleFactory(split, opts), renderer, prompts, tokenizer.pad_token_id, len(split.dataset.categories))
     weights = torch.tensor([float(cfg.train.task_weights.get(k, 1.0)) for k in sorted(KIND_IDS, key=KIND_IDS.get)])
-    return Setup(cfg, split, kinds_for(cfg.train.tasks, split), batcher, model, tokenizer, token_ids, ref, weights, opts)
+    return Setup(cfg, split, kinds, batcher, model, tokenizer, token_ids, ref, weights, opts)
 
 
 def choose_mixed_precision(setting: str) -> str:
@@ -345,8 +357,9 @@ def _step_loss(model, batch, weights, cfg: Config):
     if t.rec_loss == "sampled":
         num_items = model_num_items(model)
         negatives = torch.randint(0, num_items, (t.num_negatives,), device=batch["item"].device)
-        subset = torch.unique(torch.cat([batch["item"], negatives]))
-        labels = torch.searchsorted(subset, batch["item"])
+        targets = batch["item"].clamp(min=0)  # -1 on rows that name no item (friends)
+        subset = torch.unique(torch.cat([targets, negatives]))
+        labels = torch.searchsorted(subset, targets)
         out = model(batch["input_ids"], batch["attention_mask"], subset, batch["item"], batch["user"])
         return multitask_loss(out, batch, weights, t.loss_weighting == "uncertainty", labels)
     out = model(batch["input_ids"], batch["attention_mask"], None, batch["item"], batch["user"])

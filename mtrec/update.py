@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from mtrec.cli import exit_with
+from mtrec.data.friends import FriendHoldout
 from mtrec.data.errors import DataError
 from mtrec.data.local import _open, _read_interactions, _read_items, _read_users
 from mtrec.data.records import RecDataset
@@ -175,7 +176,11 @@ def _grown_split(split: Split, grown: RecDataset) -> Split:
         rule = split.order_rule
     position = np.empty(grown.num_interactions, np.int64)
     position[seq] = np.arange(len(seq)) - np.repeat(offsets[:-1], np.diff(offsets))
-    return Split(grown, role, seq, offsets, position, rule, split.too_few_users, split.seed, split.method)
+    friends = split.friends
+    if friends is not None:  # the friend hold-out keeps its users, by id (new users may shift indices)
+        at = np.array([grown.user_index[u.id] for u in split.dataset.users], np.int64)
+        friends = FriendHoldout(at[friends.valid], at[friends.test], friends.seed)
+    return Split(grown, role, seq, offsets, position, rule, split.too_few_users, split.seed, split.method, friends)
 
 
 def _subset(ds: RecDataset, rows: np.ndarray) -> RecDataset:

@@ -1,4 +1,4 @@
-"""`python -m mtrec.bench {accuracy,speed,compare,prior,export,update,serve,explain} [options]`: dispatch to the benchmark's own `main(argv)`.
+"""`python -m mtrec.bench {accuracy,speed,compare,prior,export,update,serve,explain,friends} [options]`: dispatch to the benchmark's own `main(argv)`.
 
 Each benchmark is imported only when asked for, so one that is missing or broken (or needs
 optional packages) never stops the other from running."""
@@ -19,12 +19,13 @@ BENCHMARKS = {
     "update": ("mtrec.bench.update", "stale / priors-refit-only / updated models on the test split, with intervals"),
     "serve": ("mtrec.bench.serve", "a load test of the HTTP server: requests/s and latency at 1, 8, 32 clients"),
     "explain": ("mtrec.bench.explain", "faithfulness of occlusion explanations: removing the top-attributed items vs others"),
+    "friends": ("mtrec.bench.friends", "friend recommendation: graph baselines and mtrec runs on held-out friends"),
 }
 
 
 def usage() -> str:
     lines = [
-        "usage: python -m mtrec.bench {accuracy,speed,compare,prior,export,update,serve,explain} [options]   (--help after the name for its options)",
+        "usage: python -m mtrec.bench {accuracy,speed,compare,prior,export,update,serve,explain,friends} [options]   (--help after the name for its options)",
         "",
     ]
     lines += [f"  {name:<9} {text}" for name, (_, text) in BENCHMARKS.items()]

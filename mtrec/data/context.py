@@ -64,10 +64,14 @@ class ContextIndex:
         before = int(ds.timestamps[interaction]) if ds.timed else None
         return self.social_for(int(ds.user_idx[interaction]), before, limit)
 
-    def social_for(self, user: int, before: int | None, limit: int | None = None) -> np.ndarray:
-        """`social` for a user at time `before` (None: no time cut)."""
+    def train_interactions(self, user: int) -> np.ndarray:
+        """The user's training interactions in the user's order (oldest first)."""
+        return self._train_seq[self._train_off[user] : self._train_off[user + 1]]
+
+    def social_for(self, user: int, before: int | None, limit: int | None = None, exclude: int = -1) -> np.ndarray:
+        """`social` for a user at time `before` (None: no time cut), leaving out friend `exclude`."""
         ds = self.dataset
-        parts = [self.friend_train_interactions(int(f), before) for f in self.friends(user)]
+        parts = [self.friend_train_interactions(int(f), before) for f in self.friends(user) if f != exclude]
         parts = [p for p in parts if len(p)]
         if not parts:
             return np.zeros(0, dtype=np.int64)

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from mtrec.data.friends import FriendHoldout
 from mtrec.data.records import RecDataset
 
 TRAIN, VALID, TEST = 0, 1, 2
@@ -54,6 +55,8 @@ class Split:
         too_few_users: users with fewer than 3 interactions (all kept in training).
         seed: seed of the random order (unused when chronological).
         method: ``leave_one_out`` or ``ratio``.
+        friends: the friend-recommendation protocol's held-out pairs (`mtrec.data.friends`), or None;
+            where set, `dataset`'s social graph already lacks them.
     """
 
     dataset: RecDataset
@@ -65,6 +68,7 @@ class Split:
     too_few_users: int
     seed: int
     method: str
+    friends: FriendHoldout | None = None
 
     @property
     def train(self) -> np.ndarray:

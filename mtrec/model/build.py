@@ -16,7 +16,7 @@ from mtrec.config import ModelConfig
 from mtrec.data.records import RecDataset
 from mtrec.data.splits import Split
 from mtrec.model.backbone import BackboneRef, attention_projections, default_pooling, load_backbone, lora_target_modules
-from mtrec.model.collaborative import fit_ranking, fit_rating, newest_per_user
+from mtrec.model.collaborative import fit_friends, fit_ranking, fit_rating, newest_per_user
 from mtrec.model.multitask import RecModel, TaskHeads
 from mtrec.prompts import TaskPrompts, add_instruction_tokens
 
@@ -113,7 +113,8 @@ def initial_item_table(ds: RecDataset, cfg: ModelConfig, backbone, tokenizer, pr
 
 def build_heads(ds: RecDataset, item_table: torch.Tensor, train_idx: np.ndarray, hidden: int,
                 like_threshold: float, shrinkage: float = 10.0, collab_dim: int = 0, split: Split | None = None,
-                seed: int = 0, negatives_per_positive: int = 1) -> TaskHeads:
+                seed: int = 0, negatives_per_positive: int = 1, friends: bool = False,
+                friend_dim: int | None = None) -> TaskHeads:
     """Heads for `ds`, with priors from the *training* interactions only, all trained further.
 
     Without collaborative factors (`collab_dim` 0) the recommendation bias starts at centred log
@@ -121,7 +122,9 @@ def build_heads(ds: RecDataset, item_table: torch.Tensor, train_idx: np.ndarray,
     item's), shrunken mean deviation (``sum / (n + shrinkage)``) in logit space: at step 0 the
     rating head is the classic user+item bias model. With `collab_dim` > 0 (and `split`), biases,
     offsets and user/item factors are fitted together on the training split instead (see
-    `mtrec.model.collaborative`). Either way the backbone learns what the prompt adds."""
+    `mtrec.model.collaborative`). Either way the backbone learns what the prompt adds. With
+    `friends`, the friend head too (`friend_head_start`, factors `friend_dim` wide: default `collab_dim`)."""
+    friend_dim = collab_dim if friend_dim is None else friend_dim
     items, users = ds.item_idx[train_idx], ds.user_idx[train_idx]
     counts = np.bincount(items, minlength=ds.num_items).astype(np.float64)
     bias = torch.from_numpy(np.log1p(counts)).float()
@@ -170,20 +173,47 @@ def build_heads(ds: RecDataset, item_table: torch.Tensor, train_idx: np.ndarray,
     heads = TaskHeads(hidden, len(ds.categories), item_table, bias, ds.rating_scale, mean,
                       offsets.get("rating", (None,))[0], offsets.get("like", (None,))[0],
                       (offsets["rating"][1], offsets["like"][1]) if offsets else None, ds.num_users,
-                      collab_dim=collab_dim, collab=collab)
+                      collab_dim=collab_dim, collab=collab,
+                      friends=friend_head_start(ds, item_table, train_idx, friend_dim, seed) if friends else None)
     with torch.no_grad():
         for name, value in head_bias.items():
             getattr(heads, name).bias.fill_(value)
     return heads
 
 
-def empty_heads(ds: RecDataset, cfg: ModelConfig, hidden: int) -> TaskHeads:
+def friend_head_start(ds: RecDataset, item_table: torch.Tensor, train_idx: np.ndarray, dim: int,
+                      seed: int = 0) -> dict:
+    """The friend head's starting values: each user's table row is the mean item-table row of their
+    training items (zero without any); bias and factors are the user-embedding factor model fitted
+    on `ds`'s graph, which the friend hold-out has already left out (`fit_friends`; cached)."""
+    users = torch.as_tensor(ds.user_idx[train_idx], dtype=torch.long)
+    rows = item_table.float().index_select(0, torch.as_tensor(ds.item_idx[train_idx], dtype=torch.long))
+    table = torch.zeros(ds.num_users, item_table.shape[1]).index_add_(0, users, rows)
+    table = table / torch.bincount(users, minlength=ds.num_users).clamp(min=1)[:, None].float()
+    h = hashlib.sha256()
+    for a in (ds.social_src, ds.social_dst, np.array([ds.num_users])):
+        h.update(np.ascontiguousarray(a, dtype=np.int64).tobytes())
+    fit = cached("collab-fits", ["friends", COLLAB_VERSION, h.hexdigest(), str(dim), str(seed)],
+                 lambda: fit_friends(ds.social_src, ds.social_dst, ds.num_users, dim, seed=seed))
+    return {"table": table, "bias": fit["bias"], "S": fit["R"], "D": fit["T"]}
+
+
+def wants_friends(cfg, ds: RecDataset) -> bool:
+    """Does a run of `cfg` on `ds` have the friend head? (It trains friends and `ds` has a graph.)"""
+    return "friends" in cfg.train.tasks and ds.num_social_edges > 0
+
+
+def empty_heads(ds: RecDataset, cfg: ModelConfig, hidden: int, friends: bool = False) -> TaskHeads:
     """Heads of the shapes `build_heads` gives `ds` under `cfg`, every value zero: a run folder's
     adapter (or an export's weights) fills them in."""
     dim = cfg.item_dim or hidden
+    zero_friends, width = None, cfg.collab_dim if cfg.friend_dim is None else cfg.friend_dim
+    if friends:
+        zero_friends = {"table": torch.zeros(ds.num_users, dim), "bias": torch.zeros(ds.num_users),
+                        "S": torch.zeros(ds.num_users, width), "D": torch.zeros(ds.num_users, width)}
     return TaskHeads(hidden, len(ds.categories), torch.zeros(ds.num_items, dim), torch.zeros(ds.num_items),
                      ds.rating_scale, rating_mean_of(ds, np.arange(len(ds.values))), num_users=ds.num_users,
-                     collab_dim=cfg.collab_dim)
+                     collab_dim=cfg.collab_dim, friends=zero_friends)
 
 
 COLLAB_VERSION = "collab-1"  # bump when the fits change: cached fits of another version are not reused
@@ -279,7 +309,8 @@ def rating_mean_of(ds: RecDataset, train_idx: np.ndarray) -> float | None:
 # the size of its gradient, so rows that full softmax touches with tiny gradients would drift as fast
 # as the targets. A small learning rate keeps their training-split priors until evidence accumulates.
 TABLE_PARAMETERS = ("item_table", "item_bias", "item_rating_offset", "item_like_offset", "user_rating_offset",
-                    "user_like_offset", "user_factors", "item_factors", "rec_user_factors", "rec_item_factors")
+                    "user_like_offset", "user_factors", "item_factors", "rec_user_factors", "rec_item_factors",
+                    "user_table", "friend_bias", "friend_src_factors", "friend_dst_factors")
 
 
 def build_optimizer(model, lr: float, head_lr: float, table_lr: float, weight_decay: float = 0.0) -> torch.optim.Optimizer:

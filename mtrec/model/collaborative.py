@@ -301,8 +301,8 @@ def fit_ranking(split: Split, train_idx: np.ndarray, holdout: np.ndarray, dim: i
                 reg: float = 1e-4, epochs: int = 40, patience: int = 3, batch: int = 512, lr: float = 0.005,
                 negatives: int = 4096, seed: int = 0, like_negatives: int = 0) -> dict:
     """Recommendation parameters: per-item bias and user/item factors, fitted by softmax
-    cross-entropy of each training interaction's item over the catalog. Early stopping on hold-out
-    cross-entropy.
+    cross-entropy of each training interaction's item over the catalog (`fit_softmax`). Early
+    stopping on hold-out cross-entropy.
 
     With `like_negatives` k > 0 (implicit data) it also returns ``like_calibration`` = (scale,
     offset): the logistic fit of "held-out item against k uniformly drawn unobserved ones" on the
@@ -312,16 +312,46 @@ def fit_ranking(split: Split, train_idx: np.ndarray, holdout: np.ndarray, dim: i
     ds = split.dataset
     u_all = torch.as_tensor(ds.user_idx[train_idx], dtype=torch.long)
     i_all = torch.as_tensor(ds.item_idx[train_idx], dtype=torch.long)
-    sampled = ds.num_items > FULL_SOFTMAX_ITEMS
+    kept: dict = {}
+    keep = (lambda p: kept.update({k: v.detach().clone() for k, v in p.items()})) if like_negatives else None
+    p = fit_softmax(u_all, i_all, ds.num_users, ds.num_items, holdout, dim, item_bias0, reg, epochs, patience,
+                    batch, lr, negatives, seed, on_best=keep)
+    hold_rows = torch.as_tensor(np.flatnonzero(holdout))
+    if like_negatives and len(hold_rows):
+        u, i = u_all[hold_rows], i_all[hold_rows]
+        seen = pair_keys(u_all.numpy(), i_all.numpy(), ds.num_items)
+        neg = sample_unobserved(np.repeat(u.numpy().astype(np.int64), like_negatives), seen, ds.num_items,
+                                np.random.default_rng(seed))
+        neg = torch.as_tensor(neg, dtype=torch.long).view(len(u), like_negatives)
+        z = softmax_log_odds(kept, u, torch.cat([i[:, None], neg], 1), like_negatives)
+        y = torch.zeros_like(z)
+        y[:, 0] = 1.0
+        scale, offset = platt(z.flatten(), y.flatten())
+        p["like_calibration"] = (scale, offset)
+        p["report"]["like_calibration"] = {
+            "scale": round(scale, 4), "offset": round(offset, 4),
+            "holdout_log_loss": [round(float(F.binary_cross_entropy_with_logits(zz, y)), 4)
+                                 for zz in (z, scale * z + offset)]}
+    return p
+
+
+def fit_softmax(u_all: torch.Tensor, i_all: torch.Tensor, num_users: int, num_items: int, holdout: np.ndarray,
+                dim: int, bias0: torch.Tensor, reg: float = 1e-4, epochs: int = 40, patience: int = 3,
+                batch: int = 512, lr: float = 0.005, negatives: int = 4096, seed: int = 0, on_best=None) -> dict:
+    """``score(u, i) = bias_i + <R_u, T_i>`` fitted by softmax cross-entropy of each (u, i) pair's i
+    over all `num_items` columns (sampled columns above `FULL_SOFTMAX_ITEMS`), early stopping on the
+    pairs flagged in `holdout`, then refitted on every pair for the best number of epochs. The one
+    fit of the recommendation prior (users x items) and of the friend prior (users x users)."""
+    sampled = num_items > FULL_SOFTMAX_ITEMS
 
     def make_params(gen):
-        p = {"bias": item_bias0.clone().float(), "R": 0.01 * torch.randn(ds.num_users, dim, generator=gen),
-             "T": 0.01 * torch.randn(ds.num_items, dim, generator=gen)}
+        p = {"bias": bias0.clone().float(), "R": 0.01 * torch.randn(num_users, dim, generator=gen),
+             "T": 0.01 * torch.randn(num_items, dim, generator=gen)}
         return {k: v.requires_grad_() for k, v in p.items()}
 
     def ce(p, u, i, gen=None):
         if sampled and gen is not None:
-            cols = torch.unique(torch.cat([i, torch.randint(0, ds.num_items, (negatives,), generator=gen)]))
+            cols = torch.unique(torch.cat([i, torch.randint(0, num_items, (negatives,), generator=gen)]))
             cols_t, cols_b = p["T"].index_select(0, cols), p["bias"].index_select(0, cols)
             logits = p["R"].index_select(0, u) @ cols_t.T + cols_b
             return F.cross_entropy(logits, torch.searchsorted(cols, i))
@@ -348,30 +378,34 @@ def fit_ranking(split: Split, train_idx: np.ndarray, holdout: np.ndarray, dim: i
                 total += float(ce(p, u_all[rows], i_all[rows])) * len(rows)
             return total / max(len(hold_rows), 1)
 
-    kept: dict = {}
-    keep = (lambda p: kept.update({k: v.detach().clone() for k, v in p.items()})) if like_negatives else None
     best_epoch, best = _fit(make_params, loss_on(fit_rows, seed), holdout_ce, len(fit_rows), epochs, patience,
-                            batch, lr, seed, on_best=keep)
-    all_rows = torch.arange(len(train_idx))
+                            batch, lr, seed, on_best=on_best)
+    all_rows = torch.arange(len(u_all))
     p = _refit(make_params, loss_on(all_rows, seed), len(all_rows), best_epoch, batch, lr, seed)
     p["report"] = {"epochs": best_epoch, "holdout_ce": round(best, 4), "holdout_rows": len(hold_rows),
                    "sampled_softmax": sampled}
-    if like_negatives and len(hold_rows):
-        u, i = u_all[hold_rows], i_all[hold_rows]
-        seen = pair_keys(u_all.numpy(), i_all.numpy(), ds.num_items)
-        neg = sample_unobserved(np.repeat(u.numpy().astype(np.int64), like_negatives), seen, ds.num_items,
-                                np.random.default_rng(seed))
-        neg = torch.as_tensor(neg, dtype=torch.long).view(len(u), like_negatives)
-        z = softmax_log_odds(kept, u, torch.cat([i[:, None], neg], 1), like_negatives)
-        y = torch.zeros_like(z)
-        y[:, 0] = 1.0
-        scale, offset = platt(z.flatten(), y.flatten())
-        p["like_calibration"] = (scale, offset)
-        p["report"]["like_calibration"] = {
-            "scale": round(scale, 4), "offset": round(offset, 4),
-            "holdout_log_loss": [round(float(F.binary_cross_entropy_with_logits(zz, y)), 4)
-                                 for zz in (z, scale * z + offset)]}
     return p
+
+
+def fit_friends(src: np.ndarray, dst: np.ndarray, num_users: int, dim: int, seed: int = 0, **kw) -> dict:
+    """The friend prior (and the bench's user-embedding factor model): ``score(u, v) = bias_v +
+    <R_u, T_v>`` over every user v, by `fit_softmax` on the graph's directed edges u -> v (the
+    friend hold-out already removed). The bias starts at centred log(1 + in-degree). Early stopping
+    holds out one seeded edge per user with at least 3. Returns ``bias``, ``R``, ``T``, ``report``."""
+    src, dst = np.asarray(src, np.int64), np.asarray(dst, np.int64)
+    keep = src != dst
+    src, dst = src[keep], dst[keep]
+    bias0 = torch.from_numpy(np.log1p(np.bincount(dst, minlength=num_users))).float()
+    bias0 = bias0 - bias0.mean()
+    rng = np.random.default_rng([seed, 17])
+    holdout = np.zeros(len(src), bool)
+    order = np.lexsort((rng.random(len(src)), src))
+    first = np.ones(len(order), bool)
+    first[1:] = src[order][1:] != src[order][:-1]
+    degree = np.bincount(src, minlength=num_users)
+    holdout[order[first]] = degree[src[order[first]]] >= 3
+    return fit_softmax(torch.as_tensor(src), torch.as_tensor(dst), num_users, num_users, holdout, dim, bias0,
+                       seed=seed, **kw)
 
 
 def softmax_log_odds(p: dict, users: torch.Tensor, items: torch.Tensor, k: int) -> torch.Tensor:

@@ -11,6 +11,10 @@ Heads (all in one `TaskHeads` module, which peft keeps trainable via ``modules_t
 - collaborative factors (optional, `collab_dim` > 0): per-user and per-item vectors fitted on the
   training split (`mtrec.model.collaborative`) add ``<p_u, q_i>`` to the rating and like logits and
   ``<r_u, t_i>`` to every item score; an unknown user or item (index -1) gets none.
+- friends (only where the run trains the task): a query ``W_f h`` scored against a user table (one
+  row per user, starting from the mean item-table row of the user's training items) by cosine
+  times a learned scale, plus the friend prior: a per-user bias and ``<s_u, d_v>`` from the
+  user-embedding factor model fitted on the training graph (`collaborative.fit_friends`).
 
 Everything the heads do happens inside ``forward`` because peft's ModulesToSaveWrapper dispatches
 calls, not attribute access, to the trained copy. Per-row lookups use ``index_select``: the backward
@@ -45,7 +49,7 @@ class TaskHeads(nn.Module):
                  rating_scale: tuple[float, float] | None, rating_mean: float | None = None,
                  item_rating_offset: torch.Tensor | None = None, item_like_offset: torch.Tensor | None = None,
                  user_offsets: tuple[torch.Tensor, torch.Tensor] | None = None, num_users: int = 0,
-                 collab_dim: int = 0, collab: dict | None = None) -> None:
+                 collab_dim: int = 0, collab: dict | None = None, friends: dict | None = None) -> None:
         super().__init__()
         item_dim = item_table.shape[1]
         self.norm = nn.LayerNorm(hidden)
@@ -76,6 +80,19 @@ class TaskHeads(nn.Module):
         self.rec_user_factors = nn.Parameter(_or(collab.get("R"), torch.zeros(num_users, collab_dim)))
         self.rec_item_factors = nn.Parameter(_or(collab.get("T"), torch.zeros(n_items, collab_dim)))
         self.like_factor_scale = nn.Parameter(_or(collab.get("a"), torch.tensor(1.0)))
+        # Friend head: present only when `friends` is given ({"table", "bias", "S", "D"}); shapes are
+        # fixed by the data set, so `empty_heads` builds it from zeros of the same sizes.
+        self.has_friends = friends is not None
+        if self.has_friends:
+            self.friend_query = nn.Linear(hidden, friends["table"].shape[1], bias=False)
+            self.user_table = nn.Parameter(_or(friends["table"], None))
+            self.friend_bias = nn.Parameter(_or(friends["bias"], None))
+            self.friend_src_factors = nn.Parameter(_or(friends["S"], None))
+            self.friend_dst_factors = nn.Parameter(_or(friends["D"], None))
+            self.friend_log_scale = nn.Parameter(torch.tensor(0.0))
+            with torch.no_grad():
+                if friends["table"].shape[1] == hidden:
+                    self.friend_query.weight.copy_(torch.eye(hidden))
         # log variances for uncertainty weighting (Kendall et al. 2018); unused with fixed weights
         self.log_vars = nn.Parameter(torch.zeros(NUM_KINDS))
         lo, hi = rating_scale or (0.0, 1.0)
@@ -138,6 +155,16 @@ class TaskHeads(nn.Module):
                        * self.item_factors.index_select(0, items.clamp(min=0))).sum(-1)
                 rating_z = rating_z + dot
                 like_z = like_z + self.like_factor_scale * dot
+        if self.has_friends:
+            fq = F.normalize(self.friend_query(x), dim=-1)
+            friend_logits = self.friend_log_scale.exp() * (fq @ F.normalize(self.user_table, dim=-1).T) + self.friend_bias
+            friend_prior = self.friend_bias.expand_as(friend_logits) if with_prior else None
+            if users is not None and self.friend_src_factors.shape[1]:
+                known_u = (users >= 0).float()[:, None]
+                social = (known_u * self.friend_src_factors.index_select(0, users.clamp(min=0))) @ self.friend_dst_factors.T
+                friend_logits = friend_logits + social
+                if with_prior:
+                    friend_prior = friend_prior + social
         out = {
             "rating": self.rating_lo + (self.rating_hi - self.rating_lo) * torch.sigmoid(rating_z),
             "like_logit": like_z,
@@ -145,12 +172,25 @@ class TaskHeads(nn.Module):
             "item_logits": item_logits,
             "log_vars": self.log_vars,
         }
+        if self.has_friends:
+            out["friend_logits"] = friend_logits
         if with_prior:
             out["item_prior"] = item_prior
+            if self.has_friends:
+                out["friend_prior"] = friend_prior
         return out
 
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # runs saved before the friends kind existed hold one log-variance per item kind: pad with
+        # zeros (the starting value) rather than refuse them
+        key = prefix + "log_vars"
+        if key in state_dict and state_dict[key].shape[0] < NUM_KINDS:
+            old = state_dict[key]
+            state_dict[key] = torch.cat([old, old.new_zeros(NUM_KINDS - old.shape[0])])
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
-def _or(value: torch.Tensor | None, default: torch.Tensor) -> torch.Tensor:
+
+def _or(value: torch.Tensor | None, default: torch.Tensor | None) -> torch.Tensor:
     return (default if value is None else torch.as_tensor(value)).detach().clone().float()
 
 
@@ -187,7 +227,10 @@ def row_losses(out: dict[str, torch.Tensor], batch: dict[str, torch.Tensor],
     labels = batch["item"] if item_labels is None else item_labels
     rec = F.cross_entropy(out["item_logits"], labels.clamp(min=0), reduction="none")
     per_row = torch.zeros_like(rating)
-    for k, loss in ((Kind.RATING, rating), (Kind.LIKE, like), (Kind.CATEGORIES, cats), (Kind.RECOMMENDATION, rec)):
+    losses = [(Kind.RATING, rating), (Kind.LIKE, like), (Kind.CATEGORIES, cats), (Kind.RECOMMENDATION, rec)]
+    if "friend_logits" in out and "friend" in batch:
+        losses.append((Kind.FRIENDS, F.cross_entropy(out["friend_logits"], batch["friend"].clamp(min=0), reduction="none")))
+    for k, loss in losses:
         per_row = torch.where(kind == k, loss, per_row)
     return per_row
 

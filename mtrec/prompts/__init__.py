@@ -10,6 +10,7 @@ from mtrec.prompts.templates import (
     TemplateError,
     load_explanation_templates,
     load_prompts,
+    prompt_tasks,
     load_task_prompts,
 )
 
@@ -40,6 +41,7 @@ __all__ = [
     "add_instruction_tokens",
     "load_explanation_templates",
     "load_prompts",
+    "prompt_tasks",
     "load_task_prompts",
     "render_options",
 ]

@@ -14,6 +14,7 @@ in about a second.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from collections.abc import Sequence
 
@@ -23,8 +24,9 @@ from mtrec.cli import exit_with
 from mtrec.data.errors import DataError
 from mtrec.data.registry import available, check_name, load_dataset
 from mtrec.data.splits import ROLE_NAMES, leave_one_out
+from mtrec.data.friends import hold_out_friends
 from mtrec.kinds import KINDS, TASKS
-from mtrec.prompts import PromptRenderer, RenderOptions, TemplateError, add_instruction_tokens, load_prompts
+from mtrec.prompts import PromptRenderer, RenderOptions, TemplateError, add_instruction_tokens, load_prompts, prompt_tasks
 from mtrec.tasks import ExampleFactory, ExampleOptions, build_specs
 
 ROLES = {name: role for role, name in ROLE_NAMES.items()}
@@ -35,16 +37,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         check_name(args.dataset)  # before anything loads: the error lists the choices
-        prompts = load_prompts(args.prompts_dir)
+        prompts = load_prompts(args.prompts_dir, prompt_tasks([args.task]))
         ds = load_dataset(args.dataset, args.data_dir)
     except (TemplateError, DataError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    kinds = [k for k in KINDS[args.task] if (k != "rating" or ds.explicit) and (k != "categories" or ds.categories)]
+    kinds = [k for k in KINDS[args.task] if (k != "rating" or ds.explicit) and (k != "categories" or ds.categories)
+             and (k != "friends" or ds.num_social_edges)]
     if not kinds:
-        print(f"error: {ds.name} has no ratings, so it has no {args.task!r} prompts", file=sys.stderr)
+        lacks = "social graph" if args.task == "friends" else "ratings"
+        print(f"error: {ds.name} has no {lacks}, so it has no {args.task!r} prompts", file=sys.stderr)
         return 2
-    split = leave_one_out(ds, seed=args.seed)
+    held = None
+    if args.task == "friends":  # the friend protocol's graph: held-out pairs removed (mtrec.data.friends)
+        ds, held = hold_out_friends(ds, args.seed)
+    split = dataclasses.replace(leave_one_out(ds, seed=args.seed), friends=held)
     factory = ExampleFactory(split, ExampleOptions(seed=args.seed))
     renderer = PromptRenderer(_tokenizer(prompts), {t: p.instruction_token for t, p in prompts.items()},
                               RenderOptions(max_length=args.max_length))

@@ -129,6 +129,8 @@ class PromptRenderer:
             changes["item_categories"] = tuple(self._cap(c, attr) for c in example.item_categories[: o.max_categories])
         if hasattr(example, "candidates"):
             changes["candidates"] = tuple(self._cap(c, title) for c in example.candidates)
+        if hasattr(example, "friend_ids"):
+            changes["friend_ids"] = tuple(self._cap(f, attr) for f in example.friend_ids)
         return dataclasses.replace(example, **changes)
 
     # ---- rendering ----------------------------------------------------------------------------

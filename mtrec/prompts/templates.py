@@ -203,12 +203,23 @@ def _fields_used(env, macros: str, text: str) -> set[str]:
     return used - set(macro_defs) - {"loop", "caller", "varargs", "kwargs"}
 
 
-def load_prompts(prompts_dir: str | Path | None = None) -> dict[str, TaskPrompts]:
-    """Load every task's file from `prompts_dir` (default: the shipped templates, `DEFAULT_PROMPTS_DIR`)."""
+ITEM_TASKS = TASKS[:3]  # every run has these; ``friends`` only where it is trained
+
+
+def prompt_tasks(train_tasks) -> tuple[str, ...]:
+    """The tasks whose templates (and instruction tokens) a run with `train_tasks` carries: the item
+    tasks always (one backbone serves them all), ``friends`` only when trained, so a run without it
+    has exactly the instruction tokens of runs made before the task existed."""
+    return ITEM_TASKS + (("friends",) if "friends" in train_tasks else ())
+
+
+def load_prompts(prompts_dir: str | Path | None = None, tasks=ITEM_TASKS) -> dict[str, TaskPrompts]:
+    """Load each of `tasks`' files from `prompts_dir` (default: the shipped templates,
+    `DEFAULT_PROMPTS_DIR`); see `prompt_tasks`."""
     d = Path(prompts_dir) if prompts_dir else DEFAULT_PROMPTS_DIR
     env = make_environment()
     out = {}
-    for task in TASKS:
+    for task in tasks:
         path = d / f"{task}.yaml"
         if not path.exists():
             raise TemplateError(f"{path}: missing template file for task {task!r}")

@@ -108,6 +108,7 @@ class Service:
                 "prefer": self._prefer,
                 "categories": self._categories,
                 "explain": self._explain,
+                "friends": self._friends,
             },
             max_wait_s=settings.max_wait_ms / 1000,
             max_batch=settings.max_batch,
@@ -189,6 +190,24 @@ class Service:
             answers = served.rec.explain_pairs(whos, items, k=ks, batch_size=self.settings.forward_batch)
             for n, who, e in zip(rows, whos, answers):
                 results[n] = s.ExplainResponse(**{**e.to_dict(), "user": _user_of(who)})
+        return results
+
+    def _friends(self, reqs: Sequence) -> list:
+        served = self.served
+        if "friends" not in served.rec.prompts:
+            error = ApiError(400, f"{served.rec.run_dir} was not trained with the friends task (train.tasks)")
+            return [error] * len(reqs)
+        results, whos, rows = _checked(reqs, lambda r: _who(served, r))
+        for exclude in (True, False):  # one model call per setting present in the batch
+            mine = [(n, w) for n, w in zip(rows, whos) if reqs[n].exclude_friends == exclude]
+            if not mine:
+                continue
+            k = max(reqs[n].k for n, _ in mine)
+            tops = served.rec.recommend_friends([w for _, w in mine], k=k, exclude_friends=exclude,
+                                                batch_size=self.settings.forward_batch)
+            for (n, who), top in zip(mine, tops):
+                people = [s.ScoredUser(user=v, score=x) for v, x in top[: reqs[n].k]]
+                results[n] = s.FriendsResponse(user=_user_of(who), friends=people)
         return results
 
     # ---- reload ---------------------------------------------------------------------------------
@@ -336,6 +355,13 @@ def _model_routes(app: FastAPI, service: Service) -> None:
         the priors' and the language model's parts, and the `k` items shown in the prompt whose
         removal lowers it most (occlusion: 1 + shown entries prompts per user)."""
         return await submit("explain", body)
+
+    @app.post("/friends", response_model=s.FriendsResponse, tags=["model"])
+    async def friends(body: s.FriendsRequest):
+        """People a user (or a new user's `history`) may want to befriend, by the friends head, over
+        every user the run knows; the user and (by default) their current friends are left out. Needs
+        a run trained with the friends task."""
+        return await submit("friends", body)
 
     def admin(x_admin_token: str | None = Header(None)) -> None:
         """Checked before the body is read: without the token nothing about the request is answered."""

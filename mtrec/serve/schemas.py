@@ -71,6 +71,11 @@ class ExplainRequest(UserOrHistory):
     k: int = Field(3, ge=1, le=MAX_K, description="how many shown items to list")
 
 
+class FriendsRequest(UserOrHistory):
+    k: int = Field(10, ge=1, le=MAX_K, description="how many people")
+    exclude_friends: bool = Field(True, description="leave out the user's current friends")
+
+
 class ReloadRequest(Body):
     run: Annotated[str, StringConstraints(min_length=1, max_length=4096)] = Field(
         description="the run folder to serve from now on (a path on the server)"
@@ -86,6 +91,16 @@ class ScoredItem(BaseModel):
 class RecommendResponse(BaseModel):
     user: str | None = Field(description="the user id; null for a new user")
     items: list[ScoredItem] = Field(description="best first; seen (or named) items excluded")
+
+
+class ScoredUser(BaseModel):
+    user: str
+    score: float
+
+
+class FriendsResponse(BaseModel):
+    user: str | None = Field(description="the user id; null for a new user")
+    friends: list[ScoredUser] = Field(description="best first; the user (and their friends) excluded")
 
 
 class Rating(BaseModel):
