@@ -63,8 +63,10 @@ def save_catalog(folder: Path, split: Split) -> None:
             f.write(json.dumps({"id": u.id, "attributes": dict(u.attributes)}, ensure_ascii=False) + "\n")
     with open(folder / "items.jsonl", "w", encoding="utf-8") as f:
         for it in ds.items:
-            f.write(json.dumps({"id": it.id, "title": it.title, "text": it.text, "categories": list(it.categories)},
-                               ensure_ascii=False) + "\n")
+            row = {"id": it.id, "title": it.title, "text": it.text, "categories": list(it.categories)}
+            if not it.described:  # written only where it says something: older folders read as described
+                row["described"] = False
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
     meta = {"name": ds.name, "categories": list(ds.categories), "explicit": ds.explicit,
             "rating_scale": ds.rating_scale, "social_kind": ds.social_kind, "order_rule": split.order_rule,
             "method": split.method, "seed": split.seed, "too_few_users": split.too_few_users,
@@ -86,7 +88,8 @@ def load_catalog(folder: Path) -> Split:
     with open(folder / "users.jsonl", encoding="utf-8") as f:
         users = [User(d["id"], d["attributes"]) for d in map(json.loads, f)]
     with open(folder / "items.jsonl", encoding="utf-8") as f:
-        items = [Item(d["id"], d["title"], d["text"], tuple(d["categories"])) for d in map(json.loads, f)]
+        items = [Item(d["id"], d["title"], d["text"], tuple(d["categories"]), d.get("described", True))
+                 for d in map(json.loads, f)]
     a = np.load(folder / "dataset.npz")
     scale = tuple(meta["rating_scale"]) if meta["rating_scale"] else None
     ds = RecDataset(meta["name"], users, items, a["user_idx"], a["item_idx"], a["values"],
@@ -210,7 +213,7 @@ def _load_adapter(run_dir: Path, manifest: dict, cfg, split: Split, prompts: dic
     random init for that ablation), then the peft adapter (LoRA, token rows, heads)."""
     from peft import PeftModel
 
-    from mtrec.model.build import build_backbone, empty_heads, wants_friends
+    from mtrec.model.build import build_backbone, empty_heads, release_original_heads, wants_friends
     from mtrec.model.multitask import RecModel
 
     backbone, _, token_ids, pooling = build_backbone(cfg.model, prompts, base_backbone(run_dir), cfg.run.seed, dtype)
@@ -218,7 +221,7 @@ def _load_adapter(run_dir: Path, manifest: dict, cfg, split: Split, prompts: dic
         raise RunFolderError(f"{run_dir}: the instruction tokens or pooling rebuilt here ({token_ids}, {pooling}) "
                              f"are not the run's ({manifest.get('token_ids')}, {manifest['pooling']})")
     heads = empty_heads(split.dataset, cfg.model, backbone.config.hidden_size, wants_friends(cfg, split.dataset))
-    return PeftModel.from_pretrained(RecModel(backbone, heads, pooling), run_dir / "adapter")
+    return release_original_heads(PeftModel.from_pretrained(RecModel(backbone, heads, pooling), run_dir / "adapter"))
 
 
 def _load_export(run_dir: Path, manifest: dict, cfg, split: Split, prompts: dict, dtype: torch.dtype):

@@ -294,7 +294,8 @@ def _product_item(product_id: str, categories: list[str], site: str) -> Item:
         text = f"A product in the {categories[0]} category on {site}."
     else:
         text = f"A product in the {', '.join(categories[:-1])} and {categories[-1]} categories on {site}."
-    return Item(product_id, f"{categories[0]} product {product_id}", text, tuple(categories))
+    # the title and text only restate the id and categories: nothing to encode beyond the categories
+    return Item(product_id, f"{categories[0]} product {product_id}", text, tuple(categories), described=False)
 
 
 def _clean_trust(edges: np.ndarray, users: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[str]]:

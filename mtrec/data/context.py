@@ -72,6 +72,8 @@ class ContextIndex:
         """`social` for a user at time `before` (None: no time cut), leaving out friend `exclude`."""
         ds = self.dataset
         parts = [self.friend_train_interactions(int(f), before) for f in self.friends(user) if f != exclude]
+        if limit is not None:  # either order takes at most `limit` of each friend's newest: read no more
+            parts = [p[len(p) - limit :] if len(p) > limit else p for p in parts]
         parts = [p for p in parts if len(p)]
         if not parts:
             return np.zeros(0, dtype=np.int64)

@@ -8,7 +8,8 @@ Tables, each in one of these forms (never two for one table):
   through the ``datasets`` library (errors name the 1-based row). A ``DatasetDict`` saved with
   ``save_to_disk`` is such a folder: its splits are the tables (``hf:<folder>`` says so by name).
 
-- ``items``: item_id, title, [text], [categories] (``|``-separated; a list in JSONL)
+- ``items``: item_id, title, [text], [categories] (``|``-separated; a list in JSONL), [described]
+  (``false`` where title and text say nothing about the item, e.g. a placeholder title)
 - ``interactions``: user_id, item_id, and exactly one of rating (explicit) / weight (implicit);
   [timestamp] (unix seconds or ISO 8601; when the column exists every row needs one)
 - ``users`` (optional): user_id plus any attribute columns, kept as text
@@ -42,7 +43,7 @@ from mtrec.data.readers import (
 from mtrec.data.records import Item, RecDataset, User
 from mtrec.data.registry import register
 
-ITEM_COLUMNS = (("item_id", "title"), ("text", "categories"))
+ITEM_COLUMNS = (("item_id", "title"), ("text", "categories", "described"))
 INTERACTION_COLUMNS = (("user_id", "item_id"), ("rating", "weight", "timestamp"))
 USER_COLUMNS = (("user_id",), ())
 SOCIAL_COLUMNS = (("source", "target"), ("kind",))
@@ -169,7 +170,8 @@ def _read_items(folder: Path) -> tuple[list[Item], Source]:
         if not title:
             raise DataError(source, "empty title; every item needs a title", line)
         items.append(
-            Item(item_id, title, _text(row.get("text")), _categories(row.get("categories"), source, line))
+            Item(item_id, title, _text(row.get("text")), _categories(row.get("categories"), source, line),
+                 _described(row.get("described"), source, line))
         )
     return items, source
 
@@ -323,6 +325,21 @@ def _timestamp(value: object, source: Source, line: int) -> int:
     if not INT64_RANGE[0] <= seconds <= INT64_RANGE[1]:
         raise DataError(source, f"field 'timestamp' is {value!r}; expected unix seconds within 64 bits", line)
     return seconds
+
+
+_TRUE, _FALSE = {"true", "1", "yes"}, {"false", "0", "no"}
+
+
+def _described(value: object, source: Source, line: int) -> bool:
+    """The optional ``described`` field: true (the default, also for an empty cell) or false."""
+    if value is None or value == "":
+        return True
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in _TRUE | _FALSE:
+        return text in _TRUE
+    raise DataError(source, f"field 'described' is {value!r}; expected true or false (1/0, yes/no)", line)
 
 
 def _categories(value: object, source: Source, line: int) -> tuple[str, ...]:

@@ -35,12 +35,17 @@ class User:
 
 @dataclass(frozen=True, slots=True)
 class Item:
-    """A catalog item: its title, free text (may be empty) and category names."""
+    """A catalog item: its title, free text (may be empty) and category names.
+
+    `described` is False where the title and text say nothing about the item itself (Ciao's and
+    Epinions' "<Category> product <id>"; a local file's ``described`` column): such an item's
+    starting row in the item table comes from its categories, never from encoding its text."""
 
     id: str
     title: str
     text: str = ""
     categories: tuple[str, ...] = ()
+    described: bool = True
 
 
 @dataclass(frozen=True, slots=True)

@@ -73,11 +73,12 @@ def cached(folder: str, key_parts: list[str], compute):
 
     For results that cost minutes on a CPU and depend only on what the key names: a catalog's
     encodings (base weights, texts, pooling) and the collaborative fits (training split, settings).
-    A second run, or another process, reuses them. Written atomically."""
+    A second run, or another process, reuses them, memory-mapped (tensors are read from the file as
+    they are used, not loaded whole). Written atomically."""
     key = hashlib.sha256("\x00".join(key_parts).encode("utf-8")).hexdigest()[:32]
     path = paths.cache_dir() / folder / f"{key}.pt"
     if path.exists():
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     value = compute()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".tmp{os.getpid()}")
@@ -86,17 +87,37 @@ def cached(folder: str, key_parts: list[str], compute):
     return value
 
 
+def item_texts(ds: RecDataset, prompts: dict[str, TaskPrompts]) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """What the item table's starting rows are encoded from: the distinct texts, in first-seen order,
+    and the (item, text) pairs as two index arrays.
+
+    A described item has one text, its rendering by the recommendation template's
+    ``item_encoding``; items whose renderings are identical share it. An item with
+    ``described=False`` (its title and text only restate an id) has one text per category, the
+    category's name, and none without categories: its id never reaches the backbone."""
+    index: dict[str, int] = {}
+    pair_item, pair_text = [], []
+    render = prompts["recommendation"].render_item
+    for i, it in enumerate(ds.items):
+        for text in ([render(it.title, it.text, it.categories)] if it.described else it.categories):
+            pair_item.append(i)
+            pair_text.append(index.setdefault(text, len(index)))
+    return list(index), np.asarray(pair_item, np.int64), np.asarray(pair_text, np.int64)
+
+
 def initial_item_table(ds: RecDataset, cfg: ModelConfig, backbone, tokenizer, prompts: dict[str, TaskPrompts],
                        pooling: str, hidden: int, seed: int, backbone_hash: str | None = None,
                        bf16: bool = False) -> torch.Tensor:
-    """The item table's starting rows: the backbone's encoding of each item's text, standardised,
-    projected to `item_dim` when it differs from the hidden size, plus a small per-item random part
-    (so items that share their text, as in Ciao/Epinions, start apart)."""
+    """The item table's starting rows: the backbone's encoding of each item's text (`item_texts`:
+    each distinct text encoded once; an undescribed item's row is the mean of its categories'
+    encodings, zeros without categories), standardised, projected to `item_dim` when it differs
+    from the hidden size, plus a small per-item random part (so items that share their text start
+    apart)."""
     gen = torch.Generator().manual_seed(seed)
     dim = cfg.item_dim or hidden
     if cfg.item_init == "random":
         return torch.randn(ds.num_items, dim, generator=gen)
-    texts = [prompts["recommendation"].render_item(it.title, it.text, it.categories) for it in ds.items]
+    texts, pair_item, pair_text = item_texts(ds, prompts)
     def compute():
         return encode_texts(backbone, tokenizer, texts, pooling, cfg.encode_batch_size, bf16=bf16)
 
@@ -105,10 +126,16 @@ def initial_item_table(ds: RecDataset, cfg: ModelConfig, backbone, tokenizer, pr
     else:
         enc = compute()
     enc = (enc - enc.mean(-1, keepdim=True)) / enc.std(-1, keepdim=True).clamp(min=1e-6)  # as the heads' LayerNorm
+    if len(pair_item) == ds.num_items and np.array_equal(pair_item, np.arange(ds.num_items)):
+        rows = enc[torch.as_tensor(pair_text)]  # one text per item (the usual case)
+    else:
+        counts = np.bincount(pair_item, minlength=ds.num_items).astype(np.float32)
+        rows = torch.zeros(ds.num_items, enc.shape[1]).index_add_(0, torch.as_tensor(pair_item), enc[torch.as_tensor(pair_text)])
+        rows = rows / torch.as_tensor(counts).clamp(min=1)[:, None]
     if dim != hidden:
         proj = torch.linalg.qr(torch.randn(hidden, dim, generator=gen))[0]  # orthonormal columns
-        enc = enc @ proj
-    return enc + cfg.item_noise * enc.std() * torch.randn(enc.shape, generator=gen)
+        rows = rows @ proj
+    return rows + cfg.item_noise * rows.std() * torch.randn(rows.shape, generator=gen)
 
 
 def build_heads(ds: RecDataset, item_table: torch.Tensor, train_idx: np.ndarray, hidden: int,
@@ -289,7 +316,23 @@ def implicit_like_prior(item_bias: torch.Tensor, user_factors: torch.Tensor | No
 
 def wrap_model(backbone, heads: TaskHeads, pooling: str, lcfg: LoraConfig) -> PeftModel:
     """RecModel wrapped by peft: base frozen, LoRA + heads + instruction-token rows trainable."""
-    return get_peft_model(RecModel(backbone, heads, pooling), lcfg)
+    return release_original_heads(get_peft_model(RecModel(backbone, heads, pooling), lcfg))
+
+
+def release_original_heads(model: PeftModel) -> PeftModel:
+    """Free the heads peft keeps beside the trained copy.
+
+    peft's ``modules_to_save`` deep-copies the heads (item table, factors and offsets included) and
+    keeps the original only for running with the adapter disabled, which mtrec never does. Its
+    tensors are replaced by empty ones, so the tables are held once (the copy is what trains, is
+    saved in ``adapter/`` and is loaded back). Returns `model`."""
+    from peft.utils.other import ModulesToSaveWrapper
+
+    for module in model.modules():
+        if isinstance(module, ModulesToSaveWrapper):
+            for p in module.original_module.parameters():
+                p.data = torch.empty(0, dtype=p.dtype, device=p.device)
+    return model
 
 
 def count_parameters(model) -> dict[str, int]:

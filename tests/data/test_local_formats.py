@@ -227,3 +227,23 @@ def test_new_reader_reads_the_csv_form_like_before(tmp_path):
     b = load_dataset(f"local:{write_folder(tmp_path / 'p', 'parquet')}")
     for field in ("user_idx", "item_idx", "values", "timestamps", "social_src", "social_dst"):
         np.testing.assert_array_equal(getattr(a, field), getattr(b, field))
+
+
+# ---- described: items whose title and text say nothing about them ----------------------------
+@pytest.mark.parametrize("fmt", ["csv", "jsonl"])
+def test_described_column(tmp_path, fmt):
+    values = ["false", "", "1"] if fmt == "csv" else [False, None, 1]
+    items = [{**row, "described": v} for row, v in zip(TABLES["items"], values)]
+    ds = load_dataset(f"local:{write_folder(tmp_path / fmt, fmt, items=items)}")
+    assert [it.described for it in ds.items] == [False, True, True]
+    assert all(it.described for it in load_dataset(f"local:{write_folder(tmp_path / 'plain', fmt)}").items)
+
+
+def test_bad_described_value_names_file_line_and_field(tmp_path):
+    items = [*TABLES["items"][:2], {**TABLES["items"][2], "described": "maybe"}]
+    items = [{**r, "described": r.get("described", "")} for r in items]
+    with pytest.raises(DataError) as info:
+        load_dataset(f"local:{write_folder(tmp_path / 'csv', 'csv', items=items)}")
+    err = info.value
+    assert Path(err.path).name == "items.csv" and err.line == 4
+    assert "field 'described' is 'maybe'; expected true or false" in str(err)

@@ -60,6 +60,36 @@ def test_base_frozen_adapters_heads_and_token_rows_trained(trained):
     assert torch.equal(emb(other_ids), emb_before[1]), "ordinary token rows must stay frozen"
 
 
+TABLES = ("item_table", "item_bias", "user_factors", "item_factors", "rec_user_factors", "rec_item_factors")
+
+
+def _held_tables(model) -> dict[str, list[int]]:
+    """Per table name: the element counts of every distinct non-empty storage holding it."""
+    out: dict[str, dict[int, int]] = {}
+    for name, t in model.state_dict(keep_vars=True).items():
+        leaf = name.split(".")[-1]
+        if leaf in TABLES and t.numel():
+            out.setdefault(leaf, {})[t.untyped_storage().data_ptr()] = t.numel()
+    return {k: sorted(v.values()) for k, v in out.items()}
+
+
+def test_heads_tables_are_held_once_in_memory_and_on_disk(trained):
+    from safetensors import safe_open
+
+    cfg, setup, _, _, _, run_dir, _ = trained
+    n_items, n_users = setup.split.dataset.num_items, setup.split.dataset.num_users
+    rec = Recommender.from_run(run_dir, device="cpu")
+    for model in (setup.model, rec.model):  # as trained, and as loaded back
+        held = _held_tables(model)
+        assert set(held) == set(TABLES)
+        assert all(len(v) == 1 for v in held.values()), held  # one storage each: peft's original is released
+        assert held["item_table"][0] == n_items * setup.model.base_model.model.heads.modules_to_save["default"].item_table.shape[1]
+        assert held["user_factors"][0] == n_users * cfg.model.collab_dim
+    with safe_open(str(next((run_dir / "adapter").glob("*.safetensors"))), "pt") as f:
+        stored = [k for k in f.keys() if k.split(".")[-1] in TABLES]
+    assert sorted(k.split(".")[-1] for k in stored) == sorted(TABLES)  # each table stored once
+
+
 def test_multitask_validation_loss_falls(trained):
     *_, result = trained
     losses = [h["loss"] for h in result["history"]]
