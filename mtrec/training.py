@@ -7,7 +7,8 @@ import json
 import math
 import os
 import time
-from dataclasses import dataclass
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -49,6 +50,17 @@ class Setup:
     ref: BackboneRef
     weights: torch.Tensor
     example_options: ExampleOptions
+    phases: dict[str, float] = field(default_factory=dict)  # seconds per set-up phase (metrics.json)
+
+
+@contextmanager
+def timed(phases: dict[str, float], name: str):
+    """Add the wall time of the `with` body to ``phases[name]`` (seconds, 0.1 s resolution)."""
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        phases[name] = round(phases.get(name, 0.0) + time.perf_counter() - start, 1)
 
 
 def load_split(cfg: Config) -> Split:
@@ -65,32 +77,38 @@ def load_split(cfg: Config) -> Split:
 def build_setup(cfg: Config, accelerator: Accelerator | None = None, split: Split | None = None) -> Setup:
     """Data, prompts, backbone (+instruction tokens), item table, heads and LoRA, from `cfg` (the
     data from `split` where given: `mtrec.update` passes a run's catalog grown by new data)."""
-    split = split if split is not None else load_split(cfg)
+    phases: dict[str, float] = {}
+    with timed(phases, "data"):
+        split = split if split is not None else load_split(cfg)
     kinds = kinds_for(cfg.train.tasks, split)
     if not kinds:  # before anything expensive
         raise ConfigError(f"train.tasks: {list(cfg.train.tasks)} has nothing to train on {split.dataset.name} "
                           f"(rating needs ratings, friends a social graph)")
     prompts = load_prompts(cfg.prompt.prompts_dir, prompt_tasks(cfg.train.tasks))
-    if accelerator is not None:
-        with accelerator.main_process_first():  # one process converts the bundled backbone; others wait
+    with timed(phases, "backbone"):
+        if accelerator is not None:
+            with accelerator.main_process_first():  # one process converts the bundled backbone; others wait
+                ref = resolve_backbone(cfg.model.backbone)
+        else:
             ref = resolve_backbone(cfg.model.backbone)
-    else:
-        ref = resolve_backbone(cfg.model.backbone)
-    backbone, tokenizer, token_ids, pooling = build_backbone(cfg.model, prompts, ref, cfg.run.seed)
+        backbone, tokenizer, token_ids, pooling = build_backbone(cfg.model, prompts, ref, cfg.run.seed)
     hidden = backbone.config.hidden_size
     bf16 = choose_mixed_precision(cfg.train.mixed_precision) == "bf16"
-    table = initial_item_table(split.dataset, cfg.model, backbone, tokenizer, prompts, pooling, hidden, cfg.run.seed,
-                               ref.sha256, bf16)
-    heads = build_heads(split.dataset, table, split.train, hidden, cfg.data.like_threshold,
-                        collab_dim=cfg.model.collab_dim, split=split, seed=cfg.run.seed,
-                        negatives_per_positive=cfg.data.negatives_per_positive,
-                        friends=wants_friends(cfg, split.dataset), friend_dim=cfg.model.friend_dim)
-    model = wrap_model(backbone, heads, pooling, lora_config(cfg.model, backbone, token_ids))
+    with timed(phases, "item_encoding"):
+        table = initial_item_table(split.dataset, cfg.model, backbone, tokenizer, prompts, pooling, hidden,
+                                   cfg.run.seed, ref.sha256, bf16)
+    with timed(phases, "collaborative_fits"):
+        heads = build_heads(split.dataset, table, split.train, hidden, cfg.data.like_threshold,
+                            collab_dim=cfg.model.collab_dim, split=split, seed=cfg.run.seed,
+                            negatives_per_positive=cfg.data.negatives_per_positive,
+                            friends=wants_friends(cfg, split.dataset), friend_dim=cfg.model.friend_dim)
+    with timed(phases, "lora"):
+        model = wrap_model(backbone, heads, pooling, lora_config(cfg.model, backbone, token_ids))
     opts = example_options(cfg)
     renderer = PromptRenderer(tokenizer, {t: p.instruction_token for t, p in prompts.items()}, render_options(cfg))
     batcher = Batcher(ExampleFactory(split, opts), renderer, prompts, tokenizer.pad_token_id, len(split.dataset.categories))
     weights = torch.tensor([float(cfg.train.task_weights.get(k, 1.0)) for k in sorted(KIND_IDS, key=KIND_IDS.get)])
-    return Setup(cfg, split, kinds, batcher, model, tokenizer, token_ids, ref, weights, opts)
+    return Setup(cfg, split, kinds, batcher, model, tokenizer, token_ids, ref, weights, opts, phases)
 
 
 def choose_mixed_precision(setting: str) -> str:
@@ -199,11 +217,14 @@ class _Loop:
     def __init__(self, cfg: Config, s: Setup, accelerator: Accelerator, run_dir: Path) -> None:
         t = self.t = cfg.train
         self.cfg, self.s, self.acc, self.run_dir = cfg, s, accelerator, run_dir
-        specs = train_specs(s.split, s.kinds, s.example_options, cfg.data.max_train_users, cfg.run.seed)
+        self.phases = dict(s.phases)
+        self.in_loop: dict[str, float] = {}  # evaluation seconds inside the training clock
+        with timed(self.phases, "examples"):
+            specs = train_specs(s.split, s.kinds, s.example_options, cfg.data.max_train_users, cfg.run.seed)
+            self.valid = eval_specs(s.split, s.kinds, s.example_options, VALID, t.eval_users, cfg.run.seed)
         self.sizes = {k: len(v) for k, v in specs.items()}
         self.sampler = TaskSampler(specs, mixing_probs(self.sizes, t.mixing, t.temperature), s.batcher, t.batch_size,
                                    cfg.run.seed, t.length_buckets)
-        self.valid = eval_specs(s.split, s.kinds, s.example_options, VALID, t.eval_users, cfg.run.seed)
         opt = make_optimizer(s.model, cfg)
         sched = get_cosine_schedule_with_warmup(opt, t.warmup_steps, t.max_steps)
         self.model, self.opt, self.sched = accelerator.prepare(s.model, opt, sched)
@@ -226,7 +247,8 @@ class _Loop:
             self.state = state
             self.acc.print(f"resumed from step {state['step']}")
         else:
-            first = self.log.evaluate(self.model, self.valid, self.weights, step=0)
+            with timed(self.phases, "evaluation"):
+                first = self.log.evaluate(self.model, self.valid, self.weights, step=0)
             self.state = {"step": 0, "history": [first], "best": first, "bad_evals": 0, "tokens": 0, "examples": 0,
                           "examples_per_kind": [0] * NUM_KINDS, "elapsed": 0.0}
             self.best_state = trainable_state(self.acc.unwrap_model(self.model))
@@ -312,7 +334,8 @@ class _Loop:
         st, t = self.state, self.t
         if self.batches is not None:
             self.batches.wait()  # the prefetch thread and evaluation share the tokenizer
-        st["history"].append(self.log.evaluate(self.model, self.valid, self.weights, step))
+        with timed(self.in_loop, "evaluation"), timed(self.phases, "evaluation"):
+            st["history"].append(self.log.evaluate(self.model, self.valid, self.weights, step))
         if _better(st["history"][-1], st["best"], t.early_stopping_metric):
             st["best"], st["bad_evals"] = st["history"][-1], 0
             self.best_state = trainable_state(self.acc.unwrap_model(self.model))
@@ -331,8 +354,9 @@ class _Loop:
         if t.final_eval_users is not None and t.final_eval_users != t.eval_users:
             kinds = [k for k in self.s.kinds if k in (t.final_eval_kinds or self.s.kinds)]
             specs = eval_specs(self.s.split, kinds, self.s.example_options, VALID, t.final_eval_users, self.cfg.run.seed)
-            final = self.log.evaluate(model, specs, self.weights, step=st["best"]["step"],
-                                      label="final validation (best weights)")
+            with timed(self.phases, "evaluation"):
+                final = self.log.evaluate(model, specs, self.weights, step=st["best"]["step"],
+                                          label="final validation (best weights)")
         seconds = st["elapsed"]
         return {"best": st["best"], "final": final, "history": st["history"], "steps": st["step"],
                 "seconds": round(seconds, 1), "examples_per_process": st["examples"],
@@ -340,7 +364,10 @@ class _Loop:
                 "tokens_per_second": round(st["tokens"] / max(seconds, 1e-9), 1), "train_sizes": self.sizes,
                 "parameters": count_parameters(self.acc.unwrap_model(model)), "mixed_precision": self.acc.mixed_precision,
                 "num_processes": self.acc.num_processes, "compiled": is_compiled_module(model),
-                "ranks": _rank_report(self.acc, model, st["step"])}
+                "ranks": _rank_report(self.acc, model, st["step"]),
+                # seconds per phase of this process (training: the steps and checkpoints, evaluations
+                # apart; a resumed run's set-up phases are its own)
+                "phases": {**self.phases, "training": round(seconds - self.in_loop.get("evaluation", 0.0), 1)}}
 
 
 def _rank_report(accelerator: Accelerator, model, step: int) -> dict:

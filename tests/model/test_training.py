@@ -104,6 +104,11 @@ def test_run_folder_is_complete_and_reloads_exactly(trained):
     assert manifest["pooling"] == "last" and set(manifest["token_ids"]) == {"rating", "preference", "recommendation"}
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["best"]["loss"] == pytest.approx(result["best"]["loss"])
+    phases = metrics["phases"]  # every phase timed
+    assert set(phases) == {"data", "backbone", "item_encoding", "collaborative_fits", "lora", "examples",
+                           "evaluation", "training"}
+    assert all(v >= 0 for v in phases.values()) and phases["training"] > 0 and phases["evaluation"] > 0
+    assert phases["training"] < metrics["seconds"]  # the steps' clock less its two in-loop evaluations
     backbone = json.loads((run_dir / "backbone.json").read_text())
     assert backbone["kind"] == "path" and len(backbone["sha256"]) == 64
     assert (run_dir / "prompts" / "rating.yaml").is_file()
