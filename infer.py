@@ -18,9 +18,16 @@ Unusable lines and unknown ids are reported on stderr as file:line and skipped; 
 Output is JSONL (default) or CSV, to --out or stdout; time and users/s (rows/s) go to stderr.
 Exit status: 0 when anything was scored, 2 when the input is unusable (missing file, bad header,
 no valid row) or the run folder is.
+
+Several processes (`accelerate launch --num_processes N infer.py --task ... --out FILE`, or
+torchrun): the requests are cut into N contiguous runs of whole batches, each process scores one
+into FILE.part-<rank>, and the first process joins them into FILE in input order, the same rows as
+one process writes.
 """
 
 import argparse
+import os
+import shutil
 import sys
 import time
 from contextlib import nullcontext
@@ -64,7 +71,7 @@ def read_inputs(args) -> list:
     return requests + requests_from_args(args.ids, args.task)
 
 
-def batch(rec: Recommender, args, requests: list) -> int:
+def batch(rec: Recommender, args, requests: list, state=None) -> int:
     """Score the requests, report rejected lines, timing and throughput on stderr."""
     if args.all_users:
         requests = requests + [Request("all users", u.id) for u in rec.dataset.users]
@@ -73,19 +80,72 @@ def batch(rec: Recommender, args, requests: list) -> int:
     if args.task == "friends" and "friends" not in rec.prompts:
         raise BadInputError(f"--task friends: {args.run} was not trained with the friends task (train.tasks)")
     good, bad = check_ids(rec.dataset, requests)
-    for r in bad:
+    for r in bad if state is None or state.is_main_process else ():  # once, not once per process
         print(f"rejected {r}", file=sys.stderr)
     if not good:
         raise BadInputError(f"no valid rows to score ({len(bad)} rejected)")
     fmt = args.format or ("csv" if args.out and args.out.suffix.lower() == ".csv" else "jsonl")
+    if state is not None:
+        return sharded_batch(rec, args, good, bad, fmt, state)
     # the output file is opened only now: bad input never truncates an earlier result
     with open(args.out, "w", encoding="utf-8", newline="") if args.out else nullcontext(sys.stdout) as out:
         seconds = run_batch(rec, args.task, good, ResultWriter(out, fmt, args.task), k=args.k,
                             exclude_seen=not args.include_seen, batch_size=args.batch_size,
                             progress=not args.no_progress)
-    unit = "users" if args.task in USER_TASKS else "rows"
-    print(f"{args.task}: {len(good)} {unit} in {seconds:.2f} s ({len(good) / max(seconds, 1e-9):.1f} {unit}/s); "
-          f"{len(bad)} rejected", file=sys.stderr)
+    report(args.task, len(good), len(bad), seconds)
+    return 0
+
+
+def report(task: str, rows: int, rejected: int, seconds: float) -> None:
+    unit = "users" if task in USER_TASKS else "rows"
+    print(f"{task}: {rows} {unit} in {seconds:.2f} s ({rows / max(seconds, 1e-9):.1f} {unit}/s); "
+          f"{rejected} rejected", file=sys.stderr)
+
+
+def launched_processes():
+    """accelerate's process state when this script runs as one of several processes (`accelerate
+    launch --num_processes N`, torchrun: WORLD_SIZE > 1), else None."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return None
+    import torch
+    from accelerate import PartialState
+
+    # without CUDA, accelerate joins the processes (gloo) only when told the CPU: see training.py
+    return PartialState(cpu=not torch.cuda.is_available())
+
+
+def shard(n: int, batch_size: int, rank: int, world: int) -> slice:
+    """Process `rank`'s contiguous share of `n` requests, cut at batch boundaries: every batch is the
+    one a single process forms, so the scores (padding included) are the single process's."""
+    batches = -(-n // batch_size)
+    lo, hi = rank * batches // world, (rank + 1) * batches // world
+    return slice(min(lo * batch_size, n), min(hi * batch_size, n))
+
+
+def sharded_batch(rec: Recommender, args, good: list, bad: list, fmt: str, state) -> int:
+    """This process's share into ``<out>.part-<rank>``; the first process joins the parts into --out."""
+    rank, world = state.process_index, state.num_processes
+    mine = good[shard(len(good), args.batch_size, rank, world)]
+    part = args.out.with_name(f"{args.out.name}.part-{rank}")
+    start = time.perf_counter()
+    with open(part, "w", encoding="utf-8", newline="") as out:
+        writer = ResultWriter(out, fmt, args.task, header=rank == 0)
+        run_batch(rec, args.task, mine, writer, k=args.k, exclude_seen=not args.include_seen,
+                  batch_size=args.batch_size, progress=not args.no_progress and rank == 0)
+    state.wait_for_everyone()
+    if rank == 0:
+        parts = [args.out.with_name(f"{args.out.name}.part-{r}") for r in range(world)]
+        tmp = args.out.with_name(f"{args.out.name}.joining")
+        with open(tmp, "wb") as out:
+            for p in parts:
+                with open(p, "rb") as f:
+                    shutil.copyfileobj(f, out)
+        os.replace(tmp, args.out)
+        for p in parts:
+            p.unlink()
+        print(f"{world} processes wrote {args.out}", file=sys.stderr)
+        report(args.task, len(good), len(bad), time.perf_counter() - start)
+    state.wait_for_everyone()
     return 0
 
 
@@ -145,15 +205,21 @@ def main(argv=None) -> int:
         if args.task and not (args.input or args.ids or args.all_users):
             raise BadInputError(f"--task {args.task}: give ids, --input FILE or --all-users")
         requests = read_inputs(args) if args.task else []
+        state = launched_processes() if args.task else None
+        if state is not None and not args.out:
+            raise BadInputError(f"--task {args.task} in {state.num_processes} processes: give --out FILE "
+                                f"(the processes' parts are joined there)")
+        device = args.device or (str(state.device) if state is not None else None)
         start = time.perf_counter()
-        rec = Recommender.from_run(args.run, device=args.device)
-        print(f"loaded {args.run} on {rec.device} in {time.perf_counter() - start:.1f} s", file=sys.stderr)
+        rec = Recommender.from_run(args.run, device=device)
+        if state is None or state.is_main_process:
+            print(f"loaded {args.run} on {rec.device} in {time.perf_counter() - start:.1f} s", file=sys.stderr)
         if args.chat:
             from mtrec.chat import run_chat
 
             return run_chat(rec, prompt=not args.no_prompt)
         if args.task:
-            return batch(rec, args, requests)
+            return batch(rec, args, requests, state)
         show_user(rec, args.show_user, args.k, explain=not args.no_explain)
     except (RunFolderError, BadInputError, UnknownIdError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)

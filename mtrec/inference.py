@@ -590,13 +590,14 @@ class ResultWriter:
     NESTED = {"recommend": ("items", "item", "score"), "categories": ("categories", "category", "p"),
               "friends": ("friends", "friend", "score")}
 
-    def __init__(self, stream, fmt: str, task: str) -> None:
+    def __init__(self, stream, fmt: str, task: str, header: bool = True) -> None:
         if fmt not in ("jsonl", "csv"):
             raise ValueError(f"output format {fmt!r}: expected jsonl or csv")
         self.stream, self.fmt, self.task = stream, fmt, task
         if fmt == "csv":
             self.csv = csv.writer(stream, lineterminator="\n")
-            self.csv.writerow(self.CSV_COLUMNS[task])
+            if header:  # a later process's part of a sharded output has none
+                self.csv.writerow(self.CSV_COLUMNS[task])
 
     def write(self, rows: Iterable[dict]) -> None:
         for row in rows:
