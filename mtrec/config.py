@@ -92,7 +92,7 @@ class TrainConfig:
     temperature: float = knob(2.0, "temperature T: task probability ~ n_task^(1/T)")
     loss_weighting: str = knob("fixed", "fixed or uncertainty (learned per-task weights)")
     task_weights: dict = knob({}, "fixed weights per prompt kind (default 1)")
-    rec_loss: str = knob("full", "full softmax or sampled softmax for recommendation")
+    rec_loss: str = knob("auto", "full or sampled softmax for recommendation; auto: sampled above 20,000 items")
     num_negatives: int = knob(256, "sampled softmax: negatives per batch")
     batch_size: int = knob(8, "examples per step per process")
     grad_accum: int = knob(1, "gradient accumulation steps")
@@ -145,7 +145,7 @@ CHOICES = {
     "model.item_init": ("backbone", "random"),
     "train.mixing": ("proportional", "temperature"),
     "train.loss_weighting": ("fixed", "uncertainty"),
-    "train.rec_loss": ("full", "sampled"),
+    "train.rec_loss": ("auto", "full", "sampled"),
     "train.mixed_precision": ("auto", "no", "bf16", "fp16"),
 }
 

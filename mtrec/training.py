@@ -29,6 +29,7 @@ from mtrec.model.backbone import BackboneRef, resolve_backbone
 from mtrec.model.build import (build_backbone, build_heads, build_optimizer, count_parameters, initial_item_table,
                                lora_config, wants_friends, wrap_model)
 from mtrec.kinds import KIND_IDS, KIND_NAMES, KIND_TASK, NUM_KINDS
+from mtrec.model.collaborative import FULL_SOFTMAX_ITEMS
 from mtrec.model.multitask import multitask_loss
 from mtrec.pipeline import Batcher, Prefetcher, TaskSampler, evaluate, eval_specs, kinds_for, mixing_probs, train_specs
 from mtrec.prompts import PromptRenderer, load_prompts, prompt_tasks, render_options
@@ -381,8 +382,8 @@ def _rank_report(accelerator: Accelerator, model, step: int) -> dict:
 
 def _step_loss(model, batch, weights, cfg: Config):
     t = cfg.train
-    if t.rec_loss == "sampled":
-        num_items = model_num_items(model)
+    num_items = model_num_items(model)
+    if t.rec_loss == "sampled" or (t.rec_loss == "auto" and (num_items or 0) > FULL_SOFTMAX_ITEMS):
         negatives = torch.randint(0, num_items, (t.num_negatives,), device=batch["item"].device)
         targets = batch["item"].clamp(min=0)  # -1 on rows that name no item (friends)
         subset = torch.unique(torch.cat([targets, negatives]))

@@ -16,7 +16,7 @@ from mtrec.config import ModelConfig
 from mtrec.data.records import RecDataset
 from mtrec.data.splits import Split
 from mtrec.model.backbone import BackboneRef, attention_projections, default_pooling, load_backbone, lora_target_modules
-from mtrec.model.collaborative import fit_friends, fit_ranking, fit_rating, newest_per_user
+from mtrec.model.collaborative import FULL_SOFTMAX_ITEMS, fit_friends, fit_ranking, fit_rating, newest_per_user
 from mtrec.model.multitask import RecModel, TaskHeads
 from mtrec.prompts import TaskPrompts, add_instruction_tokens
 
@@ -173,7 +173,7 @@ def build_heads(ds: RecDataset, item_table: torch.Tensor, train_idx: np.ndarray,
     head_bias: dict = {}  # starting bias of the rating and like heads, where a fit or a prior gives one
     if collab_dim and split is not None and len(train_idx):
         holdout = newest_per_user(split, train_idx)
-        key = [COLLAB_VERSION, _split_key(split, train_idx), str(collab_dim), str(like_threshold), str(seed)]
+        key = [fit_version(ds.num_items), _split_key(split, train_idx), str(collab_dim), str(like_threshold), str(seed)]
         like_k = negatives_per_positive if mean is None else 0  # implicit: calibrate the like prior too
         ranking = cached("collab-fits", ["ranking", *key, str(like_k)],
                          lambda: fit_ranking(split, train_idx, holdout, collab_dim, bias, seed=seed,
@@ -220,7 +220,7 @@ def friend_head_start(ds: RecDataset, item_table: torch.Tensor, train_idx: np.nd
     h = hashlib.sha256()
     for a in (ds.social_src, ds.social_dst, np.array([ds.num_users])):
         h.update(np.ascontiguousarray(a, dtype=np.int64).tobytes())
-    fit = cached("collab-fits", ["friends", COLLAB_VERSION, h.hexdigest(), str(dim), str(seed)],
+    fit = cached("collab-fits", ["friends", fit_version(ds.num_users), h.hexdigest(), str(dim), str(seed)],
                  lambda: fit_friends(ds.social_src, ds.social_dst, ds.num_users, dim, seed=seed))
     return {"table": table, "bias": fit["bias"], "S": fit["R"], "D": fit["T"]}
 
@@ -244,6 +244,13 @@ def empty_heads(ds: RecDataset, cfg: ModelConfig, hidden: int, friends: bool = F
 
 
 COLLAB_VERSION = "collab-1"  # bump when the fits change: cached fits of another version are not reused
+LARGE_VERSION = "sparse-2"  # the large-catalog fits' own version (row-sparse updates, sampled hold-out loss)
+
+
+def fit_version(columns: int) -> str:
+    """The cache version of a fit over `columns` items (or users): large catalogs are fitted
+    differently (`mtrec.model.collaborative`), and only their cached fits are invalidated by that."""
+    return COLLAB_VERSION + (f"+{LARGE_VERSION}" if columns > FULL_SOFTMAX_ITEMS else "")
 
 
 def _split_key(split: Split, train_idx: np.ndarray) -> str:

@@ -22,6 +22,11 @@ early-stopping loop, Platt calibration, and the sampler of unobserved items.
 Rows of the tables are read with ``index_select``, never ``table[index]``: the backward of advanced
 indexing (``index_put_`` with accumulate) sums in a thread-dependent order on a multi-threaded CPU,
 so two same-seed fits would drift apart (the baselines and the heads do the same).
+
+Large catalogs (more than `FULL_SOFTMAX_ITEMS` items: Ciao, Epinions) are fitted with row-sparse
+updates: tables are read through sparse embedding lookups and moved by lazy Adam
+(``torch.optim.SparseAdam``: only the rows a batch touches), so a step costs what the batch reads,
+not the whole table (Epinions: 296k items; dense Adam spent most of each step on untouched rows).
 """
 
 from __future__ import annotations
@@ -39,6 +44,28 @@ ArrayLike = np.ndarray | torch.Tensor
 
 FULL_SOFTMAX_ITEMS = 20_000  # above this, each batch scores the targets and a shared random sample
 MIN_STEPS_PER_EPOCH = 50
+SAMPLED_NEGATIVES = 1024  # columns drawn per batch above FULL_SOFTMAX_ITEMS (4096 took ~1 min an Epinions epoch)
+PROGRESS_STEPS = 500  # a fit epoch with more steps than this shows a progress bar
+
+
+def rows(table: torch.Tensor, index: torch.Tensor, sparse: bool = False, flat: bool = False) -> torch.Tensor:
+    """``table[index]`` along dim 0 with a deterministic backward: `index_select`, or with `sparse` a
+    sparse embedding lookup (a row-sparse gradient, for `SparseAdam`). `flat`: a 1-D table held as
+    [n, 1] for the sparse lookup (`as_rows`), read back 1-D."""
+    if not sparse:
+        return table.index_select(0, index)
+    out = F.embedding(index, table, sparse=True)
+    return out[..., 0] if flat else out
+
+
+def as_rows(params: dict[str, torch.Tensor], names: Sequence[str]) -> dict[str, torch.Tensor]:
+    """The 1-D tables `names` of `params` as [n, 1] (a sparse lookup needs a 2-D weight)."""
+    return {k: (v[:, None].clone() if k in names else v) for k, v in params.items()}
+
+
+def as_flat(params: dict[str, torch.Tensor], names: Sequence[str]) -> dict[str, torch.Tensor]:
+    """Undo `as_rows`."""
+    return {k: (v[:, 0].contiguous() if k in names else v) for k, v in params.items()}
 
 
 def newest_per_user(split: Split, train_idx: np.ndarray, min_left: int = 2) -> np.ndarray:
@@ -201,37 +228,52 @@ def sample_unobserved(users: np.ndarray, seen: np.ndarray, num_items: int, rng: 
     return neg.astype(np.int64)
 
 
-def _trainer(make_params, loss_fn, n_train: int, batch: int, lr: float, seed: int):
+def _trainer(make_params, loss_fn, n_train: int, batch: int, lr: float, seed: int, sparse: tuple[str, ...] = (),
+             desc: str = "fit"):
     """The parameters (from `make_params(gen)`) and a function running one mini-batch Adam epoch of
-    `loss_fn(params, rows)` over them."""
+    `loss_fn(params, rows)` over them; the tables named in `sparse` (read by `rows(..., sparse=True)`)
+    move by `SparseAdam`, the rest by Adam. An epoch of more than `PROGRESS_STEPS` steps shows a
+    progress bar (`desc`, epoch number)."""
+    from tqdm.auto import tqdm
+
     gen = torch.Generator().manual_seed(seed)
     params = make_params(gen)
-    opt = torch.optim.Adam(params.values(), lr=lr)
+    dense = [v for k, v in params.items() if k not in sparse]
+    opts = [torch.optim.Adam(dense, lr=lr)] if dense else []
+    if sparse:
+        opts.append(torch.optim.SparseAdam([params[k] for k in sparse], lr=lr))
+
+    epoch = [0]
 
     def run_epoch() -> None:
-        for rows in batches(n_train, batch, gen, MIN_STEPS_PER_EPOCH):
-            opt.zero_grad(set_to_none=True)
-            loss_fn(params, rows).backward()
-            opt.step()
+        epoch[0] += 1
+        steps = batches(n_train, batch, gen, MIN_STEPS_PER_EPOCH)
+        for batch_rows in tqdm(steps, desc=f"{desc}, epoch {epoch[0]}", leave=False, disable=len(steps) < PROGRESS_STEPS):
+            for opt in opts:
+                opt.zero_grad(set_to_none=True)
+            loss_fn(params, batch_rows).backward()
+            for opt in opts:
+                opt.step()
 
     return params, run_epoch
 
 
 def _fit(make_params, loss_fn, holdout_fn, n_train: int, epochs: int, patience: int, batch: int, lr: float,
-         seed: int, on_best=None) -> tuple[int, float]:
+         seed: int, on_best=None, sparse: tuple[str, ...] = (), desc: str = "fit") -> tuple[int, float]:
     """Train up to `epochs` epochs, scoring the starting values and each epoch by `holdout_fn(params)`
     (lower is better), until `patience` epochs without improvement; `on_best(params)` sees each new
     best. Returns (best epoch, 0 = the starting values; its score)."""
-    params, run_epoch = _trainer(make_params, loss_fn, n_train, batch, lr, seed)
+    params, run_epoch = _trainer(make_params, loss_fn, n_train, batch, lr, seed, sparse, desc)
     info = early_stopping(list(params.values()), run_epoch, lambda: holdout_fn(params), max_epochs=epochs,
                           patience=patience, min_delta=1e-6, score_start=True, restore_best=False,
                           on_best=None if on_best is None else (lambda: on_best(params)))
     return info["best_epoch"], info["best_valid"]
 
 
-def _refit(make_params, loss_fn, n_train: int, epochs: int, batch: int, lr: float, seed: int) -> dict:
+def _refit(make_params, loss_fn, n_train: int, epochs: int, batch: int, lr: float, seed: int,
+           sparse: tuple[str, ...] = (), desc: str = "refit") -> dict:
     """The parameters after exactly `epochs` epochs (0: the starting values)."""
-    params, run_epoch = _trainer(make_params, loss_fn, n_train, batch, lr, seed)
+    params, run_epoch = _trainer(make_params, loss_fn, n_train, batch, lr, seed, sparse, f"{desc} of {epochs}")
     for _ in range(epochs):
         run_epoch()
     return {k: v.detach().clone() for k, v in params.items()}
@@ -256,28 +298,32 @@ def fit_rating(split: Split, train_idx: np.ndarray, holdout: np.ndarray, dim: in
     like_all = (r_all >= like_threshold).float()
     mean = float(r_all.mean())
     b0, lb0 = _logit((mean - lo) / (hi - lo)), _logit(float(like_all.mean()))
+    sp = ds.num_items > FULL_SOFTMAX_ITEMS  # large catalogs: row-sparse lookups and lazy Adam
+    flat1 = ("io", "uo", "lio", "luo") if sp else ()
 
     def make_params(gen):
         p = {"b": torch.tensor(b0), "lb": torch.tensor(lb0), "io": torch.zeros(ds.num_items),
              "uo": torch.zeros(ds.num_users), "lio": torch.zeros(ds.num_items), "luo": torch.zeros(ds.num_users),
              "P": 0.1 * torch.randn(ds.num_users, dim, generator=gen),
              "Q": 0.1 * torch.randn(ds.num_items, dim, generator=gen), "a": torch.tensor(1.0)}
-        return {k: v.requires_grad_() for k, v in p.items()}
+        return {k: v.requires_grad_() for k, v in as_rows(p, flat1).items()}
 
-    def predict(p, u, i):
-        dot = (p["P"].index_select(0, u) * p["Q"].index_select(0, i)).sum(-1)
-        z = p["b"] + p["io"].index_select(0, i) + p["uo"].index_select(0, u) + dot
-        like = p["lb"] + p["lio"].index_select(0, i) + p["luo"].index_select(0, u) + p["a"] * dot
-        return lo + (hi - lo) * torch.sigmoid(z), like
+    def predict(p, u, i, sparse=sp):
+        take = (lambda name, idx: rows(p[name], idx, sparse, flat=name in flat1)) if sparse else (
+            lambda name, idx: (p[name][:, 0] if name in flat1 else p[name]).index_select(0, idx))
+        dot = (take("P", u) * take("Q", i)).sum(-1)
+        z = p["b"] + take("io", i) + take("uo", u) + dot
+        like = p["lb"] + take("lio", i) + take("luo", u) + p["a"] * dot
+        return lo + (hi - lo) * torch.sigmoid(z), like, take
 
     def loss_on(sel):
-        def loss_fn(p, rows):
-            rows = sel[rows]
-            u, i = u_all[rows], i_all[rows]
-            rating, like_z = predict(p, u, i)
-            penalty = (p["P"].index_select(0, u).square().sum(-1) + p["Q"].index_select(0, i).square().sum(-1)
-                       + p["uo"].index_select(0, u).square() + p["io"].index_select(0, i).square()).mean()
-            return (F.mse_loss(rating, r_all[rows]) + F.binary_cross_entropy_with_logits(like_z, like_all[rows])
+        def loss_fn(p, batch_rows):
+            picked = sel[batch_rows]
+            u, i = u_all[picked], i_all[picked]
+            rating, like_z, take = predict(p, u, i)
+            penalty = (take("P", u).square().sum(-1) + take("Q", i).square().sum(-1)
+                       + take("uo", u).square() + take("io", i).square()).mean()
+            return (F.mse_loss(rating, r_all[picked]) + F.binary_cross_entropy_with_logits(like_z, like_all[picked])
                     + reg * penalty)
         return loss_fn
 
@@ -286,20 +332,22 @@ def fit_rating(split: Split, train_idx: np.ndarray, holdout: np.ndarray, dim: in
 
     def holdout_rmse(p):
         with torch.no_grad():
-            rating, _ = predict(p, u_all[hold_rows], i_all[hold_rows])
+            rating, _, _ = predict(p, u_all[hold_rows], i_all[hold_rows], sparse=False)
             return float((rating - r_all[hold_rows]).square().mean().sqrt())
 
+    sparse = ("io", "uo", "lio", "luo", "P", "Q") if sp else ()
     best_epoch, best = _fit(make_params, loss_on(fit_rows), holdout_rmse, len(fit_rows), epochs, patience, batch,
-                               lr, seed)
+                            lr, seed, sparse=sparse, desc="rating prior fit")
     all_rows = torch.arange(len(train_idx))
-    p = _refit(make_params, loss_on(all_rows), len(all_rows), best_epoch, batch, lr, seed)
+    p = as_flat(_refit(make_params, loss_on(all_rows), len(all_rows), best_epoch, batch, lr, seed, sparse,
+                       "rating prior refit"), flat1)
     p["report"] = {"epochs": best_epoch, "holdout_rmse": round(best, 4), "holdout_rows": len(hold_rows)}
     return p
 
 
 def fit_ranking(split: Split, train_idx: np.ndarray, holdout: np.ndarray, dim: int, item_bias0: torch.Tensor,
                 reg: float = 1e-4, epochs: int = 40, patience: int = 3, batch: int = 512, lr: float = 0.005,
-                negatives: int = 4096, seed: int = 0, like_negatives: int = 0) -> dict:
+                negatives: int = SAMPLED_NEGATIVES, seed: int = 0, like_negatives: int = 0) -> dict:
     """Recommendation parameters: per-item bias and user/item factors, fitted by softmax
     cross-entropy of each training interaction's item over the catalog (`fit_softmax`). Early
     stopping on hold-out cross-entropy.
@@ -337,51 +385,60 @@ def fit_ranking(split: Split, train_idx: np.ndarray, holdout: np.ndarray, dim: i
 
 def fit_softmax(u_all: torch.Tensor, i_all: torch.Tensor, num_users: int, num_items: int, holdout: np.ndarray,
                 dim: int, bias0: torch.Tensor, reg: float = 1e-4, epochs: int = 40, patience: int = 3,
-                batch: int = 512, lr: float = 0.005, negatives: int = 4096, seed: int = 0, on_best=None) -> dict:
+                batch: int = 512, lr: float = 0.005, negatives: int = SAMPLED_NEGATIVES, seed: int = 0, on_best=None,
+                desc: str = "ranking prior") -> dict:
     """``score(u, i) = bias_i + <R_u, T_i>`` fitted by softmax cross-entropy of each (u, i) pair's i
     over all `num_items` columns (sampled columns above `FULL_SOFTMAX_ITEMS`), early stopping on the
     pairs flagged in `holdout`, then refitted on every pair for the best number of epochs. The one
     fit of the recommendation prior (users x items) and of the friend prior (users x users)."""
     sampled = num_items > FULL_SOFTMAX_ITEMS
+    sp = sampled  # large catalogs: row-sparse lookups and lazy Adam (module docstring)
+    flat1 = ("bias",) if sp else ()
 
     def make_params(gen):
         p = {"bias": bias0.clone().float(), "R": 0.01 * torch.randn(num_users, dim, generator=gen),
              "T": 0.01 * torch.randn(num_items, dim, generator=gen)}
-        return {k: v.requires_grad_() for k, v in p.items()}
+        return {k: v.requires_grad_() for k, v in as_rows(p, flat1).items()}
 
     def ce(p, u, i, gen=None):
         if sampled and gen is not None:
             cols = torch.unique(torch.cat([i, torch.randint(0, num_items, (negatives,), generator=gen)]))
-            cols_t, cols_b = p["T"].index_select(0, cols), p["bias"].index_select(0, cols)
-            logits = p["R"].index_select(0, u) @ cols_t.T + cols_b
+            cols_t, cols_b = rows(p["T"], cols, sp), rows(p["bias"], cols, sp, flat=sp)
+            logits = rows(p["R"], u, sp) @ cols_t.T + cols_b
             return F.cross_entropy(logits, torch.searchsorted(cols, i))
-        return F.cross_entropy(p["R"].index_select(0, u) @ p["T"].T + p["bias"], i)
+        bias = p["bias"][:, 0] if sp else p["bias"]
+        return F.cross_entropy(p["R"].index_select(0, u) @ p["T"].T + bias, i)
 
     def loss_on(sel, seed_):
         gen = torch.Generator().manual_seed(seed_ + 1)
-        def loss_fn(p, rows):
-            rows = sel[rows]
-            u, i = u_all[rows], i_all[rows]
-            penalty = (p["R"].index_select(0, u).square().sum(-1).mean()
-                       + p["T"].index_select(0, i).square().sum(-1).mean())
+        def loss_fn(p, batch_rows):
+            picked = sel[batch_rows]
+            u, i = u_all[picked], i_all[picked]
+            penalty = rows(p["R"], u, sp).square().sum(-1).mean() + rows(p["T"], i, sp).square().sum(-1).mean()
             return ce(p, u, i, gen) + reg * penalty
         return loss_fn
 
     fit_rows = torch.as_tensor(np.flatnonzero(~holdout))
     hold_rows = torch.as_tensor(np.flatnonzero(holdout))
-
     def holdout_ce(p):
+        """Full-catalog cross-entropy of the held-out pairs; on a sampled catalog, against the same
+        seeded sample of columns at every epoch (scoring 22k users x 296k items each epoch took
+        longer than the epoch)."""
+        gen = torch.Generator().manual_seed(seed + 2) if sampled else None
         with torch.no_grad():
             total = 0.0
             for start in range(0, len(hold_rows), 1024):
-                rows = hold_rows[start : start + 1024]
-                total += float(ce(p, u_all[rows], i_all[rows])) * len(rows)
+                part = hold_rows[start : start + 1024]
+                total += float(ce(p, u_all[part], i_all[part], gen)) * len(part)
             return total / max(len(hold_rows), 1)
 
+    sparse = ("bias", "R", "T") if sp else ()
+    seen_best = None if on_best is None else (lambda q: on_best(as_flat(q, flat1)))
     best_epoch, best = _fit(make_params, loss_on(fit_rows, seed), holdout_ce, len(fit_rows), epochs, patience,
-                            batch, lr, seed, on_best=on_best)
+                            batch, lr, seed, on_best=seen_best, sparse=sparse, desc=f"{desc} fit")
     all_rows = torch.arange(len(u_all))
-    p = _refit(make_params, loss_on(all_rows, seed), len(all_rows), best_epoch, batch, lr, seed)
+    p = as_flat(_refit(make_params, loss_on(all_rows, seed), len(all_rows), best_epoch, batch, lr, seed, sparse,
+                       f"{desc} refit"), flat1)
     p["report"] = {"epochs": best_epoch, "holdout_ce": round(best, 4), "holdout_rows": len(hold_rows),
                    "sampled_softmax": sampled}
     return p
@@ -404,6 +461,7 @@ def fit_friends(src: np.ndarray, dst: np.ndarray, num_users: int, dim: int, seed
     first[1:] = src[order][1:] != src[order][:-1]
     degree = np.bincount(src, minlength=num_users)
     holdout[order[first]] = degree[src[order[first]]] >= 3
+    kw.setdefault("desc", "friend prior")
     return fit_softmax(torch.as_tensor(src), torch.as_tensor(dst), num_users, num_users, holdout, dim, bias0,
                        seed=seed, **kw)
 

@@ -80,10 +80,16 @@ def _valid_rmse(split, p):
     return metrics.rmse(lo + (hi - lo) * torch.sigmoid(z), torch.as_tensor(ds.values[va]).float())
 
 
-def test_rating_fit_beats_the_global_mean_and_is_seeded(split):
+@pytest.mark.parametrize("sparse", [False, True])
+def test_rating_fit_beats_the_global_mean_and_is_seeded(split, sparse, monkeypatch):
+    # sparse: the large-catalog path (row-sparse lookups, lazy Adam), forced by lowering the limit
+    from mtrec.model import collaborative
+
+    monkeypatch.setattr(collaborative, "FULL_SOFTMAX_ITEMS", 10 if sparse else collaborative.FULL_SOFTMAX_ITEMS)
     ds = split.dataset
     hold = newest_per_user(split, split.train)
     p = fit_rating(split, split.train, hold, dim=8, like_threshold=4.0, seed=0)
+    assert p["io"].shape == (ds.num_items,) and p["luo"].shape == (ds.num_users,)
     global_rmse = float(np.sqrt(((ds.values[split.valid] - ds.values[split.train].mean()) ** 2).mean()))
     assert p["report"]["epochs"] >= 1
     assert _valid_rmse(split, p) < global_rmse - 0.05
@@ -101,8 +107,12 @@ def test_ranking_fit_beats_popularity_on_validation(split, sampled, monkeypatch)
     counts = np.bincount(ds.item_idx[split.train], minlength=ds.num_items)
     pop = torch.from_numpy(np.log1p(counts)).float()
     hold = newest_per_user(split, split.train)
-    p = fit_ranking(split, split.train, hold, dim=8, item_bias0=pop - pop.mean(), seed=0, negatives=20)
-    assert p["report"]["sampled_softmax"] is sampled
+    p = fit_ranking(split, split.train, hold, dim=8, item_bias0=pop - pop.mean(), seed=0, negatives=20,
+                    like_negatives=4)
+    assert p["report"]["sampled_softmax"] is sampled and p["bias"].shape == (ds.num_items,)
+    assert np.isfinite(p["like_calibration"]).all()
+    again = fit_ranking(split, split.train, hold, dim=8, item_bias0=pop - pop.mean(), seed=0, negatives=20)
+    assert torch.equal(p["T"], again["T"]) and torch.equal(p["bias"], again["bias"])  # seeded
     va = split.valid
     users, items = ds.user_idx[va], torch.as_tensor(ds.item_idx[va])
     seen = ranking.Seen.before(split, "valid")

@@ -1,5 +1,6 @@
 """Training a tiny model: what trains, what stays frozen, the run folder, and reloading it."""
 
+import dataclasses
 import json
 import os
 
@@ -240,3 +241,27 @@ def test_compiled_training_gives_the_eager_losses(tmp_path, tiny_backbone_dir):
     for eager, comp in zip(results[False]["history"], results[True]["history"]):
         for key in ("loss", "rating/loss", "like/loss", "recommendation/loss"):
             assert comp[key] == pytest.approx(eager[key], rel=1e-3), key
+
+
+@pytest.mark.parametrize(("setting", "limit", "sampled"), [("auto", None, False), ("auto", 10, True),
+                                                           ("full", 10, False), ("sampled", None, True)])
+def test_recommendation_loss_is_sampled_above_the_large_catalog_limit(trained, monkeypatch, setting, limit, sampled):
+    from mtrec import training
+
+    cfg, setup, *_ = trained
+    if limit is not None:  # the tiny catalog (40 items) stands in for a large one
+        monkeypatch.setattr(training, "FULL_SOFTMAX_ITEMS", limit)
+    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, rec_loss=setting, num_negatives=5))
+    columns = []
+    real = training.multitask_loss
+    monkeypatch.setattr(training, "multitask_loss", lambda out, *a: columns.append(out["item_logits"].shape[1]) or real(out, *a))
+    batch = setup.batcher.collate(*_one_batch(setup))
+    training._step_loss(setup.model, batch, setup.weights, cfg)
+    n_items = setup.split.dataset.num_items
+    assert (columns[0] < n_items) is sampled and (columns[0] == n_items) is not sampled
+
+
+def _one_batch(setup):
+    specs = eval_specs(setup.split, setup.kinds, setup.example_options, VALID, max_users=4)
+    rows = np.arange(min(len(specs), 8))
+    return specs, rows, [setup.batcher.templates(KIND_NAMES[int(k)])[0] for k in specs.kind[rows]]
