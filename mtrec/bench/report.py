@@ -242,6 +242,7 @@ VOLATILE_KEYS = {
     "command",
     "summary",
     "tokens_per_second",
+    "phases",  # seconds per training phase
 }
 
 

@@ -25,7 +25,11 @@ def _split(name: str) -> Split:
 
 @pytest.fixture(scope="session")
 def prompts():
-    return load_prompts()
+    """Every task's templates, friends included (a run loads the friends file only when it trains
+    that task; the template tests cover all of them)."""
+    from mtrec.kinds import TASKS
+
+    return load_prompts(tasks=TASKS)
 
 
 @pytest.fixture(scope="session")
