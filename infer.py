@@ -126,7 +126,8 @@ def sharded_batch(rec: Recommender, args, good: list, bad: list, fmt: str, state
     """This process's share into ``<out>.part-<rank>``; the first process joins the parts into --out."""
     rank, world = state.process_index, state.num_processes
     mine = good[shard(len(good), args.batch_size, rank, world)]
-    part = args.out.with_name(f"{args.out.name}.part-{rank}")
+    parts = [args.out.with_name(f"{args.out.name}.part-{r}") for r in range(world)]
+    part = parts[rank]
     start = time.perf_counter()
     with open(part, "w", encoding="utf-8", newline="") as out:
         writer = ResultWriter(out, fmt, args.task, header=rank == 0)
@@ -134,7 +135,6 @@ def sharded_batch(rec: Recommender, args, good: list, bad: list, fmt: str, state
                   batch_size=args.batch_size, progress=not args.no_progress and rank == 0)
     state.wait_for_everyone()
     if rank == 0:
-        parts = [args.out.with_name(f"{args.out.name}.part-{r}") for r in range(world)]
         tmp = args.out.with_name(f"{args.out.name}.joining")
         with open(tmp, "wb") as out:
             for p in parts:

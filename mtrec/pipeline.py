@@ -302,16 +302,11 @@ def summarise(a: dict[str, torch.Tensor], weights: torch.Tensor, k: int) -> dict
     c = kind == Kind.CATEGORIES
     if c.any():
         out["categories/ndcg@5"] = metrics.ndcg_at_k(a["cat_logits"][c], (a["cat_target"][c] > 0).float(), 5)
-    rec = kind == Kind.RECOMMENDATION
-    if rec.any():
-        ranks = a["rank"][rec].long()
-        out[f"recommendation/hr@{k}"] = metrics.hit_rate(ranks, k)
-        out[f"recommendation/ndcg@{k}"] = metrics.ndcg(ranks, k)
-        out[f"recommendation/mrr@{k}"] = metrics.mrr(ranks, k)
-    fr = kind == Kind.FRIENDS
-    if fr.any():
-        ranks = a["friend_rank"][fr].long()
-        out[f"friends/hr@{k}"] = metrics.hit_rate(ranks, k)
-        out[f"friends/ndcg@{k}"] = metrics.ndcg(ranks, k)
-        out[f"friends/mrr@{k}"] = metrics.mrr(ranks, k)
+    for name, ranks_of, kind_id in (("recommendation", "rank", Kind.RECOMMENDATION), ("friends", "friend_rank", Kind.FRIENDS)):
+        rows = kind == kind_id
+        if rows.any():
+            ranks = a[ranks_of][rows].long()
+            out[f"{name}/hr@{k}"] = metrics.hit_rate(ranks, k)
+            out[f"{name}/ndcg@{k}"] = metrics.ndcg(ranks, k)
+            out[f"{name}/mrr@{k}"] = metrics.mrr(ranks, k)
     return out

@@ -48,7 +48,7 @@ def per_user(ranks: np.ndarray, k: int = K) -> dict[str, np.ndarray]:
     """Each row's HR@k, NDCG@k and MRR@k from 0-based ranks."""
     r = np.asarray(ranks, np.float64)
     hit = r < k
-    return {f"hr@{k}": hit.astype(np.float64), f"ndcg@{k}": np.where(hit, 1.0 / np.log2(r + 2), 0.0),
+    return {f"hr@{k}": hit.astype(np.float64), f"ndcg@{k}": metrics.ndcg_rows(r, k).double().numpy(),
             f"mrr@{k}": np.where(hit, 1.0 / (r + 1), 0.0)}
 
 
