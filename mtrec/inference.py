@@ -79,7 +79,7 @@ class Recommender:
 
     @classmethod
     def from_run(cls, run_dir: str | Path, device: str | None = None,
-                 precision: str | None = None) -> Recommender:
+                 precision: str | None = None, merge: bool = True) -> Recommender:
         """Load a run folder (and its base backbone, rebuilt if bundled), or an export folder
         (`python -m mtrec.export`: merged weights, no peft needed).
 
@@ -89,8 +89,9 @@ class Recommender:
             precision: the backbone's "fp32", "bf16", or "int8" (dynamic quantisation of its linear
                 layers, CPU only; see `mtrec.run.quantize_int8`); default bf16 on a GPU that has it, else fp32.
                 The heads stay fp32.
+            merge: fold the adapter into the backbone's weights (default; see `mtrec.run.load_run`).
         """
-        r = load_run(run_dir, device, precision)
+        r = load_run(run_dir, device, precision, merge)
         return cls(r.run_dir, r.model, r.tokenizer, r.split, r.prompts, r.cfg, r.device)
 
     # ---- ids --------------------------------------------------------------------------------

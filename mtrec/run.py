@@ -173,7 +173,8 @@ class LoadedRun:
     device: torch.device
 
 
-def load_run(run_dir: str | Path, device: str | None = None, precision: str | None = None) -> LoadedRun:
+def load_run(run_dir: str | Path, device: str | None = None, precision: str | None = None,
+             merge: bool = True) -> LoadedRun:
     """Load a run folder or an export folder.
 
     Args:
@@ -182,6 +183,9 @@ def load_run(run_dir: str | Path, device: str | None = None, precision: str | No
         precision: ``fp32``, ``bf16`` or ``int8`` (dynamic int8 quantisation of the backbone's linear
             layers, CPU only; see `quantize_int8`); default bf16 on a GPU that has it, else fp32.
             The heads stay fp32.
+        merge: fold the LoRA adapter and the trained token rows into the backbone's weights
+            (peft's `merge_and_unload`; scores move by rounding only, ~1e-6) so that a forward
+            pass costs the base model's alone; False keeps the peft model (export merges it itself).
     """
     from transformers import AutoTokenizer
 
@@ -203,6 +207,8 @@ def load_run(run_dir: str | Path, device: str | None = None, precision: str | No
     tokenizer = AutoTokenizer.from_pretrained(run_dir / "tokenizer")
     load = _load_export if manifest.get("format") == EXPORT_FORMAT else _load_adapter
     model = load(run_dir, manifest, cfg, split, prompts, PRECISIONS[precision])
+    if merge and hasattr(model, "merge_and_unload"):
+        model = model.merge_and_unload()
     if precision == "int8":
         model = quantize_int8(model)
     return LoadedRun(run_dir, manifest, cfg, split, prompts, tokenizer, model.to(dev).eval(), dev)

@@ -27,15 +27,20 @@ def _all_scores(rec: Recommender) -> torch.Tensor:
     return torch.cat([out["item_logits"] for _, out in rec._batches(examples, 16, full_catalog=True)])
 
 
+def _has_peft(rec: Recommender) -> bool:
+    return any(type(m).__module__.startswith("peft") for m in rec.model.modules())
+
+
 def test_export_scores_like_the_run_without_peft(run_dir, exported):
-    adapter, merged = (
-        Recommender.from_run(run_dir, device="cpu"),
+    adapter, merged, loaded = (
+        Recommender.from_run(run_dir, device="cpu", merge=False),
         Recommender.from_run(exported, device="cpu"),
+        Recommender.from_run(run_dir, device="cpu"),  # the default: merged on load
     )
-    assert not any(type(m).__module__.startswith("peft") for m in merged.model.modules())
-    assert any(type(m).__module__.startswith("peft") for m in adapter.model.modules())
+    assert _has_peft(adapter) and not _has_peft(merged) and not _has_peft(loaded)
     a, b = _all_scores(adapter), _all_scores(merged)
     assert a.shape == (30, 40) and (a - b).abs().max() <= 1e-5
+    assert (a - _all_scores(loaded)).abs().max() <= 1e-5  # rounding only
     users = [u.id for u in adapter.dataset.users]
     for got, want in zip(merged.recommend(users, k=10), adapter.recommend(users, k=10)):
         assert [i for i, _ in got] == [i for i, _ in want]

@@ -157,6 +157,23 @@ def test_unusable_input_exits_2_and_writes_nothing(cached_load, tmp_path, capsys
         assert not out.exists()
 
 
+def test_precision_reaches_the_loader_and_a_refusal_exits_2(rec, tmp_path, monkeypatch, capsys):
+    asked = []
+
+    def from_run(cls, run_dir, device=None, precision=None):
+        asked.append(precision)
+        if precision == "int8":
+            raise ValueError("int8 runs on the CPU only")
+        return rec
+
+    monkeypatch.setattr(infer.Recommender, "from_run", classmethod(from_run))
+    out = tmp_path / "out.jsonl"
+    assert _cli("--run", "r", "--task", "recommend", "--all-users", "--precision", "int8", "--out", out) == 2
+    assert "--precision int8: int8 runs on the CPU only" in capsys.readouterr().err and not out.exists()
+    assert _cli("--run", "r", "--task", "recommend", "--all-users", "--precision", "fp32", "--out", out) == 0
+    assert asked == ["int8", "fp32"] and len(_jsonl(out)) == rec.dataset.num_users
+
+
 def test_every_user_gets_k_distinct_unseen_items(cached_load, rec, run_dir, tmp_path, capsys):
     out = tmp_path / "all.jsonl"
     assert _cli("--run", run_dir, "--task", "recommend", "--all-users", "-k", 10, "--out", out) == 0

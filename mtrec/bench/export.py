@@ -59,7 +59,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if not (export / "manifest.json").exists():
             export_run(args.run, export)
-        models = {"adapter fp32": Recommender.from_run(args.run, device="cpu", precision="fp32")}
+        # the adapter as peft runs it (the separate low-rank products), not merged on load
+        models = {"adapter fp32": Recommender.from_run(args.run, device="cpu", precision="fp32", merge=False)}
         models |= {f"export {v}": Recommender.from_run(export, device="cpu", precision=v) for v in VARIANTS}
     except RunFolderError as e:
         print(f"error: {e}", file=sys.stderr)
