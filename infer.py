@@ -114,6 +114,13 @@ def launched_processes():
     return PartialState(cpu=not torch.cuda.is_available())
 
 
+def _default_device() -> str:
+    """The device `Recommender.from_run` picks when none is given."""
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def shard(n: int, batch_size: int, rank: int, world: int) -> slice:
     """Process `rank`'s contiguous share of `n` requests, cut at batch boundaries: every batch is the
     one a single process forms, so the scores (padding included) are the single process's."""
@@ -214,10 +221,9 @@ def main(argv=None) -> int:
                                 f"(the processes' parts are joined there)")
         device = args.device or (str(state.device) if state is not None else None)
         start = time.perf_counter()
-        try:
-            rec = Recommender.from_run(args.run, device=device, precision=args.precision)
-        except ValueError as e:  # a precision the device cannot run (int8 on a GPU)
-            raise BadInputError(f"--precision {args.precision}: {e}") from None
+        if args.precision == "int8" and not str(device or _default_device()).startswith("cpu"):
+            raise BadInputError("--precision int8: dynamic int8 quantisation runs on the CPU only (add --device cpu)")
+        rec = Recommender.from_run(args.run, device=device, precision=args.precision)
         if state is None or state.is_main_process:
             print(f"loaded {args.run} on {rec.device} in {time.perf_counter() - start:.1f} s", file=sys.stderr)
         if args.chat:

@@ -157,20 +157,16 @@ def test_unusable_input_exits_2_and_writes_nothing(cached_load, tmp_path, capsys
         assert not out.exists()
 
 
-def test_precision_reaches_the_loader_and_a_refusal_exits_2(rec, tmp_path, monkeypatch, capsys):
+def test_precision_reaches_the_loader_and_int8_off_the_cpu_exits_2(rec, tmp_path, monkeypatch, capsys):
     asked = []
-
-    def from_run(cls, run_dir, device=None, precision=None):
-        asked.append(precision)
-        if precision == "int8":
-            raise ValueError("int8 runs on the CPU only")
-        return rec
-
-    monkeypatch.setattr(infer.Recommender, "from_run", classmethod(from_run))
+    monkeypatch.setattr(infer.Recommender, "from_run",
+                        classmethod(lambda cls, run_dir, device=None, precision=None: asked.append(precision) or rec))
     out = tmp_path / "out.jsonl"
-    assert _cli("--run", "r", "--task", "recommend", "--all-users", "--precision", "int8", "--out", out) == 2
-    assert "--precision int8: int8 runs on the CPU only" in capsys.readouterr().err and not out.exists()
-    assert _cli("--run", "r", "--task", "recommend", "--all-users", "--precision", "fp32", "--out", out) == 0
+    args = ["--run", "r", "--task", "recommend", "--all-users", "--out", out]
+    assert infer.main([str(a) for a in args] + ["--precision", "int8", "--device", "cuda", "--no-progress"]) == 2
+    assert "--precision int8: dynamic int8 quantisation runs on the CPU only" in capsys.readouterr().err
+    assert not out.exists() and asked == []  # refused before anything loads
+    assert _cli(*args, "--precision", "int8") == 0 and _cli(*args, "--precision", "fp32") == 0
     assert asked == ["int8", "fp32"] and len(_jsonl(out)) == rec.dataset.num_users
 
 

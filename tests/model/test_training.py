@@ -114,7 +114,8 @@ def test_run_folder_is_complete_and_reloads_exactly(trained):
     assert backbone["kind"] == "path" and len(backbone["sha256"]) == 64
     assert (run_dir / "prompts" / "rating.yaml").is_file()
 
-    rec = Recommender.from_run(run_dir, device="cpu")
+    rec = Recommender.from_run(run_dir, device="cpu", merge=False)  # the adapter as trained: bit-exact
+    merged = Recommender.from_run(run_dir, device="cpu")  # the default: LoRA folded into the weights
     specs = eval_specs(setup.split, setup.kinds, setup.example_options, VALID, max_users=8)
     rows = np.arange(min(len(specs), 16))
     templates = [setup.batcher.templates(KIND_NAMES[int(k)])[0] for k in specs.kind[rows]]
@@ -123,8 +124,10 @@ def test_run_folder_is_complete_and_reloads_exactly(trained):
     with torch.no_grad():
         want = setup.model(batch["input_ids"], batch["attention_mask"], None, batch["item"], batch["user"])
         got = rec.model(batch["input_ids"], batch["attention_mask"], None, batch["item"], batch["user"])
+        near = merged.model(batch["input_ids"], batch["attention_mask"], None, batch["item"], batch["user"])
     for key in ("rating", "like_logit", "category_logits", "item_logits"):
         assert torch.equal(want[key], got[key]), key
+        assert (want[key] - near[key]).abs().max() <= 1e-5, key  # merging moves scores by rounding only
 
 
 def test_random_init_run_folder_rebuilds_the_same_random_backbone(tmp_path, tiny_backbone_dir):
@@ -138,7 +141,7 @@ def test_random_init_run_folder_rebuilds_the_same_random_backbone(tmp_path, tiny
                                                          "model.random_init=true"])
     setup = build_setup(cfg)
     train(cfg, tmp_path / "random", setup=setup)
-    rec = Recommender.from_run(tmp_path / "random", device="cpu")
+    rec = Recommender.from_run(tmp_path / "random", device="cpu", merge=False)
     specs = eval_specs(setup.split, setup.kinds, setup.example_options, VALID, max_users=4)
     rows = np.arange(min(len(specs), 8))
     batch = setup.batcher.collate(specs, rows, [setup.batcher.templates(KIND_NAMES[int(k)])[0] for k in specs.kind[rows]])
