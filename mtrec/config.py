@@ -42,7 +42,8 @@ class DataConfig:
     dataset: str = knob("movielens-100k", "data set name (python -m mtrec.data describe) or local:<folder>")
     data_dir: str | None = knob(None, "data folder; default $MTREC_DATA_DIR")
     download: bool = knob(False, "download official archives when the data folder lacks them")
-    split: str = knob("leave_one_out", "leave_one_out or ratio")
+    split: str = knob("leave_one_out", "leave_one_out, ratio, cold_items (a seeded 20% of items held out) or "
+                                        "short_history (a seeded 30% of users keep 3-5 training interactions)")
     split_seed: int = knob(0, "seed of the per-user random order for data sets without timestamps")
     like_threshold: float = knob(4.0, "explicit data: a rating >= this counts as 'like'")
     negatives_per_positive: int = knob(1, "implicit data: sampled unobserved items per observed one (preference)")
@@ -140,7 +141,7 @@ class Config:
 
 
 CHOICES = {
-    "data.split": ("leave_one_out", "ratio"),
+    "data.split": ("leave_one_out", "ratio", "cold_items", "short_history"),
     "model.pooling": ("auto", "last", "mean", "cls", "pooler"),
     "model.item_init": ("backbone", "random"),
     "train.mixing": ("proportional", "temperature"),

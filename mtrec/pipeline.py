@@ -209,6 +209,8 @@ def evaluate_rows(model, batcher: Batcher, specs: Specs, split: Split, role: int
     rows, valid = _share(len(specs), accelerator)
     fixed = {kind: batcher.templates(kind, heldout)[0] for kind in _present(specs)}
     seen = ranking.Seen.before(split, role, dense=False) if Kind.RECOMMENDATION in specs.kind else None
+    # cold-items protocol: each target is also ranked among the held-out items alone
+    cold = None if split.heldout_items is None else torch.as_tensor(np.flatnonzero(split.heldout_items), device=device)
     friend_seen = friend_seen_for(split, role) if Kind.FRIENDS in specs.kind else None
     acc: dict[str, list[torch.Tensor]] = {}
     for start in range(0, len(rows), batch_size):
@@ -222,7 +224,9 @@ def evaluate_rows(model, batcher: Batcher, specs: Specs, split: Split, role: int
                  "friend_rank": _friend_ranks(out, batch, friend_seen),
                  "valid": torch.as_tensor(valid[start : start + batch_size], device=device),
                  "cat_logits": out["category_logits"], "cat_target": batch["category_target"],
-                 "user": batch["user"]}
+                 "user": batch["user"], "item": batch["item"]}
+        if cold is not None:
+            piece["rank_cold"] = _ranks(out["item_logits"], batch, seen, cold)
         if item_logits:
             piece["item_logits"] = out["item_logits"]
         if accelerator is not None:
@@ -252,11 +256,12 @@ def _present(specs: Specs) -> set[str]:
     return {KIND_NAMES[int(x)] for x in np.unique(specs.kind)}
 
 
-def _ranks(item_logits: torch.Tensor, batch: dict, seen: ranking.Seen) -> torch.Tensor:
+def _ranks(item_logits: torch.Tensor, batch: dict, seen: ranking.Seen, candidates=None) -> torch.Tensor:
     rec = batch["kind"] == Kind.RECOMMENDATION
     out = torch.full_like(batch["kind"], -1)
     if bool(rec.any()):
-        out[rec] = ranking.ranks(item_logits[rec].float(), batch["item"][rec], batch["user"][rec], seen).to(out.device)
+        out[rec] = ranking.ranks(item_logits[rec].float(), batch["item"][rec], batch["user"][rec], seen,
+                                 candidates).to(out.device)
     return out
 
 
@@ -302,7 +307,10 @@ def summarise(a: dict[str, torch.Tensor], weights: torch.Tensor, k: int) -> dict
     c = kind == Kind.CATEGORIES
     if c.any():
         out["categories/ndcg@5"] = metrics.ndcg_at_k(a["cat_logits"][c], (a["cat_target"][c] > 0).float(), 5)
-    for name, ranks_of, kind_id in (("recommendation", "rank", Kind.RECOMMENDATION), ("friends", "friend_rank", Kind.FRIENDS)):
+    named = [("recommendation", "rank", Kind.RECOMMENDATION), ("friends", "friend_rank", Kind.FRIENDS)]
+    if "rank_cold" in a:  # cold-items protocol: the rank among the held-out items
+        named.append(("recommendation/heldout", "rank_cold", Kind.RECOMMENDATION))
+    for name, ranks_of, kind_id in named:
         rows = kind == kind_id
         if rows.any():
             ranks = a[ranks_of][rows].long()

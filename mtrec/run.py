@@ -79,6 +79,10 @@ def save_catalog(folder: Path, split: Split) -> None:
         arrays["timestamps"] = ds.timestamps
     if split.friends is not None:
         arrays.update(friends_valid=split.friends.valid, friends_test=split.friends.test)
+    if split.heldout_items is not None:
+        arrays["heldout_items"] = split.heldout_items
+    if split.short_users is not None:
+        arrays["short_users"] = split.short_users
     np.savez_compressed(folder / "dataset.npz", **arrays)
 
 
@@ -99,7 +103,8 @@ def load_catalog(folder: Path) -> Split:
     friends = (FriendHoldout(a["friends_valid"], a["friends_test"], meta.get("friends_seed") or 0)
                if "friends_test" in a else None)
     return Split(ds, a["role"], a["seq"], a["offsets"], a["position"], meta["order_rule"], meta["too_few_users"],
-                 meta["seed"], meta["method"], friends)
+                 meta["seed"], meta["method"], friends, a["heldout_items"] if "heldout_items" in a else None,
+                 a["short_users"] if "short_users" in a else None)
 
 
 def write_manifest(run_dir: Path, extra: dict | None = None) -> None:
@@ -247,11 +252,17 @@ def _load_export(run_dir: Path, manifest: dict, cfg, split: Split, prompts: dict
 def quantize_int8(model):
     """Dynamic int8 quantisation of the backbone's `nn.Linear` layers (weights int8, activations
     quantised per batch on the fly; CPU kernels). The heads stay fp32: they are small, and the item
-    scores are one matrix product whose precision sets the ranking. A peft model is merged first."""
+    scores are one matrix product whose precision sets the ranking. A peft model is merged first.
+
+    The oneDNN engine is chosen where this torch has it (it is process-wide: the packed weights are
+    the engine's): on a 2-core AVX2 CPU its dynamic int8 linear runs 1.27x the default x86 engine's
+    speed, and a full Epinions prompt batch 1.29x, with the same top-10 overlap against fp32."""
     import warnings
 
     from torch.ao.quantization import quantize_dynamic
 
+    if "onednn" in torch.backends.quantized.supported_engines:
+        torch.backends.quantized.engine = "onednn"
     if hasattr(model, "merge_and_unload"):
         model = model.merge_and_unload()
     with warnings.catch_warnings():  # torch 2.13 marks its quantised tensor types deprecated (still supported)

@@ -181,7 +181,7 @@ def build_specs(split: Split, role: int, kinds: tuple[str, ...], opts: ExampleOp
         if kind == "rating":
             parts.append(Specs(np.full(len(targets), k), targets, items, ds.values[targets].astype(np.float32)))
         elif kind == "like":
-            parts.append(_like_specs(split, targets, opts, rng))
+            parts.append(_like_specs(split, targets, opts, rng, negative_pool(split, role)))
         elif kind == "categories":
             liked = _liked(split, targets, opts)
             has_cat = np.array([len(ds.items[i].categories) > 0 for i in ds.item_idx[targets]], bool)
@@ -234,8 +234,19 @@ def _liked(split: Split, targets: np.ndarray, opts: ExampleOptions) -> np.ndarra
     return np.ones(len(targets), bool)
 
 
-def _like_specs(split: Split, targets: np.ndarray, opts: ExampleOptions, rng: np.random.Generator) -> Specs:
-    """Explicit: label = rating >= threshold. Implicit: observed (1) + sampled unobserved items (0)."""
+def negative_pool(split: Split, role: int) -> np.ndarray | None:
+    """Where sampled negatives come from: anywhere (None), except in the cold-items protocol, where
+    training rows draw warm items only (no training prompt names a held-out item) and evaluation
+    rows held-out items only (else "never trained on" alone would tell a positive from a negative)."""
+    if split.heldout_items is None:
+        return None
+    return np.flatnonzero(~split.heldout_items if role == TRAIN else split.heldout_items)
+
+
+def _like_specs(split: Split, targets: np.ndarray, opts: ExampleOptions, rng: np.random.Generator,
+                pool: np.ndarray | None = None) -> Specs:
+    """Explicit: label = rating >= threshold. Implicit: observed (1) + sampled unobserved items (0),
+    drawn from `pool` where given (`negative_pool`)."""
     ds = split.dataset
     k = KIND_IDS["like"]
     items = ds.item_idx[targets].astype(np.int64)
@@ -245,7 +256,7 @@ def _like_specs(split: Split, targets: np.ndarray, opts: ExampleOptions, rng: np
     neg_targets = np.repeat(targets, n_neg)
     # every split's pairs count as seen: no future positive is labelled a negative
     seen = pair_keys(ds.user_idx, ds.item_idx, ds.num_items)
-    neg_items = sample_unobserved(ds.user_idx[neg_targets], seen, ds.num_items, rng)
+    neg_items = sample_unobserved(ds.user_idx[neg_targets], seen, ds.num_items, rng, pool=pool)
     keep = neg_items >= 0  # users who have seen the whole catalog get no negatives
     neg_targets, neg_items = neg_targets[keep], neg_items[keep]
     return Specs(

@@ -234,6 +234,8 @@ class _Loop:
             # process-wide AcceleratorState, which an earlier Accelerator in the process would fix
             self.model = torch.compile(self.model)
         self.weights = s.weights.to(accelerator.device)
+        held = s.split.heldout_items  # cold-items protocol: the training softmax ranges over warm items only
+        self.warm_items = None if held is None else torch.as_tensor(np.flatnonzero(~held), device=accelerator.device)
         self.log = _Log(accelerator, s)
         self.batches: Prefetcher | None = None  # set while training
         dev = accelerator.device
@@ -306,7 +308,7 @@ class _Loop:
         self.state["examples_per_kind"] = [a + int(b) for a, b in zip(self.state["examples_per_kind"], per_kind)]
         batch = {n: (v.to(self.acc.device, non_blocking=True) if torch.is_tensor(v) else v) for n, v in batch.items()}
         with self.acc.accumulate(self.model):
-            loss, per_kind, counts = _step_loss(self.model, batch, self.weights, self.cfg)
+            loss, per_kind, counts = _step_loss(self.model, batch, self.weights, self.cfg, self.warm_items)
             self.acc.backward(loss)
             if self.acc.sync_gradients and self.t.grad_clip > 0:
                 self.acc.clip_grad_norm_(self.model.parameters(), self.t.grad_clip)
@@ -380,13 +382,22 @@ def _rank_report(accelerator: Accelerator, model, step: int) -> dict:
     return {"steps": [int(r[0]) for r in every], "param_checksums": [r[1] for r in every]}
 
 
-def _step_loss(model, batch, weights, cfg: Config):
+def _step_loss(model, batch, weights, cfg: Config, pool: torch.Tensor | None = None):
+    """The step's loss: the recommendation softmax over the full catalog, or over a sampled subset
+    (large catalogs), or over `pool` alone (sorted item indices: the cold-items protocol's warm
+    items, so that no held-out item is ever a training negative)."""
     t = cfg.train
     num_items = model_num_items(model)
-    if t.rec_loss == "sampled" or (t.rec_loss == "auto" and (num_items or 0) > FULL_SOFTMAX_ITEMS):
-        negatives = torch.randint(0, num_items, (t.num_negatives,), device=batch["item"].device)
+    sampled = t.rec_loss == "sampled" or (t.rec_loss == "auto" and (num_items or 0) > FULL_SOFTMAX_ITEMS)
+    if sampled or pool is not None:
         targets = batch["item"].clamp(min=0)  # -1 on rows that name no item (friends)
-        subset = torch.unique(torch.cat([targets, negatives]))
+        if not sampled:
+            subset = pool
+        else:
+            draw = torch.randint(0, num_items if pool is None else len(pool), (t.num_negatives,), device=targets.device)
+            subset = torch.unique(torch.cat([targets, draw if pool is None else pool[draw]]))
+        if pool is not None:  # rows naming a held-out item (none in training) would pick a wrong label
+            targets = torch.where(torch.isin(targets, subset), targets, subset[0])
         labels = torch.searchsorted(subset, targets)
         out = model(batch["input_ids"], batch["attention_mask"], subset, batch["item"], batch["user"])
         return multitask_loss(out, batch, weights, t.loss_weighting == "uncertainty", labels)

@@ -202,3 +202,68 @@ def test_two_cpu_threads_fit_to_the_same_bits_twice():
         torch.set_num_threads(old)
     for runs in (mf, bpr, cf):
         assert all(torch.equal(runs[0], r) for r in runs[1:])
+
+
+def test_tfidf_and_content_knn_hand_computed():
+    from mtrec.bench.baselines import ContentKNN, item_words, tfidf_matrix
+
+    items = [Item("a", "Alien Space", categories=("Sci-Fi",)), Item("b", "Space Cowboy", categories=("Western",)),
+             Item("c", "Cowboy", categories=("Western",)), Item("d", "Shop product d", categories=("Books",),
+                                                                described=False)]
+    assert item_words(items[3]) == ["cat:books"]  # no id as a word for an item without descriptive text
+    t = tfidf_matrix(items).toarray()
+    # 4 items; df: alien 1, space 2, cat:sci-fi 1, cowboy 2, cat:western 2, cat:books 1
+    idf = lambda df: np.log(5 / (1 + df)) + 1
+    a = np.array([idf(1), idf(2), idf(1)])  # alien, space, cat:sci-fi (a category is one word)
+    np.testing.assert_allclose(np.sort(t[0][t[0] > 0]), np.sort(a / np.linalg.norm(a)), rtol=1e-6)
+    assert np.allclose(np.linalg.norm(t, axis=1), 1.0)
+    # user 0 history: a (train), b (valid), c (test); user 1: c (train), b (valid), a (test)
+    rows = [("0", "a", 1), ("0", "b", 2), ("0", "c", 3), ("1", "c", 1), ("1", "b", 2), ("1", "a", 3),
+            ("2", "d", 1), ("2", "b", 2), ("2", "c", 3)]
+    ds = RecDataset.from_records("content", [User(u) for u in "012"], items,
+                                 [Interaction(u, i, rating=4.0, timestamp=s) for u, i, s in rows], rating_scale=(1, 5))
+    split = leave_one_out(ds)
+    model = ContentKNN().fit(split)
+    np.testing.assert_allclose(model.score_all([0], role="valid")[0], t @ t[0], rtol=1e-6)  # profile: a
+    np.testing.assert_allclose(model.score_all([0], role="test")[0], t @ (t[0] + t[1]), rtol=1e-6)  # a + b
+    recent = ContentKNN(recent=1).fit(split)
+    np.testing.assert_allclose(recent.score_all([1], role="test")[0], t @ t[1], rtol=1e-6)  # newest only: b
+    # u1's test target a shares "space" with its valid item b: ranked above d (nothing shared)
+    out = evaluate_baseline(recent, split, "test")
+    assert out["n"] == 3 and 0 < out["ndcg@10"] <= 1
+
+
+def test_like_ratio_is_the_users_training_share_of_likes():
+    from mtrec.bench.baselines import LikeRatio
+
+    ds, _, _ = _bias_data(seed=2)
+    split = leave_one_out(ds)
+    model = LikeRatio().fit(split)
+    tr = split.train
+    u0 = tr[ds.user_idx[tr] == 0]
+    assert model.ratio[0] == pytest.approx((ds.values[u0] >= 4.0).mean())
+    out = evaluate_baseline(model, split, "test")
+    assert set(out) == {"n", "users_sha256", "auc"} and 0.5 < out["auc"] < 1  # ranks nothing, rates nothing
+    implicit = _columnar("imp", ds.user_idx, ds.item_idx, ds.values, 150, 80, explicit=False)
+    with pytest.raises(ValueError, match="implicit feedback only"):
+        LikeRatio().fit(leave_one_out(implicit))
+
+
+def test_prior_alone_is_the_heads_priors_without_the_query():
+    from mtrec.bench.baselines import PriorAlone
+    from mtrec.model.build import build_heads
+
+    ds, _, _ = _bias_data(seed=3, n_users=60, n_items=40)
+    ds.rating_scale = (float(ds.values.min()), float(ds.values.max()))  # the heads need a scale
+    split = leave_one_out(ds)
+    prior = PriorAlone(collab_dim=4).fit(split)
+    # the same heads training builds, with a real item table and hidden width: their item_prior
+    # (bias + collaborative) is what the prior alone ranks by; the query's cosine term is left out
+    heads = build_heads(ds, torch.randn(40, 8), split.train, 8, 4.0, collab_dim=4, split=split, seed=0).eval()
+    users = torch.arange(5)
+    with torch.no_grad():
+        out = heads(torch.randn(5, 8), None, None, users, with_prior=True)
+    np.testing.assert_allclose(prior.score_all(users.numpy()), out["item_prior"].numpy(), rtol=1e-5, atol=1e-5)
+    assert not np.allclose(out["item_logits"].numpy(), out["item_prior"].numpy(), atol=1e-3)
+    test = evaluate_baseline(prior, split, "test")
+    assert {"rmse", "auc", "log_loss", "ndcg@10"} <= set(test) and test["rmse"] < 1.0

@@ -10,7 +10,8 @@ import torch
 from mtrec.bench import report
 from mtrec.bench.__main__ import main as bench_main
 
-BASELINES = ["popularity", "user+item bias", "biased MF", "BPR-MF", "item-kNN", "SASRec"]
+BASELINES = ["prior alone", "popularity", "user+item bias", "biased MF", "BPR-MF", "item-kNN", "SASRec",
+             "content kNN (TF-IDF)", "user like-ratio"]
 VARIANTS = [
     "mtrec multi-task",
     "mtrec multi-task (unseen prompts)",
@@ -25,6 +26,9 @@ VARIANTS = [
 RANKING = ["hr@10", "ndcg@10", "mrr@10"]
 MTREC_ALL = ["rmse", "mae", "auc", "log_loss", *RANKING, "cat_ndcg@5"]
 EXPECTED = {
+    "prior alone": ["rmse", "mae", "auc", "log_loss", *RANKING],
+    "content kNN (TF-IDF)": RANKING,
+    "user like-ratio": ["auc"],
     "popularity": ["rmse", "mae", *RANKING],
     "user+item bias": ["rmse", "mae", "auc", "log_loss", *RANKING],
     "biased MF": ["rmse", "mae", "auc", "log_loss", *RANKING],
@@ -106,6 +110,23 @@ def test_numbers_are_finite_where_defined(two_runs):
     assert {r["split_fingerprint"] for r in first["mtrec"].values()} == {first["split"]["fingerprint"]}
 
 
+def test_every_row_names_its_reference_with_a_paired_interval(two_runs):
+    (first, _), (out, _) = two_runs
+    rows = {r["model"]: r for r in first["rows"]}
+    assert rows["prior alone"]["reference"] is None
+    assert rows["mtrec multi-task"]["reference"] == rows["SASRec"]["reference"] == "prior alone"
+    assert rows["mtrec multi-task, random-init backbone"]["reference"] == "mtrec multi-task"
+    pairs = {(c["row"], c["reference"], c["metric"]): c for c in first["comparisons"]}
+    for metric in ("ndcg@10", "hr@10", "auc", "rmse"):
+        c = pairs[("mtrec multi-task", "mtrec multi-task, random-init backbone", metric)]
+        assert c["low"] <= c["diff"] <= c["high"] and c["n"] == 30 and c["resamples"] == 1000
+    assert ("mtrec multi-task", "user like-ratio", "auc") in pairs and ("mtrec multi-task", "SASRec", "ndcg@10") in pairs
+    # a row against itself is 0; the interval of a recomputed difference matches the table's numbers
+    c = pairs[("SASRec", "prior alone", "ndcg@10")]
+    assert c["diff"] == pytest.approx(rows["SASRec"]["ndcg@10"] - rows["prior alone"]["ndcg@10"], abs=1e-9)
+    assert "Paired differences" in (out / "accuracy_synthetic_quick.md").read_text()
+
+
 def test_single_task_budgets_follow_the_multi_task_draws(two_runs):
     (first, _), _ = two_runs
     drawn = first["mtrec"]["mtrec multi-task"]["drawn_examples"]
@@ -127,8 +148,19 @@ def test_single_task_budgets_follow_the_multi_task_draws(two_runs):
 
 def test_same_seed_same_numbers(two_runs):
     (first, second), _ = two_runs
+    first = dict(first)
     first.pop("repeat_check")
     assert report.strip_volatile(first) == report.strip_volatile(second)
+
+
+def test_a_rerun_loads_every_finished_row(two_runs, tiny_backbone_dir, capsys):
+    (_, second), (_, out) = two_runs
+    capsys.readouterr()
+    assert bench_main(_tiny_args(tiny_backbone_dir, out)) == 0  # the second run's folder: all rows done
+    logged = capsys.readouterr().out
+    assert logged.count("[resume]") == len(BASELINES) + len(VARIANTS) - 1  # the unseen-prompts row is the multi-task's
+    again = json.loads((out / "accuracy_synthetic_quick.json").read_text())
+    assert report.strip_volatile(again) == report.strip_volatile(second)
 
 
 def test_a_missing_benchmark_module_does_not_break_the_others(monkeypatch, capsys):

@@ -133,3 +133,36 @@ def test_sampled_ranks_are_seeded_and_respect_exclusion():
     b = sampled_ranks(scores, targets, 5, exclude, seed=3)
     assert a.tolist() == b.tolist()
     assert np.all(a <= full) and np.all(a <= 5)
+
+
+def test_paired_intervals_match_rows_by_user_and_item():
+    from mtrec import metrics as m
+    from mtrec.bench import intervals
+
+    rng = np.random.default_rng(0)
+    n = 400
+    users = np.arange(n)
+    good = {"rank_user": users, "rank": np.zeros(n, np.int64)}  # every target first: NDCG 1
+    bad = {"rank_user": users[::-1].copy(), "rank": np.full(n, 50)}  # outside the top 10: NDCG 0
+    c = intervals.compare(good, bad, "ndcg@10", resamples=200)
+    assert c["diff"] == 1.0 and c["low"] == c["high"] == 1.0 and c["better"] == "a" and c["n"] == n
+    # equal models: no measurable difference; a subset compares on the shared users only
+    noise = {"rank_user": users, "rank": rng.integers(0, 20, n)}
+    same = intervals.compare(noise, noise, "hr@10", resamples=200)
+    assert same["diff"] == 0 and same["better"] is None
+    half = intervals.restrict(noise, users[:100])
+    assert intervals.compare(half, good, "ndcg@10", resamples=50)["n"] == 100
+    # like rows are matched by (user, item), whatever their order
+    lu, li = np.repeat(users, 2), np.tile([3, 7], n)
+    label = li == 3
+    a = {"like_user": lu, "like_item": li, "like_score": label + 0.0, "like_label": label}
+    order = rng.permutation(2 * n)
+    b = {k: v[order] for k, v in a.items()} | {"like_score": rng.random(2 * n)}
+    c = intervals.compare(a, b, "auc", resamples=200)
+    assert c["diff"] == pytest.approx(1.0 - m.auc(b["like_score"], b["like_label"]))
+    assert c["better"] == "a" and c["low"] > 0.4
+    r = {"rating_user": users, "rating_item": users, "rating_pred": np.full(n, 3.0), "rating_target": np.full(n, 4.0)}
+    worse = r | {"rating_pred": np.full(n, 2.0)}
+    c = intervals.compare(r, worse, "rmse", resamples=100)
+    assert c["diff"] == pytest.approx(-1.0) and c["better"] == "a"  # lower RMSE is better
+    assert "no measurable difference" in intervals.reading(same, "x", "y", "hr@10")

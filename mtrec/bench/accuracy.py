@@ -4,16 +4,26 @@
         [--out results/] [--backbone SPEC] [--repeat-check] [--test-users N] [--set section.key=value ...]
 
 Everything is built from one base config (the library defaults, the profile's overrides, then
-`--set`), so the baselines and every mtrec variant see the same split (checked by fingerprint) and
-are tested on the same users. Writes ``accuracy_<dataset>[_quick].json`` (every number and
-setting), ``.md`` (the table) and ``.png`` (NDCG@10 and RMSE bars) into `--out`; run folders go to
+`--set`), so the baselines and every mtrec variant see the same split (checked by fingerprint).
+Rows without a backbone (the baselines, mtrec's priors alone, content kNN, the user like-ratio) are
+tested on every test user; the language-model rows on the profile's seeded sample (`lm_users`),
+the same for every variant; `--test-users N` (smoke runs, labelled so) puts every row on one seeded
+subset. Every row names its reference row, and each comparison is a paired bootstrap interval
+(`mtrec.bench.intervals`) on the targets both rows were scored on: in the markdown and the JSON.
+Resumable: each finished row is a file under ``<out>/rows/<stem>/`` (`mtrec.bench.resume`); the same
+command run again loads those and computes only the rest, then writes the whole table.
+
+Writes ``accuracy_<dataset>[_quick].json`` (every number and setting, each row's per-target
+records), ``.md`` (the table and the paired differences) and ``.png`` (NDCG@10 and RMSE bars) into
+`--out`; run folders go to
 ``<out>/runs/<dataset>[-quick]/``. Same seed, same numbers on a CPU (`--repeat-check` checks one
 model in the run; the tests check whole runs).
 
 Profiles: `FULL` is sized for one GPU (it mirrors configs/*-gpu.yaml; hours per data set, most of
 it in the mtrec trainings). `QUICK` (``--quick``) is sized for a 2-core CPU with the bundled
 SmolLM2-135M: 30 multi-task steps of 8 prompts (LoRA on the attention projections), single-task
-models with the same examples, the ablations, 20 validation and 50 test users; the README records
+models with the same examples, the ablations, 20 validation users and a 500-user test sample for
+the language-model rows; the README records
 its measured wall time per data set. The quick profile stops nothing by the clock (steps and epochs
 only), so a second run with the same seed gives the same numbers; FULL keeps a time budget per
 baseline fit as a guard, and a fit it cuts is marked in the table.
@@ -33,8 +43,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mtrec.bench import baseline_suite, mtrec_suite, report
+from mtrec.bench import baseline_suite, intervals, mtrec_suite, report
 from mtrec.bench.baselines import user_set_sha256
+from mtrec.bench.resume import RowStore
 from mtrec.config import ConfigError, load_config
 from mtrec.data.splits import TEST
 from mtrec.pipeline import eval_specs
@@ -51,7 +62,7 @@ class Profile:
     name: str
     mtrec_overrides: tuple[str, ...]  # applied to the defaults for every mtrec variant
     dataset_overrides: dict  # dataset -> extra overrides
-    test_users: int  # test users evaluated, a seeded subset (0 = all)
+    lm_users: int  # test users the language-model rows are scored on, a seeded sample (0 = all)
     baseline_max_epochs: int
     baseline_patience: int
     baseline_seconds: float | None  # time budget per baseline fit; a fit cut by it is marked in the table
@@ -83,7 +94,7 @@ FULL = Profile(
         "lastfm-2k": ("model.item_dim=256", "train.max_steps=4000"),  # 17,632 artists: a narrower item table
         "ciao": ("model.item_dim=256", "train.max_steps=6000"),  # 105,096 items, 268k training ratings
     },
-    test_users=0,  # every test user
+    lm_users=0,  # every test user
     baseline_max_epochs=200,
     baseline_patience=10,
     baseline_seconds=1800.0,
@@ -122,7 +133,9 @@ QUICK = Profile(
         "lastfm-2k": ("model.item_dim=128",),  # a small item table for the big catalogs
         "ciao": ("model.item_dim=128",),
     },
-    test_users=50,  # a seeded subset, the same for baselines and mtrec
+    # a seeded sample for the language-model rows (~3.5 prompts a user); every row without a
+    # backbone is scored on every user, and each comparison is made on the users both rows have
+    lm_users=500,
     baseline_max_epochs=50,
     baseline_patience=5,
     # no clock anywhere in this profile (steps and epochs only): a second run gives the same numbers
@@ -145,8 +158,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--repeat-check", action="store_true", help="refit one cheap model and require equal numbers"
     )
     p.add_argument(
-        "--test-users", type=int, help="test users evaluated (seeded subset; 0 = all); default: profile"
+        "--test-users", type=int,
+        help="smoke runs: score every row on this seeded subset of test users (0 = all); default: rows "
+             "without a backbone on every user, language-model rows on the profile's seeded sample",
     )
+    p.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples of users per interval")
+    p.add_argument("--protocol", choices=sorted(PROTOCOLS), default="warm",
+                   help="warm: leave-one-out; cold-items: a seeded 20%% of the items held out, each user's "
+                        "newest held-out interaction the test target, ranked among the held-out items")
     p.add_argument(
         "--set",
         dest="overrides",
@@ -158,10 +177,28 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+# protocol -> (overrides after the profile's, what the table says about it)
+PROTOCOLS = {
+    "warm": ((), "warm: leave-one-out, full-catalog ranking"),
+    # the item table from the backbone's encoding of item text: a held-out item has nothing else
+    "cold-items": (("data.split=cold_items", "model.item_init=backbone"),
+                   "cold items: a seeded 20% of the catalog held out with all its interactions (absent from "
+                   "training, every prior and every prompt); per user the newest held-out interaction is the "
+                   "test target, ranked among the held-out items (HR/NDCG/MRR; full catalog in the JSON); "
+                   "like AUC with negatives from held-out items only. Popularity and every collaborative "
+                   "prior carry no information among held-out items (all tie: ranked last)"),
+    "short-history": (("data.split=short_history",),
+                      "short history: leave-one-out, then a seeded 30% of the users keep only their first 3-5 "
+                      "training interactions (the rest of their training rows dropped); those users are "
+                      "reported apart from the others"),
+}
+
+
 def base_overrides(args: argparse.Namespace, profile: Profile) -> list[str]:
-    """Profile, then data set, then command line: later overrides win."""
+    """Profile, then data set, then protocol, then command line: later overrides win."""
     out = [f"data.dataset={args.dataset}", f"run.seed={args.seed}", f"run.name=bench-{args.dataset}"]
     out += list(profile.mtrec_overrides) + list(profile.dataset_overrides.get(args.dataset, ()))
+    out += list(PROTOCOLS[getattr(args, "protocol", "warm")][0])
     if args.backbone:
         out.append(f"model.backbone={args.backbone}")
     return out + list(args.overrides)
@@ -218,13 +255,18 @@ def run(args: argparse.Namespace) -> dict:
     if base.train.num_threads:
         torch.set_num_threads(base.train.num_threads)
     split = load_split(base)
-    test_users = profile.test_users if args.test_users is None else args.test_users
-    users = test_user_set(split, base, test_users)
+    smoke = args.test_users is not None
+    lm_users = args.test_users if smoke else profile.lm_users
+    users = test_user_set(split, base, args.test_users if smoke else 0)  # rows without a backbone
+    lm_set = test_user_set(split, base, lm_users)
     out_dir = Path(args.out)
     stem = f"accuracy_{args.dataset}" + ("_quick" if args.quick else "")
+    stem += "" if args.protocol == "warm" else f"_{args.protocol}"
     result = {
         "benchmark": "accuracy",
         "dataset": args.dataset,
+        "protocol": args.protocol,
+        "protocol_note": PROTOCOLS[args.protocol][1],
         "seed": args.seed,
         "command": sys.argv,
         "created": datetime.datetime.now().isoformat(timespec="seconds"),
@@ -233,7 +275,8 @@ def run(args: argparse.Namespace) -> dict:
             **asdict(profile),
             "profile": profile.name,
             "quick": args.quick,
-            "test_users": test_users,
+            "test_users": args.test_users,  # smoke runs only; None: the protocol below
+            "lm_users": lm_users,
             "cli_overrides": list(args.overrides),
             "base_config": base.to_dict(),
         },
@@ -244,10 +287,16 @@ def run(args: argparse.Namespace) -> dict:
             "fingerprint": mtrec_suite.split_fingerprint(split),
             "test_users_evaluated": len(users),
             "test_users_sha256": user_set_sha256(users),
+            "lm_users_evaluated": len(lm_set),
+            "lm_users_sha256": user_set_sha256(lm_set),
         },
     }
+    # one file per finished row: a rerun of the same command skips what an earlier run finished
+    store = RowStore(out_dir / "rows" / stem, {
+        "settings": {k: v for k, v in result["settings"].items() if k != "cli_overrides"},
+        "split": result["split"], "seed": args.seed, "dataset": args.dataset})
     started = time.perf_counter()
-    print(f"[baselines] {args.dataset}: {len(users)} test users")
+    print(f"[baselines] {args.dataset}: {len(users)} test users (rows stored in {store.folder})")
     device = "cuda" if torch.cuda.is_available() else "cpu"
     kw = {"seed": args.seed, "max_epochs": profile.baseline_max_epochs, "patience": profile.baseline_patience}
     result["baselines"] = baseline_suite.run_baselines(
@@ -257,34 +306,108 @@ def run(args: argparse.Namespace) -> dict:
         quick=args.quick,
         max_seconds=profile.baseline_seconds,
         device=device,
+        prior=prior_settings(base),
+        store=store,
         **kw,
     )
     if args.repeat_check:
         result["repeat_check"] = baseline_suite.repeat_check(
             result["baselines"], split, users, seed=args.seed, patience=profile.baseline_patience
         )
-    run_root = out_dir / "runs" / (args.dataset + ("-quick" if args.quick else ""))
-    result["mtrec"] = mtrec_suite.run_all(base, split, run_root, test_users)
-    _check_same_split(result)
-    result["rows"] = report.table_rows(result["baselines"], result["mtrec"])
+    run_root = out_dir / "runs" / (stem.removeprefix("accuracy_").replace("_", "-"))
+    result["mtrec"] = mtrec_suite.run_all(base, split, run_root, lm_users, store=store)
+    result["row_commits"] = dict(store.commits)
+    _check_same_split(result, lm_set)
+    groups = user_groups(split)
+    result["comparisons"] = comparisons(result, args.resamples, args.seed, groups)
+    if groups:
+        result["groups"] = group_tables(result, groups)
+    result["rows"] = report.table_rows(result["baselines"], result["mtrec"], result["comparisons"])
     result["summary"] = summary_lines(result["mtrec"])
     result["total_seconds"] = time.perf_counter() - started
     _write(result, out_dir, stem)
     return result
 
 
-def _check_same_split(result: dict) -> None:
-    """Every mtrec variant trained on the baselines' split, and every row was tested on the very same
-    users (the set's fingerprint, not only its size)."""
-    want, users = result["split"]["fingerprint"], result["split"]["test_users_sha256"]
+def prior_settings(cfg) -> dict:
+    """`PriorAlone`'s settings: those of the compared mtrec runs."""
+    return {"collab_dim": cfg.model.collab_dim, "like_threshold": cfg.data.like_threshold,
+            "negatives": cfg.data.negatives_per_positive}
+
+
+# Each row's reference (its "vs" column) and the extra pairs the reading needs. A pair is compared on
+# every metric of `intervals.COMPARED` both rows have, on the targets both were scored on.
+MULTI = "mtrec multi-task"
+EXTRA_PAIRS = tuple((MULTI, ref) for ref in (
+    "mtrec multi-task, random-init backbone", "content kNN (TF-IDF)", "SASRec", "BPR-MF", "biased MF",
+    "user like-ratio"))
+
+
+def reference_of(label: str, kind: str) -> str | None:
+    if label == "prior alone":
+        return None
+    if kind == "baseline" or label == MULTI:
+        return "prior alone"  # what the backbone (or another model) adds to mtrec's priors
+    return MULTI
+
+
+def row_records(result: dict) -> dict[str, dict]:
+    records = {label: intervals.from_json(e["records"]) for label, e in result["baselines"].items() if "records" in e}
+    return records | {label: intervals.from_json(r["test"]["records"]) for label, r in result["mtrec"].items()}
+
+
+def comparisons(result: dict, resamples: int, seed: int, groups: dict | None = None) -> list[dict]:
+    """Paired bootstrap intervals (`mtrec.bench.intervals.compare`) of every row against its
+    reference and of the extra pairs, each on the targets both rows were scored on; with `groups`
+    (name -> user indices), once per group on its users, each entry naming its group."""
+    records = row_records(result)
+    kinds = {label: "baseline" for label in result["baselines"]} | {label: "mtrec" for label in result["mtrec"]}
+    pairs = [(label, reference_of(label, kinds[label])) for label in records]
+    pairs += [p for p in EXTRA_PAIRS if p not in pairs]
+    out = []
+    for group, users in ({None: None} | (groups or {})).items():  # all users, then each group
+        mine = records if users is None else {k: intervals.restrict(v, users) for k, v in records.items()}
+        for a, b in pairs:
+            if b is None or a not in mine or b not in mine:
+                continue
+            for metric in intervals.COMPARED:
+                c = intervals.compare(mine[a], mine[b], metric, resamples, seed)
+                if c is not None:
+                    out.append({"row": a, "reference": b, "metric": metric, **c, "group": group,
+                                "reading": intervals.reading(c, a, b, metric)})
+    return out
+
+
+def user_groups(split) -> dict | None:
+    """The short-history protocol's two groups of users (None otherwise)."""
+    if split.short_users is None:
+        return None
+    return {"short history (3-5 training interactions)": np.flatnonzero(split.short_users),
+            "other users": np.flatnonzero(~split.short_users)}
+
+
+def group_tables(result: dict, groups: dict) -> dict:
+    """Per group, each row's metrics on that group's users (`intervals.summarise`)."""
+    records = row_records(result)
+    return {group: {label: {"users": len(np.unique(intervals.restrict(rec, users).get("rank_user", []))),
+                            **intervals.summarise(intervals.restrict(rec, users))}
+                    for label, rec in records.items()}
+            for group, users in groups.items()}
+
+
+def _check_same_split(result: dict, lm_set: np.ndarray) -> None:
+    """Every mtrec variant trained on the baselines' split and was tested on the very same users
+    (the set's fingerprint, not only its size), a subset of the baselines' users."""
+    want, users = result["split"]["fingerprint"], result["split"]["lm_users_sha256"]
     for label, r in result["mtrec"].items():
         if r["split_fingerprint"] != want:
             raise AssertionError(f"{label} trained on a different split than the baselines")
         if r["test"]["users_sha256"] != users:
             raise AssertionError(
                 f"{label} was tested on other users ({r['test']['users']} users, set {r['test']['users_sha256']}) "
-                f"than the split's test set ({result['split']['test_users_evaluated']} users, set {users})"
+                f"than the language-model rows' sample ({len(lm_set)} users, set {users})"
             )
+    users = result["split"]["test_users_sha256"]
     for label, r in result["baselines"].items():
         if "test" in r and r["test"]["users_sha256"] != users:
             raise AssertionError(f"baseline {label} was tested on other users (set {r['test']['users_sha256']}) "

@@ -1,21 +1,22 @@
 """Classic baselines for the accuracy benchmark: a small grid per model tuned on validation, then
 one test evaluation of the selected configuration on the benchmark's test users.
 
-Selection metric: validation RMSE for rating models (`BiasBaseline`, `BiasedMF`), validation
-NDCG@10 (full catalog, training items excluded) for ranking models. Popularity has nothing to tune.
-Rating models are skipped on implicit data.
+Selection metric: validation RMSE for rating models (`BiasBaseline`, `BiasedMF`), validation AUC
+for the user like-ratio, validation NDCG@10 (full catalog, training items excluded) for ranking
+models (content kNN's profile length among them). Popularity and mtrec's priors alone have nothing
+to tune. Rating models and the like-ratio are skipped on implicit data. Each selected model's test
+records (`mtrec.bench.intervals`) go into the result for the paired intervals.
 """
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass
 
 import numpy as np
 
-from mtrec import metrics, ranking
 from mtrec.bench import baselines as bl
+from mtrec.bench import intervals
 from mtrec.data.splits import TEST, VALID, Split
 from mtrec.tasks import ExampleOptions, build_specs
 
@@ -27,12 +28,13 @@ class BaselineSpec:
     label: str
     cls: type
     grid: tuple[dict, ...]
-    select_by: str  # "rmse" (lower is better) or "ndcg@10" (higher is better)
-    rating_only: bool = False
+    select_by: str  # "rmse" (lower is better), "ndcg@10" or "auc" (higher is better)
+    rating_only: bool = False  # explicit data only
 
 
-def default_specs(quick: bool, device: str = "cpu") -> list[BaselineSpec]:
-    """The baselines and their grids: one or two points each when `quick`, a few otherwise."""
+def default_specs(quick: bool, device: str = "cpu", prior: dict | None = None) -> list[BaselineSpec]:
+    """The baselines and their grids: one or two points each when `quick`, a few otherwise.
+    `prior`: `PriorAlone`'s settings (the compared runs' collab_dim, like_threshold, negatives)."""
     if quick:
         mf = ({"dim": 32, "lr": 0.005, "reg": 0.03},)
         bpr = ({"dim": 64, "lr": 0.01, "reg": 1e-4},)
@@ -51,13 +53,17 @@ def default_specs(quick: bool, device: str = "cpu") -> list[BaselineSpec]:
             {"reg_user": 15.0, "reg_item": 10.0},
             {"reg_user": 25.0, "reg_item": 25.0},
         )
+    content = ({"recent": 0}, {"recent": 20}) if quick else tuple({"recent": n} for n in (0, 5, 20, 50))
     return [
+        BaselineSpec("prior alone", bl.PriorAlone, (dict(prior or {}),), "ndcg@10"),
         BaselineSpec("popularity", bl.Popularity, ({},), "ndcg@10"),
         BaselineSpec("user+item bias", bl.BiasBaseline, bias, "rmse", rating_only=True),
         BaselineSpec("biased MF", bl.BiasedMF, mf, "rmse", rating_only=True),
         BaselineSpec("BPR-MF", bl.BPRMF, bpr, "ndcg@10"),
         BaselineSpec("item-kNN", bl.ItemKNN, knn, "ndcg@10"),
         BaselineSpec("SASRec", bl.SASRec, sasrec, "ndcg@10"),
+        BaselineSpec("content kNN (TF-IDF)", bl.ContentKNN, content, "ndcg@10"),
+        BaselineSpec("user like-ratio", bl.LikeRatio, ({},), "auc", rating_only=True),
     ]
 
 
@@ -119,23 +125,6 @@ def like_rows(
     return row_users[keep], specs.item[keep].astype(np.int64), specs.label[keep]
 
 
-def ranking_auc(model, split: Split, rows: tuple[np.ndarray, np.ndarray, np.ndarray]) -> float:
-    """AUC of a ranking model's scores on preference rows (observed vs sampled unobserved items)."""
-    users, items, labels = rows
-    if len(users) == 0:
-        return math.nan
-    step = ranking.block_size(split.dataset.num_items)
-    scores = np.concatenate(
-        [
-            model.score_all(users[a : a + step], role=TEST)[
-                np.arange(len(users[a : a + step])), items[a : a + step]
-            ]
-            for a in range(0, len(users), step)
-        ]
-    )
-    return metrics.auc(scores, labels)
-
-
 def run_baselines(
     split: Split,
     test_users: np.ndarray,
@@ -147,38 +136,42 @@ def run_baselines(
     patience: int,
     max_seconds: float | None,
     device: str = "cpu",
+    prior: dict | None = None,
+    store=None,
 ) -> dict:
     """Tune, fit and test every baseline that applies to the data set.
 
     Returns:
-        label -> {selected hparams, grid report, test metrics, info of the selected fit, seconds},
-        with ``skipped`` (and why) for rating models on implicit data.
+        label -> {selected hparams, grid report, test metrics, test records (`mtrec.bench.intervals`),
+        info of the selected fit, seconds}, with ``skipped`` (and why) for explicit-only models on
+        implicit data.
     """
     out = {}
     implicit_rows = None if split.dataset.explicit else like_rows(split, test_users, opts)
-    for spec in default_specs(quick, device):
+    for spec in default_specs(quick, device, prior):
         if spec.rating_only and not split.dataset.explicit:
-            out[spec.label] = {"skipped": "rating model; the data set has implicit feedback only"}
+            out[spec.label] = {"skipped": "needs ratings; the data set has implicit feedback only"}
             continue
-        started = time.perf_counter()
-        print(f"[baselines] {spec.label}: {len(spec.grid)} configuration(s)", flush=True)
-        model, grid = tune(
-            spec, split, seed=seed, max_epochs=max_epochs, patience=patience, max_seconds=max_seconds
-        )
-        test = bl.evaluate_baseline(model, split, TEST, users=test_users)
-        if implicit_rows is not None:
-            test["auc"] = ranking_auc(model, split, implicit_rows)
-        info = {k: v for k, v in model.info.items() if k != "hparams"}
-        out[spec.label] = {
-            "class": spec.cls.__name__,
-            "selected": model.info["hparams"],
-            "select_by": spec.select_by,
-            "grid": grid,
-            "test": test,
-            "info": info,
-            "max_epochs": max_epochs,
-            "tuning_seconds": time.perf_counter() - started,
-        }
+        def compute(spec=spec) -> dict:
+            started = time.perf_counter()
+            print(f"[baselines] {spec.label}: {len(spec.grid)} configuration(s)", flush=True)
+            model, grid = tune(
+                spec, split, seed=seed, max_epochs=max_epochs, patience=patience, max_seconds=max_seconds
+            )
+            records = bl.baseline_records(model, split, TEST, users=test_users, like_rows=implicit_rows)
+            return {
+                "class": spec.cls.__name__,
+                "selected": model.info["hparams"],
+                "select_by": spec.select_by,
+                "grid": grid,
+                "test": bl.records_summary(records, split, TEST, test_users),
+                "records": intervals.to_json(records),
+                "info": {k: v for k, v in model.info.items() if k != "hparams"},
+                "max_epochs": max_epochs,
+                "tuning_seconds": time.perf_counter() - started,
+            }
+
+        out[spec.label] = compute() if store is None else store.row(spec.label, compute)
     return out
 
 

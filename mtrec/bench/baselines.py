@@ -8,6 +8,9 @@
 | `BPRMF`        | -                          | p_u.q_i, BPR loss, uniform negatives         |
 | `ItemKNN`      | -                          | sum of top-k cosine similarities to history  |
 | `SASRec`       | -                          | causal self-attention over the item sequence |
+| `ContentKNN`   | -                          | TF-IDF cosine of item text to the history    |
+| `LikeRatio`    | - (like: the user's share) | -                                            |
+| `PriorAlone`   | mtrec's rating prior       | mtrec's ranking prior (no backbone)          |
 
 Every model: ``fit(split, *, seed=0, max_epochs=..., patience=...) -> self`` (learns from the split's
 TRAIN interactions only; iterative models early-stop on the VALID interactions and keep the best
@@ -30,6 +33,7 @@ are not re-fitted with the validation item).
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Sequence
 
@@ -59,6 +63,7 @@ class Baseline:
     """Common interface; subclasses set `rates` and implement `fit` and `score_all`."""
 
     rates = False  # has predict_ratings
+    ranks = True  # has score_all (a like-only model has not)
 
     def __init__(self, **hparams) -> None:
         self.hparams = hparams
@@ -409,7 +414,7 @@ class ItemKNN(Baseline):
         started = self._start(split, seed)
         ds = split.dataset
         self.X = _binary_matrix(split, split.role == TRAIN)
-        self._history = {VALID: self.X, TEST: _binary_matrix(split, split.role <= VALID)}
+        self._history = {r: _binary_matrix(split, split.history_mask(r)) for r in (VALID, TEST)}
         norms = np.sqrt(np.asarray(self.X.sum(0)).ravel())
         xt = self.X.T.tocsr()
         k = min(self.neighbours, ds.num_items - 1)
@@ -557,6 +562,152 @@ class SASRec(Baseline):
         return (self.net(seq)[:, -1] @ self.net.catalog().T).float().cpu().numpy()
 
 
+# ---- content and user-level baselines ------------------------------------------------------------
+_WORD = re.compile(r"\w+", re.UNICODE)
+
+
+def item_words(item) -> list[str]:
+    """The words of an item's title, text and categories (lower case; a category as ``cat:<name>``).
+    An item without descriptive text (`Item.described` False: "<Category> product <id>") gives its
+    categories only, so that no id acts as a word."""
+    words = _WORD.findall(f"{item.title} {item.text}".lower()) if item.described else []
+    return words + ["cat:" + c.lower() for c in item.categories]
+
+
+def tfidf_matrix(items) -> sp.csr_matrix:
+    """[items, vocabulary] TF-IDF rows, L2-normalised: tf = 1 + log(count), idf = log((1 + n) / (1 + df)) + 1
+    (an item without words is a zero row)."""
+    vocab: dict[str, int] = {}
+    rows, cols, vals = [], [], []
+    for r, item in enumerate(items):
+        words, counts = np.unique(item_words(item), return_counts=True)
+        rows += [r] * len(words)
+        cols += [vocab.setdefault(w, len(vocab)) for w in words]
+        vals.append(1.0 + np.log(counts))
+    vals = np.concatenate(vals) if vals else np.zeros(0)
+    x = sp.csr_matrix((vals, (rows, cols)), shape=(len(items), max(len(vocab), 1)))
+    df = np.bincount(np.asarray(cols, np.int64), minlength=x.shape[1])
+    x = x @ sp.diags(np.log((1 + len(items)) / (1 + df)) + 1.0)
+    norms = np.sqrt(np.asarray(x.multiply(x).sum(1)).ravel())
+    return sp.csr_matrix(sp.diags(1.0 / np.where(norms > 0, norms, 1.0)) @ x)
+
+
+class ContentKNN(Baseline):
+    """Content-based ranking (a TF-IDF vector-space model): score(u, j) = cos(profile_u, tfidf_j),
+    the profile the sum of the TF-IDF rows (`tfidf_matrix`) of the user's `recent` newest history
+    items (0: all of them). The history is TRAIN for validation and TRAIN + VALID for test, as for
+    `ItemKNN`; nothing is learned from other users, so an item nobody has taken ranks like any other.
+
+    Args:
+        recent: newest history items in the profile (0 = the whole history).
+    """
+
+    def __init__(self, recent: int = 0):
+        super().__init__(recent=recent)
+        self.recent = recent
+
+    def fit(self, split: Split, *, seed: int = 0, max_epochs: int | None = None, patience: int | None = None):
+        """Build the item vectors and each role's history (deterministic; the other arguments are unused)."""
+        started = self._start(split, seed)
+        self.T = tfidf_matrix(split.dataset.items)
+        self._history = {VALID: self._profiles(split, VALID), TEST: self._profiles(split, TEST)}
+        self._done(started, epochs_run=1, best_epoch=1, stopped_early=False, vocabulary=self.T.shape[1])
+        return self
+
+    def _profiles(self, split: Split, role: int) -> sp.csr_matrix:
+        """[users, items] 0/1: each user's `recent` newest history items for ranking `role`'s targets."""
+        ds = split.dataset
+        seq = split.seq[split.history_mask(role)[split.seq]]  # grouped by user, oldest first
+        users = ds.user_idx[seq]
+        if self.recent:
+            left = np.searchsorted(users, users, side="right") - np.arange(len(seq))  # this and newer, per user
+            seq, users = seq[left <= self.recent], users[left <= self.recent]
+        x = sp.csr_matrix((np.ones(len(seq)), (users, ds.item_idx[seq])), shape=(ds.num_users, ds.num_items))
+        x.data[:] = 1.0
+        return x
+
+    def score_all(self, users, role=VALID):
+        profile = self._history[ranking_role(role)][np.asarray(users, np.int64)] @ self.T
+        return (profile @ self.T.T).toarray()
+
+
+class LikeRatio(Baseline):
+    """One feature per user, for the preference task on explicit data: the share of the user's
+    training ratings at or above `like_threshold` (the training share where a user has none).
+    It ranks nothing (every item of a user ties) and predicts no rating; `like_scores` is its output.
+    """
+
+    ranks = False
+
+    def __init__(self, like_threshold: float = 4.0):
+        super().__init__(like_threshold=like_threshold)
+        self.like_threshold = like_threshold
+
+    def fit(self, split: Split, *, seed: int = 0, max_epochs: int | None = None, patience: int | None = None):
+        started = self._start(split, seed)
+        _require_explicit(split, "LikeRatio")
+        users, _, ratings = _role_arrays(split, TRAIN)
+        liked = np.bincount(users, weights=(ratings >= self.like_threshold), minlength=split.dataset.num_users)
+        n = np.bincount(users, minlength=split.dataset.num_users)
+        overall = float(liked.sum() / max(n.sum(), 1))
+        self.ratio = np.where(n > 0, liked / np.maximum(n, 1), overall)
+        self._done(started, epochs_run=1, best_epoch=1, stopped_early=False)
+        return self
+
+    def like_scores(self, users, items) -> np.ndarray:
+        return self.ratio[np.asarray(users, np.int64)]
+
+    def score_all(self, users, role=VALID):
+        raise NotImplementedError("LikeRatio ranks nothing: every item of a user gets the same score")
+
+
+class PriorAlone(Baseline):
+    """mtrec's heads without the language model: every prior the heads start from (popularity bias,
+    per-user and per-item offsets, collaborative factors), fitted on the training split exactly as
+    training fits them (`mtrec.model.build.build_heads`, the same cached fits for the same seed), and
+    combined exactly as `TaskHeads.forward` combines them, with a zero backbone state. There is no
+    forward pass, and the query against the item table contributes nothing (unlike step 0 of a run).
+
+    Args:
+        collab_dim, like_threshold, negatives: as `model.collab_dim`, `data.like_threshold` and
+            `data.negatives_per_positive` of the compared runs.
+    """
+
+    def __init__(self, collab_dim: int = 32, like_threshold: float = 4.0, negatives: int = 1):
+        super().__init__(collab_dim=collab_dim, like_threshold=like_threshold, negatives=negatives)
+        self.collab_dim, self.like_threshold, self.negatives = collab_dim, like_threshold, negatives
+
+    def fit(self, split: Split, *, seed: int = 0, max_epochs: int | None = None, patience: int | None = None):
+        from mtrec.model.build import build_heads
+
+        started = self._start(split, seed)
+        ds = split.dataset
+        self.rates = ds.explicit
+        self.heads = build_heads(ds, torch.zeros(ds.num_items, 1), split.train, 1, self.like_threshold,
+                                 collab_dim=self.collab_dim, split=split, seed=seed,
+                                 negatives_per_positive=self.negatives).eval()
+        self._done(started, epochs_run=1, best_epoch=1, stopped_early=False)
+        return self
+
+    @torch.no_grad()
+    def _heads(self, users, items=None) -> dict:
+        users = torch.as_tensor(np.asarray(users, np.int64))
+        items = None if items is None else torch.as_tensor(np.asarray(items, np.int64))
+        return self.heads(torch.zeros(len(users), 1), None, items, users)
+
+    def predict_ratings(self, users, items) -> np.ndarray:
+        return self._heads(users, items)["rating"].double().numpy()
+
+    def like_scores(self, users, items) -> np.ndarray:
+        return self._heads(users, items)["like_logit"].double().numpy()
+
+    def like_proba(self, users, items) -> np.ndarray:
+        return 1.0 / (1.0 + np.exp(-self.like_scores(users, items)))
+
+    def score_all(self, users, role=VALID):
+        return self._heads(users)["item_logits"].numpy()
+
+
 def user_set_sha256(users) -> str:
     """A fingerprint of a set of user indices (order and repeats ignored): rows compared side by side
     must have been scored on the same users, not merely as many."""
@@ -566,6 +717,68 @@ def user_set_sha256(users) -> str:
 
 
 # ---- evaluation --------------------------------------------------------------------------------
+def baseline_records(
+    model: Baseline,
+    split: Split,
+    role: int | str,
+    batch_size: int | None = None,
+    users: np.ndarray | None = None,
+    like_rows: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+) -> dict[str, np.ndarray]:
+    """What a fitted baseline predicts for each VALID or TEST target (`mtrec.bench.intervals`' records).
+
+    Rating models on explicit data: `predict_ratings` of every target. Preference rows (`like_rows`,
+    default: the role's interactions labelled rating >= like_threshold, on explicit data) scored by
+    the model's `like_scores` where it has them, else by the predicted rating, else (ranking models)
+    by the ranking score, with `like_proba` beside where the model gives one. Every ranking model:
+    the full-catalog rank of each target, the user's earlier-role items excluded (`mtrec.ranking`),
+    ties pessimistic. `users` limits everything to those users' targets."""
+    value = ranking_role(role)
+    users_, items, ratings = _role_arrays(split, value)
+    if users is not None:
+        keep = np.isin(users_, np.asarray(users, np.int64))
+        users_, items, ratings = users_[keep], items[keep], ratings[keep]
+    out: dict[str, np.ndarray] = {}
+    explicit = split.dataset.explicit
+    if model.rates and explicit:
+        out.update(rating_user=users_, rating_item=items, rating_pred=model.predict_ratings(users_, items),
+                   rating_target=ratings)
+    if like_rows is None and explicit and hasattr(model, "like_threshold"):
+        like_rows = (users_, items, ratings >= model.like_threshold)
+    if like_rows is not None and (hasattr(model, "like_scores") or model.rates or model.ranks):
+        lu, li, label = (np.asarray(x) for x in like_rows)
+        if users is not None:
+            keep = np.isin(lu, np.asarray(users, np.int64))
+            lu, li, label = lu[keep], li[keep], label[keep]
+        if hasattr(model, "like_scores"):
+            score = model.like_scores(lu, li)
+        elif model.rates and explicit:
+            score = model.predict_ratings(lu, li)
+        else:
+            score = _scores_of(model, split, lu, li, value)
+        out.update(like_user=lu, like_item=li, like_score=np.asarray(score, np.float64), like_label=label > 0.5)
+        if hasattr(model, "like_proba"):
+            out["like_proba"] = model.like_proba(lu, li)
+    if model.ranks:
+        out["rank_user"] = users_
+        out["rank"] = full_catalog_ranks(model, split, users_, items, value, batch_size)
+        if split.heldout_items is not None:  # cold-items protocol: first the rank among the held-out items
+            out["rank_full"] = out["rank"]
+            out["rank"] = full_catalog_ranks(model, split, users_, items, value, batch_size,
+                                             np.flatnonzero(split.heldout_items))
+    return out
+
+
+def _scores_of(model: Baseline, split: Split, users: np.ndarray, items: np.ndarray, role: int) -> np.ndarray:
+    """A ranking model's score of each (user, item) pair, from `score_all` in blocks."""
+    step = ranking.block_size(split.dataset.num_items)
+    parts = [np.zeros(0)]
+    for a in range(0, len(users), step):
+        u, i = users[a : a + step], items[a : a + step]
+        parts.append(np.asarray(model.score_all(u, role=role))[np.arange(len(u)), i])
+    return np.concatenate(parts)
+
+
 def evaluate_baseline(
     model: Baseline,
     split: Split,
@@ -573,13 +786,11 @@ def evaluate_baseline(
     k: int = 10,
     batch_size: int | None = None,
     users: np.ndarray | None = None,
+    like_rows: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
 ) -> dict[str, float]:
-    """Metrics of a fitted baseline on the split's VALID or TEST interactions.
-
-    Rating models on explicit data: RMSE/MAE of `predict_ratings`, and preference metrics for the
-    label rating >= like_threshold: AUC of the predicted rating, log-loss and accuracy of
-    `like_proba`. Every model: full-catalog HR@k, NDCG@k, MRR@k of each target, excluding the user's
-    earlier-role items (`mtrec.ranking`), ties pessimistic.
+    """Metrics of a fitted baseline on the split's VALID or TEST interactions (`baseline_records`,
+    summarised by `mtrec.bench.intervals.summarise`): RMSE/MAE, preference AUC (log-loss and
+    accuracy where the model gives probabilities), full-catalog HR@k, NDCG@k, MRR@k.
 
     Args:
         model: a fitted baseline.
@@ -588,28 +799,20 @@ def evaluate_baseline(
         k: ranking cut-off.
         batch_size: users scored at once (default: sized to the catalog, see `mtrec.ranking.block_size`).
         users: evaluate only these users' targets (a benchmark's seeded subset); None = every user.
+        like_rows: (users, items, labels) preference rows (implicit data: observed and sampled items).
 
     Returns:
-        Metric name -> value, plus ``n`` (interactions evaluated).
+        Metric name -> value, plus ``n`` (interactions evaluated) and ``users_sha256``.
     """
-    value = ranking_role(role)
-    users_, items, ratings = _role_arrays(split, value)
+    return records_summary(baseline_records(model, split, role, batch_size, users, like_rows), split, role, users, k)
+
+
+def records_summary(rec: dict[str, np.ndarray], split: Split, role: int | str, users: np.ndarray | None = None,
+                    k: int = 10) -> dict[str, float]:
+    """`evaluate_baseline`'s dict from a row's records: ``n``, ``users_sha256`` and the metrics."""
+    from mtrec.bench.intervals import summarise
+
+    users_, _, _ = _role_arrays(split, ranking_role(role))
     if users is not None:
-        keep = np.isin(users_, np.asarray(users, np.int64))
-        users_, items, ratings = users_[keep], items[keep], ratings[keep]
-    out: dict[str, float] = {"n": len(users_), "users_sha256": user_set_sha256(users_)}
-    if model.rates and split.dataset.explicit:
-        pred = model.predict_ratings(users_, items)
-        out.update(rmse=metrics.rmse(pred, ratings), mae=metrics.mae(pred, ratings))
-        like = ratings >= model.like_threshold
-        proba = model.like_proba(users_, items)
-        out.update(
-            auc=metrics.auc(pred, like),
-            log_loss=metrics.log_loss(proba, like),
-            accuracy=metrics.accuracy(proba, like),
-        )
-    ranks = full_catalog_ranks(model, split, users_, items, value, batch_size)
-    out[f"hr@{k}"] = metrics.hit_rate(ranks, k)
-    out[f"ndcg@{k}"] = metrics.ndcg(ranks, k)
-    out[f"mrr@{k}"] = metrics.mrr(ranks, k)
-    return out
+        users_ = users_[np.isin(users_, np.asarray(users, np.int64))]
+    return {"n": len(users_), "users_sha256": user_set_sha256(users_), **summarise(rec, k=k)}

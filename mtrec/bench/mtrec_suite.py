@@ -26,10 +26,11 @@ import numpy as np
 import torch
 from accelerate.utils import set_seed
 
+from mtrec.bench import intervals
 from mtrec.bench.baselines import user_set_sha256
 from mtrec.config import Config, apply_overrides, from_dict
 from mtrec.data.splits import TEST, Split
-from mtrec.pipeline import eval_specs, evaluate, kinds_for
+from mtrec.pipeline import eval_specs, evaluate_rows, kinds_for, summarise
 from mtrec.training import Setup, build_setup, train
 
 ALL_TASKS = ("rating", "preference", "recommendation")
@@ -115,17 +116,10 @@ def test_metrics(setup: Setup, cfg: Config, test_users: int, heldout: bool = Fal
     """`pipeline.evaluate` on the TEST role for a seeded subset of `test_users` users (0 = all)."""
     specs = eval_specs(setup.split, setup.kinds, setup.example_options, TEST, test_users, cfg.run.seed)
     started = time.perf_counter()
-    out = evaluate(
-        setup.model,
-        setup.batcher,
-        specs,
-        setup.split,
-        TEST,
-        setup.weights,
-        cfg.train.eval_batch_size,
-        _OneDevice(setup.model),
-        heldout=heldout,
-    )
+    rows = evaluate_rows(setup.model, setup.batcher, specs, setup.split, TEST, cfg.train.eval_batch_size,
+                         _OneDevice(setup.model), heldout=heldout)
+    out = summarise(rows, setup.weights, 10)
+    out["records"] = intervals.to_json(intervals.from_eval_rows(rows, setup.split))
     out["rows"] = len(specs)
     out["users"] = len(np.unique(setup.split.dataset.user_idx[specs.interaction]))
     out["users_sha256"] = user_set_sha256(setup.split.dataset.user_idx[specs.interaction])
@@ -198,14 +192,22 @@ def variants_for(split: Split) -> list[Variant]:
     return out
 
 
-def run_all(base: Config, split: Split, out_dir: Path, test_users: int, log=print) -> dict:
-    """Multi-task, single-task (same examples per task), then the ablations. Returns label -> report."""
+def run_all(base: Config, split: Split, out_dir: Path, test_users: int, log=print, store=None) -> dict:
+    """Multi-task, single-task (same examples per task), then the ablations. Returns label -> report.
+    With `store` (`mtrec.bench.resume.RowStore`), a variant finished by an earlier run is loaded."""
     reports = {}
+
+    def run(variant: Variant, run_dir: Path, count_draws: bool = False) -> dict:
+        def compute() -> dict:
+            log(f"[mtrec] {variant.label}")
+            return run_variant(base, variant, run_dir, test_users, count_draws=count_draws)
+
+        return compute() if store is None else store.row(variant.label, compute)
+
     multi = Variant(
         "mtrec multi-task", (tasks_override(ALL_TASKS),), "rating + preference + recommendation", heldout=True
     )
-    log(f"[mtrec] {multi.label}")
-    reports[multi.label] = run_variant(base, multi, out_dir / "multi-task", test_users, count_draws=True)
+    reports[multi.label] = run(multi, out_dir / "multi-task", count_draws=True)
     drawn = reports[multi.label]["drawn_examples"]
     for task in ALL_TASKS:
         if not kinds_for([task], split):
@@ -218,12 +220,8 @@ def run_all(base: Config, split: Split, out_dir: Path, test_users: int, log=prin
             tasks=(task,),
             extra={"examples_budget": budget},
         )
-        log(f"[mtrec] {variant.label} ({budget} examples)")
-        reports[variant.label] = run_variant(
-            base, variant, out_dir / f"single-{task}", test_users, count_draws=True
-        )
+        reports[variant.label] = run(variant, out_dir / f"single-{task}", count_draws=True)
     for variant in variants_for(split):
-        log(f"[mtrec] {variant.label}")
         slug = variant.label.split(", ")[-1].replace(" ", "-")
-        reports[variant.label] = run_variant(base, variant, out_dir / slug, test_users)
+        reports[variant.label] = run(variant, out_dir / slug)
     return reports

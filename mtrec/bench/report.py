@@ -111,17 +111,40 @@ def mtrec_row(label: str, report: dict, heldout: bool = False) -> dict:
         "kind": "mtrec",
     }
     for name, key in MTREC_KEYS.items():
-        row[key] = _number(test.get(name))
+        # cold-items protocol: the ranking columns are the ranks among the held-out items
+        held = name.replace("recommendation/", "recommendation/heldout/")
+        row[key] = _number(test.get(held if held in test else name))
     return row
 
 
-def table_rows(baselines: dict, mtrec: dict) -> list[dict]:
+def table_rows(baselines: dict, mtrec: dict, comparisons: list[dict] = ()) -> list[dict]:
+    """The table's rows; with `comparisons` (`mtrec.bench.accuracy.comparisons`) each row names its
+    reference row and its NDCG@10 (else AUC, else RMSE) difference against it, with the interval."""
     rows = [baseline_row(label, entry) for label, entry in baselines.items()]
     for label, report in mtrec.items():
         rows.append(mtrec_row(label, report))
         if "test_heldout" in report:
             rows.append(mtrec_row(label, report, heldout=True))
+    users = {label: e["test"].get("n") for label, e in baselines.items() if "test" in e}
+    users |= {label: r["test"].get("users") for label, r in mtrec.items()}
+    for row in rows:
+        row["users"] = users.get(row["model"])
+        mine = [c for c in comparisons if c["row"] == row["model"] and c["reference"] == _reference(row, comparisons)
+                and c.get("group") is None]
+        first = next((c for m in ("ndcg@10", "auc", "rmse") for c in mine if c["metric"] == m), None)
+        row["reference"] = first and first["reference"]
+        row["vs_reference"] = first and _interval_text(first)
     return rows
+
+
+def _reference(row: dict, comparisons: list[dict]) -> str | None:
+    """The row's own reference: the first pair listed for it (the extra pairs come after)."""
+    return next((c["reference"] for c in comparisons if c["row"] == row["model"]), None)
+
+
+def _interval_text(c: dict) -> str:
+    verdict = "no measurable difference" if c["better"] is None else ("better" if c["better"] == "a" else "worse")
+    return f"{c['metric']} {c['diff']:+.4f} [{c['low']:+.4f}, {c['high']:+.4f}], {verdict}"
 
 
 def _cell(x, digits: int = 4) -> str:
@@ -136,7 +159,13 @@ def _header(result: dict) -> list[str]:
     """What was compared and how: split, test users, profile, budgets, command-line overrides."""
     s, split = result["settings"], result["split"]
     title = "QUICK (CPU-sized, not headline numbers)" if s["quick"] else "full"
-    who = "all" if not s["test_users"] else f"seeded subset of {s['test_users']}"
+    if s.get("test_users") is not None:  # a smoke run: every row on one subset
+        who = "SMOKE RUN: every row on " + ("all of them" if not s["test_users"] else
+                                             f"a seeded subset of {s['test_users']}")
+    else:
+        lm = split.get("lm_users_evaluated", split["test_users_evaluated"])
+        who = ("every row without a backbone on all of them; the language-model rows on "
+               + ("all of them too" if not s.get("lm_users") else f"a seeded sample of {lm}"))
     cli = " ".join(s["cli_overrides"])
     return [
         f"# Accuracy on {result['dataset']}: {title}",
@@ -147,7 +176,8 @@ def _header(result: dict) -> list[str]:
             "early-stopped on VALID."
         ),
         (
-            f"Test: {split['test_users_evaluated']} users ({who}), full-catalog ranking, the user's earlier "
+            f"Protocol: {result.get('protocol_note', 'warm: leave-one-out, full-catalog ranking')}. "
+            f"Test: {split['test_users_evaluated']} users ({who}), the user's earlier "
             f"items excluded, ties counted against the target. Seed {result['seed']}."
         ),
         (
@@ -163,19 +193,43 @@ def _header(result: dict) -> list[str]:
 def markdown(result: dict) -> str:
     """The markdown report: a header with the settings that matter, the table, footnotes."""
     lines = _header(result) + [
-        "| model | " + " | ".join(h for _, h in COLUMNS) + " | train time (s) | epochs / steps | notes |",
-        "|---" * (len(COLUMNS) + 4) + "|",
+        "| model | " + " | ".join(h for _, h in COLUMNS)
+        + " | users | vs (paired 95% interval) | train time (s) | epochs / steps | notes |",
+        "|---" * (len(COLUMNS) + 6) + "|",
     ]
     for row in result["rows"]:
+        vs = f"{row['reference']}: {row['vs_reference']}" if row.get("reference") else "—"
         cells = [
             row["model"],
             *(_cell(row[k]) for k, _ in COLUMNS),
+            _cell(row.get("users")),
+            vs,
             _cell(row["train_seconds"], 1),
             _cell(row["epochs_or_steps"]),
             row["notes"],
         ]
         lines.append("| " + " | ".join(c.replace("|", "/") for c in cells) + " |")
     lines += ["", *result["summary"]]
+    if result.get("comparisons"):
+        c0 = result["comparisons"][0]
+        for group, table in (result.get("groups") or {}).items():
+            lines += ["", f"Users: {group}.", "", "| model | users | RMSE | AUC | HR@10 | NDCG@10 |", "|---|---|---|---|---|---|"]
+            for label, m in table.items():
+                lines.append(f"| {label} | {m['users']} | " + " | ".join(_cell(m.get(k)) for k in ("rmse", "auc", "hr@10", "ndcg@10")) + " |")
+        lines += ["", f"Paired differences, row - reference, on the targets both were scored on ({c0['level']:.0%} "
+                  f"percentile bootstrap over users, {c0['resamples']} resamples, seed {result['seed']}; an "
+                  "interval holding 0 is no measurable difference):", "",
+                  "| users | row | reference | metric | difference [interval] | users compared | reading |",
+                  "|---|---|---|---|---|---|---|"]
+        for c in result["comparisons"]:
+            verdict = "no measurable difference" if c["better"] is None else (
+                "row better" if c["better"] == "a" else "reference better")
+            lines.append(f"| {c.get('group') or 'all'} | {c['row']} | {c['reference']} | {c['metric']} | {c['diff']:+.4f} "
+                         f"[{c['low']:+.4f}, {c['high']:+.4f}] | {c['n']} | {verdict} |")
+    commits = sorted({str(c) for c in result.get("row_commits", {}).values()})
+    if commits:
+        lines += ["", f"Rows computed at commit{'s' * (len(commits) > 1)} {', '.join(commits)} "
+                      "(a rerun loads finished rows from the run's `rows/` folder)."]
     if result.get("repeat_check"):
         rc = result["repeat_check"]
         lines.append(

@@ -205,7 +205,17 @@ def build_heads(ds: RecDataset, item_table: torch.Tensor, train_idx: np.ndarray,
     with torch.no_grad():
         for name, value in head_bias.items():
             getattr(heads, name).bias.fill_(value)
+        if split is not None and split.heldout_items is not None:
+            # the cold-items protocol: a held-out item has no prior at all (the fits never saw it; a
+            # factor left at its random start would rank it by noise, a bias at log(0 + 1) by absence)
+            cold = torch.as_tensor(np.flatnonzero(split.heldout_items), dtype=torch.long)
+            for name in COLD_ZEROED:
+                getattr(heads, name)[cold] = 0.0
     return heads
+
+
+# per-item rows of the heads' priors, zeroed for a cold-items split's held-out items
+COLD_ZEROED = ("item_bias", "rec_item_factors", "item_factors", "item_rating_offset", "item_like_offset")
 
 
 def friend_head_start(ds: RecDataset, item_table: torch.Tensor, train_idx: np.ndarray, dim: int,

@@ -195,9 +195,11 @@ def pair_keys(users: np.ndarray, items: np.ndarray, num_items: int) -> np.ndarra
 
 
 def sample_unobserved(users: np.ndarray, seen: np.ndarray, num_items: int, rng: np.random.Generator,
-                      fallback_after: int = 20) -> np.ndarray:
+                      fallback_after: int = 20, pool: np.ndarray | None = None) -> np.ndarray:
     """One uniform item per entry of `users` that is not among that user's `seen` pairs
-    (`pair_keys`), or -1 for a user who has seen every item (nothing left to draw).
+    (`pair_keys`), or -1 for a user who has seen every item (nothing left to draw). With `pool`
+    (sorted item indices), the items are drawn from it alone (the cold-items protocol: warm items
+    for training rows, held-out ones for evaluation); without it the draws are as they always were.
 
     The caller says what counts as seen: the baselines and the priors pass the training pairs (a
     model may not know later interactions); the preference examples pass every split's pairs, so
@@ -206,11 +208,17 @@ def sample_unobserved(users: np.ndarray, seen: np.ndarray, num_items: int, rng: 
     uniformly from their user's unseen items directly.
     """
     users = np.asarray(users, np.int64)
-    neg = rng.integers(0, num_items, len(users))
+    if pool is None:
+        draw, size, counted = (lambda n: rng.integers(0, num_items, n)), num_items, seen
+    else:
+        pool = np.asarray(pool, np.int64)
+        draw, size = (lambda n: pool[rng.integers(0, len(pool), n)]), len(pool)
+        counted = seen[np.isin(seen % num_items, pool)]
+    neg = draw(len(users))
     if len(users) == 0 or len(seen) == 0:
         return neg.astype(np.int64)
-    counts = np.bincount(seen // num_items, minlength=int(users.max()) + 1)
-    full = counts[users] >= num_items
+    counts = np.bincount(counted // num_items, minlength=int(users.max()) + 1)
+    full = counts[users] >= size
     neg[full] = -1
     for _ in range(fallback_after):
         keys = users * num_items + neg
@@ -218,13 +226,13 @@ def sample_unobserved(users: np.ndarray, seen: np.ndarray, num_items: int, rng: 
         clash = np.flatnonzero((seen[pos] == keys) & ~full)
         if len(clash) == 0:
             return neg.astype(np.int64)
-        neg[clash] = rng.integers(0, num_items, len(clash))
+        neg[clash] = draw(len(clash))
     keys = users * num_items + neg
     pos = np.searchsorted(seen, keys).clip(max=len(seen) - 1)
     for j in np.flatnonzero((seen[pos] == keys) & ~full):
         u = users[j]
         mine = seen[np.searchsorted(seen, u * num_items) : np.searchsorted(seen, (u + 1) * num_items)] % num_items
-        neg[j] = rng.choice(np.setdiff1d(np.arange(num_items), mine))
+        neg[j] = rng.choice(np.setdiff1d(np.arange(num_items) if pool is None else pool, mine))
     return neg.astype(np.int64)
 
 

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from mtrec.data.splits import TRAIN, Split, ranking_role
+from mtrec.data.splits import TRAIN, Split
 from mtrec.model.collaborative import batches
 
 
@@ -118,13 +118,13 @@ def training_windows(split: Split, max_len: int) -> torch.Tensor:
 
 
 def history_inputs(split: Split, users: np.ndarray, role: int | str, max_len: int) -> torch.Tensor:
-    """[B, max_len] the newest `max_len` item ids + 1 each user had before the `role` targets, left-padded."""
-    value = ranking_role(role)
-    items, roles = split.dataset.item_idx[split.seq].astype(np.int64) + 1, split.role[split.seq]
+    """[B, max_len] the newest `max_len` item ids + 1 each user had before the `role` targets
+    (`Split.history_mask`), left-padded."""
+    items, allowed = split.dataset.item_idx[split.seq].astype(np.int64) + 1, split.history_mask(role)[split.seq]
     out = np.zeros((len(users), max_len), np.int64)
     for row, u in enumerate(np.asarray(users, np.int64)):
         a, b = split.offsets[u], split.offsets[u + 1]
-        seen = items[a:b][roles[a:b] < value][-max_len:]
+        seen = items[a:b][allowed[a:b]][-max_len:]
         out[row, max_len - len(seen) :] = seen
     return torch.as_tensor(out)
 

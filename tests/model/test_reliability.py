@@ -81,8 +81,8 @@ def test_nan_loss_stops_with_step_and_task_and_keeps_last_checkpoint(tmp_path, t
     real = training._step_loss
     calls = {"n": 0}
 
-    def poisoned(model, batch, weights, cfg):
-        loss, per_kind, counts = real(model, batch, weights, cfg)
+    def poisoned(model, batch, weights, cfg, pool=None):
+        loss, per_kind, counts = real(model, batch, weights, cfg, pool)
         calls["n"] += 1
         if calls["n"] >= 5:  # step 5 of a 1-micro-step loop: after the step-4 checkpoint
             loss = loss * float("nan")
