@@ -363,7 +363,7 @@ def comparisons(result: dict, resamples: int, seed: int, groups: dict | None = N
     records = row_records(result)
     kinds = {label: "baseline" for label in result["baselines"]} | {label: "mtrec" for label in result["mtrec"]}
     pairs = [(label, reference_of(label, kinds[label])) for label in records]
-    pairs += [p for p in EXTRA_PAIRS if p not in pairs]
+    pairs += [p for p in EXTRA_PAIRS if p not in pairs and p[::-1] not in pairs]  # each pair once
     out = []
     for group, users in ({None: None} | (groups or {})).items():  # all users, then each group
         mine = records if users is None else {k: intervals.restrict(v, users) for k, v in records.items()}
