@@ -166,6 +166,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--protocol", choices=sorted(PROTOCOLS), default="warm",
                    help="warm: leave-one-out; cold-items: a seeded 20%% of the items held out, each user's "
                         "newest held-out interaction the test target, ranked among the held-out items")
+    p.add_argument("--lm-rows", choices=mtrec_suite.ROW_SETS,
+                   help="language-model rows to train: all (single-task models and ablations too) or controls "
+                        "(multi-task, random-init backbone, MiniLM backbone); default: all on warm, controls "
+                        "on the other protocols. Rows finished by either set are reused by the other")
+    p.add_argument("--text-control", default=mtrec_suite.TEXT_CONTROL, metavar="SPEC",
+                   help="backbone of the item-text control row (default: the bundled all-MiniLM-L6-v2; "
+                        "none: no such row)")
     p.add_argument(
         "--set",
         dest="overrides",
@@ -259,6 +266,7 @@ def run(args: argparse.Namespace) -> dict:
     lm_users = args.test_users if smoke else profile.lm_users
     users = test_user_set(split, base, args.test_users if smoke else 0)  # rows without a backbone
     lm_set = test_user_set(split, base, lm_users)
+    lm_rows = args.lm_rows or ("all" if args.protocol == "warm" else "controls")
     out_dir = Path(args.out)
     stem = f"accuracy_{args.dataset}" + ("_quick" if args.quick else "")
     stem += "" if args.protocol == "warm" else f"_{args.protocol}"
@@ -278,6 +286,7 @@ def run(args: argparse.Namespace) -> dict:
             "test_users": args.test_users,  # smoke runs only; None: the protocol below
             "lm_users": lm_users,
             "cli_overrides": list(args.overrides),
+            "lm_rows": lm_rows,
             "base_config": base.to_dict(),
         },
         "split": {
@@ -293,7 +302,7 @@ def run(args: argparse.Namespace) -> dict:
     }
     # one file per finished row: a rerun of the same command skips what an earlier run finished
     store = RowStore(out_dir / "rows" / stem, {
-        "settings": {k: v for k, v in result["settings"].items() if k != "cli_overrides"},
+        "settings": {k: v for k, v in result["settings"].items() if k not in ("cli_overrides", "lm_rows")},
         "split": result["split"], "seed": args.seed, "dataset": args.dataset})
     started = time.perf_counter()
     print(f"[baselines] {args.dataset}: {len(users)} test users (rows stored in {store.folder})")
@@ -315,7 +324,10 @@ def run(args: argparse.Namespace) -> dict:
             result["baselines"], split, users, seed=args.seed, patience=profile.baseline_patience
         )
     run_root = out_dir / "runs" / (stem.removeprefix("accuracy_").replace("_", "-"))
-    result["mtrec"] = mtrec_suite.run_all(base, split, run_root, lm_users, store=store)
+    control = mtrec_suite.text_control(args.text_control)
+    result["text_control_row"] = control.label if control else None
+    result["mtrec"] = mtrec_suite.run_all(base, split, run_root, lm_users, store=store, rows=lm_rows,
+                                        control=args.text_control)
     result["row_commits"] = dict(store.commits)
     _check_same_split(result, lm_set)
     groups = user_groups(split)
@@ -363,7 +375,9 @@ def comparisons(result: dict, resamples: int, seed: int, groups: dict | None = N
     records = row_records(result)
     kinds = {label: "baseline" for label in result["baselines"]} | {label: "mtrec" for label in result["mtrec"]}
     pairs = [(label, reference_of(label, kinds[label])) for label in records]
-    pairs += [p for p in EXTRA_PAIRS if p not in pairs and p[::-1] not in pairs]  # each pair once
+    control = result.get("text_control_row")  # compared with content kNN and the priors too
+    extra = EXTRA_PAIRS + tuple((control, ref) for ref in ("content kNN (TF-IDF)", "prior alone") if control)
+    pairs += [p for p in extra if p not in pairs and p[::-1] not in pairs]  # each pair once
     out = []
     for group, users in ({None: None} | (groups or {})).items():  # all users, then each group
         mine = records if users is None else {k: intervals.restrict(v, users) for k, v in records.items()}

@@ -182,19 +182,46 @@ def variants_for(split: Split) -> list[Variant]:
             "heads start from per-user/per-item means and popularity only: what the prompt alone adds",
         )
     )
-    out.append(
-        Variant(
-            "mtrec multi-task, random-init backbone",
-            ("model.random_init=true",),
-            "same architecture, random weights (no pretraining)",
-        )
-    )
+    out.append(RANDOM_INIT)
     return out
 
 
-def run_all(base: Config, split: Split, out_dir: Path, test_users: int, log=print, store=None) -> dict:
-    """Multi-task, single-task (same examples per task), then the ablations. Returns label -> report.
-    With `store` (`mtrec.bench.resume.RowStore`), a variant finished by an earlier run is loaded."""
+RANDOM_INIT = Variant(
+    "mtrec multi-task, random-init backbone",
+    ("model.random_init=true",),
+    "same architecture, random weights (no pretraining)",
+)
+
+
+TEXT_CONTROL = "bundled:minilm-l6"
+
+
+def text_control(spec: str | None = TEXT_CONTROL) -> Variant | None:
+    """The item-text control row: the multi-task model on another backbone (all-MiniLM-L6-v2 by
+    default), which tells "text does not help here" apart from "this backbone encodes text weakly".
+    None: no such row."""
+    if not spec or spec == "none":
+        return None
+    name = "MiniLM" if spec == TEXT_CONTROL else Path(spec.removeprefix("bundled:")).name
+    return Variant(f"mtrec multi-task, {name} backbone", (f"model.backbone={spec}",),
+                   f"{spec} in place of the compared backbone, everything else the same: the item-text control")
+
+
+# Which language-model rows a run trains. "controls" are the rows every protocol's reading needs
+# (the pretrained multi-task model, its random-init twin, the MiniLM text control); "all" adds the
+# single-task models and the ablations.
+ROW_SETS = ("all", "controls")
+
+
+def run_all(base: Config, split: Split, out_dir: Path, test_users: int, log=print, store=None,
+            rows: str = "all", control: str | None = TEXT_CONTROL) -> dict:
+    """Multi-task, single-task (same examples per task), then the ablations (`rows="all"`), or the
+    multi-task model, its random-init twin and the text control (`rows="controls"`; `control`: its
+    backbone, see `text_control`). Returns label
+    -> report. With `store` (`mtrec.bench.resume.RowStore`), a variant finished by an earlier run is
+    loaded, whichever set asked for it."""
+    if rows not in ROW_SETS:
+        raise ValueError(f"rows: {rows!r}; expected one of {ROW_SETS}")
     reports = {}
 
     def run(variant: Variant, run_dir: Path, count_draws: bool = False) -> dict:
@@ -208,6 +235,10 @@ def run_all(base: Config, split: Split, out_dir: Path, test_users: int, log=prin
         "mtrec multi-task", (tasks_override(ALL_TASKS),), "rating + preference + recommendation", heldout=True
     )
     reports[multi.label] = run(multi, out_dir / "multi-task", count_draws=True)
+    if rows == "controls":
+        for variant in filter(None, (RANDOM_INIT, text_control(control))):
+            reports[variant.label] = run(variant, out_dir / slug_of(variant))
+        return reports
     drawn = reports[multi.label]["drawn_examples"]
     for task in ALL_TASKS:
         if not kinds_for([task], split):
@@ -221,7 +252,10 @@ def run_all(base: Config, split: Split, out_dir: Path, test_users: int, log=prin
             extra={"examples_budget": budget},
         )
         reports[variant.label] = run(variant, out_dir / f"single-{task}", count_draws=True)
-    for variant in variants_for(split):
-        slug = variant.label.split(", ")[-1].replace(" ", "-")
-        reports[variant.label] = run(variant, out_dir / slug)
+    for variant in [*variants_for(split), *filter(None, [text_control(control)])]:
+        reports[variant.label] = run(variant, out_dir / slug_of(variant))
     return reports
+
+
+def slug_of(variant: Variant) -> str:
+    return variant.label.split(", ")[-1].replace(" ", "-")
