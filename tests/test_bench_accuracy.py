@@ -21,6 +21,7 @@ VARIANTS = [
     "mtrec multi-task, no social context",
     "mtrec multi-task, no collaborative factors",
     "mtrec multi-task, random-init backbone",
+    "mtrec multi-task, {control} backbone",  # the text control, here on the tiny backbone again
 ]
 # Which table columns each row must fill (synthetic data: explicit ratings, categories, friends).
 RANKING = ["hr@10", "ndcg@10", "mrr@10"]
@@ -56,6 +57,8 @@ def _tiny_args(backbone, out):
         str(backbone),
         "--test-users",
         "0",
+        "--text-control",
+        str(backbone),
         "--set",
         "data.options={num_users: 30, num_items: 40}",
         "--set",
@@ -85,13 +88,14 @@ def two_runs(tmp_path_factory, tiny_backbone_dir):
     return [json.loads((o / "accuracy_synthetic_quick.json").read_text()) for o in outs], outs
 
 
-def test_files_and_every_row(two_runs):
+def test_files_and_every_row(two_runs, tiny_backbone_dir):
     (first, _), (out, _) = two_runs
     md = (out / "accuracy_synthetic_quick.md").read_text()
     assert "QUICK" in md and "train.max_steps=6" in md  # labelled quick, with the settings used
     rows = {r["model"]: r for r in first["rows"]}
-    assert list(rows) == BASELINES + VARIANTS
-    for name in BASELINES + VARIANTS:
+    variants = [v.format(control=tiny_backbone_dir.name) for v in VARIANTS]
+    assert list(rows) == BASELINES + variants
+    for name in BASELINES + variants:
         assert f"| {name} |" in md
     assert set(first["baselines"]) == set(BASELINES) and first["repeat_check"]["equal"]
     assert first["files"]["plot"] is None or (out / "accuracy_synthetic_quick.png").stat().st_size > 0
@@ -110,7 +114,7 @@ def test_numbers_are_finite_where_defined(two_runs):
     assert {r["split_fingerprint"] for r in first["mtrec"].values()} == {first["split"]["fingerprint"]}
 
 
-def test_every_row_names_its_reference_with_a_paired_interval(two_runs):
+def test_every_row_names_its_reference_with_a_paired_interval(two_runs, tiny_backbone_dir):
     (first, _), (out, _) = two_runs
     rows = {r["model"]: r for r in first["rows"]}
     assert rows["prior alone"]["reference"] is None
@@ -122,6 +126,11 @@ def test_every_row_names_its_reference_with_a_paired_interval(two_runs):
         assert c["low"] <= c["diff"] <= c["high"] and c["n"] == 30 and c["resamples"] == 1000
     assert ("mtrec multi-task", "user like-ratio", "auc") in pairs and ("mtrec multi-task", "SASRec", "ndcg@10") in pairs
     assert ("mtrec multi-task", "mtrec multi-task, random-init backbone", "ndcg@10") not in pairs
+    control = first["text_control_row"]  # here the tiny backbone again: trained afresh, same seed, same numbers
+    assert control == f"mtrec multi-task, {tiny_backbone_dir.name} backbone"
+    assert {(control, ref, "ndcg@10") for ref in ("mtrec multi-task", "content kNN (TF-IDF)", "prior alone")} <= set(pairs)
+    assert pairs[(control, "mtrec multi-task", "ndcg@10")]["diff"] == 0.0
+    assert {k: rows[control][k] for k in MTREC_ALL} == {k: rows["mtrec multi-task"][k] for k in MTREC_ALL}
     # a row against itself is 0; the interval of a recomputed difference matches the table's numbers
     c = pairs[("SASRec", "prior alone", "ndcg@10")]
     assert c["diff"] == pytest.approx(rows["SASRec"]["ndcg@10"] - rows["prior alone"]["ndcg@10"], abs=1e-9)

@@ -201,6 +201,11 @@ PROTOCOLS = {
 }
 
 
+def lm_rows_of(args: argparse.Namespace) -> str:
+    """`--lm-rows`, or its default: every row on the warm protocol, the controls on the others."""
+    return args.lm_rows or ("all" if args.protocol == "warm" else "controls")
+
+
 def base_overrides(args: argparse.Namespace, profile: Profile) -> list[str]:
     """Profile, then data set, then protocol, then command line: later overrides win."""
     out = [f"data.dataset={args.dataset}", f"run.seed={args.seed}", f"run.name=bench-{args.dataset}"]
@@ -266,7 +271,7 @@ def run(args: argparse.Namespace) -> dict:
     lm_users = args.test_users if smoke else profile.lm_users
     users = test_user_set(split, base, args.test_users if smoke else 0)  # rows without a backbone
     lm_set = test_user_set(split, base, lm_users)
-    lm_rows = args.lm_rows or ("all" if args.protocol == "warm" else "controls")
+    lm_rows = lm_rows_of(args)
     out_dir = Path(args.out)
     stem = f"accuracy_{args.dataset}" + ("_quick" if args.quick else "")
     stem += "" if args.protocol == "warm" else f"_{args.protocol}"
@@ -336,9 +341,19 @@ def run(args: argparse.Namespace) -> dict:
         result["groups"] = group_tables(result, groups)
     result["rows"] = report.table_rows(result["baselines"], result["mtrec"], result["comparisons"])
     result["summary"] = summary_lines(result["mtrec"])
-    result["total_seconds"] = time.perf_counter() - started
+    result["total_seconds"] = time.perf_counter() - started  # this invocation's; rows loaded from earlier runs not counted
+    result["peak_rss_kib"] = peak_rss_kib()
     _write(result, out_dir, stem)
     return result
+
+
+def peak_rss_kib() -> int | None:
+    """This process's peak resident memory in KiB (None where the platform does not say)."""
+    try:
+        import resource
+    except ImportError:  # Windows
+        return None
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
 def prior_settings(cfg) -> dict:

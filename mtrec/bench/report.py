@@ -297,6 +297,8 @@ VOLATILE_KEYS = {
     "summary",
     "tokens_per_second",
     "phases",  # seconds per training phase
+    "peak_rss_kib",
+    "row_commits",  # a row computed by another commit holds the same numbers
 }
 
 
