@@ -267,3 +267,20 @@ def test_prior_alone_is_the_heads_priors_without_the_query():
     assert not np.allclose(out["item_logits"].numpy(), out["item_prior"].numpy(), atol=1e-3)
     test = evaluate_baseline(prior, split, "test")
     assert {"rmse", "auc", "log_loss", "ndcg@10"} <= set(test) and test["rmse"] < 1.0
+
+
+def test_a_rating_baseline_on_implicit_data_scores_like_rows_without_a_rating_probability():
+    """Last.fm's bench crashed here: Popularity's Platt probability reads predicted ratings, which
+    implicit data has not; its like score (the item's popularity) is still there."""
+    from mtrec.bench.baselines import baseline_records
+    from mtrec.data.splits import TEST
+    from mtrec.data.synthetic import load_synthetic
+
+    split = leave_one_out(load_synthetic(num_users=30, num_items=40, explicit=False))
+    model = Popularity().fit(split)
+    u, i = split.dataset.user_idx[split.role == TEST], split.dataset.item_idx[split.role == TEST]
+    label = np.arange(len(u)) % 2 == 0
+    rec = baseline_records(model, split, TEST, like_rows=(u, i, label))
+    assert "like_proba" not in rec and "rating_pred" not in rec
+    counts = np.bincount(split.dataset.item_idx[split.role == TRAIN], minlength=split.dataset.num_items)
+    assert np.array_equal(np.argsort(rec["like_score"], kind="stable"), np.argsort(counts[i], kind="stable"))

@@ -757,7 +757,7 @@ def baseline_records(
         else:
             score = _scores_of(model, split, lu, li, value)
         out.update(like_user=lu, like_item=li, like_score=np.asarray(score, np.float64), like_label=label > 0.5)
-        if hasattr(model, "like_proba"):
+        if hasattr(model, "like_proba") and (explicit or not model.rates):  # a rating model's needs ratings
             out["like_proba"] = model.like_proba(lu, li)
     if model.ranks:
         out["rank_user"] = users_
