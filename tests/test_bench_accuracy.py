@@ -221,6 +221,21 @@ def test_compare_names_every_differing_cell_and_ignores_timings(tmp_path, capsys
     assert "bad.json: not a readable accuracy JSON" in capsys.readouterr().err
 
 
+def test_compare_names_a_different_cpu_kernel_level(tmp_path, capsys):
+    """Same seed on an AVX2 and an AVX512 machine: sums run in another order; compare says so."""
+    def result(capability):
+        return {"seed": 0, "environment": {"cpu_capability": capability, "threads": 2, "torch": "2.13.0"},
+                "rows": [{"model": "BPR-MF", "ndcg@10": 0.1}]}
+
+    paths = [tmp_path / f"{c}.json" for c in ("AVX2", "AVX512")]
+    for path in paths:
+        path.write_text(json.dumps(result(path.stem)))
+    assert bench_main(["compare", str(paths[0]), str(paths[0])]) == 0
+    assert "note:" not in capsys.readouterr().out
+    assert bench_main(["compare", *map(str, paths)]) == 0  # the environment is not a difference in itself
+    assert "note: the runs differ in cpu_capability ('AVX2' against 'AVX512')" in capsys.readouterr().out
+
+
 def test_a_reader_that_went_away_is_not_a_traceback():
     # `python -m mtrec.bench compare a b | head -1`: the pipe closes before the output is written
     import os

@@ -232,6 +232,9 @@ def environment() -> dict:
         "machine": platform.machine(),
         "processor": platform.processor(),
         "cpus": _cpus(),
+        # the vector kernels torch dispatched to (AVX2, AVX512, ...): they set the order of float sums,
+        # so same-seed runs agree bit for bit only on the same level (and thread count)
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
     }
 
 

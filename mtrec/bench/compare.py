@@ -64,6 +64,20 @@ def leaf_differences(a, b, tolerance: float = 0.0, path: str = "") -> list[str]:
     return [] if _same(a, b, tolerance) else [f"{path}: {_short(a)} against {_short(b)}"]
 
 
+# What must match for two same-seed CPU runs to agree bit for bit: torch's vector kernel level sets the
+# order of float sums in reductions and matrix products, and the thread count how work is split.
+BITWISE_KEYS = ("cpu_capability", "threads", "torch")
+
+
+def machine_notes(first: dict, second: dict) -> list[str]:
+    """One line per environment field that differs between the runs and changes float sums: there,
+    late digits (and with them an early-stopping epoch) may differ although both runs are correct."""
+    a, b = first.get("environment") or {}, second.get("environment") or {}
+    return [f"note: the runs differ in {key} ({a.get(key)!r} against {b.get(key)!r}): float sums run in another "
+            "order, so cells may differ without any fault; compare runs made on one kind of machine"
+            for key in BITWISE_KEYS if a.get(key) != b.get(key)]
+
+
 def _short(x) -> str:
     text = repr(x)
     return text if len(text) <= 80 else text[:77] + "..."
@@ -95,6 +109,8 @@ def main(argv: list[str] | None = None) -> int:
     second.pop("repeat_check", None)
     rest = [d for d in leaf_differences(strip_volatile(first), strip_volatile(second), args.tolerance)
             if not d.startswith("/rows")]
+    for line in machine_notes(first, second):
+        print(line)
     print(f"table: {cells - len(table)} of {cells} cells equal" + (f" (tolerance {args.tolerance})" if args.tolerance else ""))
     for line in table:
         print(f"  {line}")
