@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from mtrec import metrics, ranking
 from mtrec.batching import length_bucketed_batches, pad_right
@@ -213,7 +214,10 @@ def evaluate_rows(model, batcher: Batcher, specs: Specs, split: Split, role: int
     cold = None if split.heldout_items is None else torch.as_tensor(np.flatnonzero(split.heldout_items), device=device)
     friend_seen = friend_seen_for(split, role) if Kind.FRIENDS in specs.kind else None
     acc: dict[str, list[torch.Tensor]] = {}
-    for start in range(0, len(rows), batch_size):
+    # a bar for the long ones (500 test users are ~1,750 prompts: minutes on a CPU), on one process
+    main = accelerator is None or accelerator.process_index == 0
+    for start in tqdm(range(0, len(rows), batch_size), desc="evaluating", unit="batch", leave=False,
+                      disable=not main or len(rows) <= 4 * batch_size):
         chunk = rows[start : start + batch_size]
         batch = batcher.collate(specs, chunk, [fixed[KIND_NAMES[int(specs.kind[r])]] for r in chunk])
         batch = {n: (v.to(device) if torch.is_tensor(v) else v) for n, v in batch.items()}
