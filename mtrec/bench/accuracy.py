@@ -1,7 +1,9 @@
 """Accuracy benchmark: classic baselines and mtrec variants trained and scored on one split.
 
     python -m mtrec.bench accuracy --dataset movielens-100k|lastfm-2k|ciao [--quick] [--seed 0]
-        [--out results/] [--backbone SPEC] [--repeat-check] [--test-users N] [--set section.key=value ...]
+        [--out results/] [--backbone SPEC] [--repeat-check] [--test-users N]
+        [--protocol warm|cold-items|short-history] [--lm-rows all|controls] [--text-control SPEC]
+        [--set section.key=value ...]
 
 Everything is built from one base config (the library defaults, the profile's overrides, then
 `--set`), so the baselines and every mtrec variant see the same split (checked by fingerprint).

@@ -5,7 +5,11 @@ the benchmark's base config plus overrides, then one evaluation on the TEST role
 - single-task: one model per task, each trained on as many examples of its task as the multi-task
   model drew (as counted by training, `examples_per_kind`);
 - no social context (`prompt.social=false`), where the data set has a social graph;
-- random-init backbone (`model.random_init=true`): same architecture, no pretraining.
+- random-init backbone (`model.random_init=true`): same architecture, no pretraining;
+- the text control (`text_control`): the multi-task model on all-MiniLM-L6-v2, a sentence encoder.
+
+`rows="controls"` trains only the multi-task model, the random-init one and the text control: the
+rows the cold-items and short-history readings need.
 
 Test evaluation uses `mtrec.pipeline.evaluate` on the Setup the model was trained in (the best
 weights are loaded back at the end of training): full-catalog ranking with the user's earlier items
@@ -215,10 +219,10 @@ ROW_SETS = ("all", "controls")
 
 def run_all(base: Config, split: Split, out_dir: Path, test_users: int, log=print, store=None,
             rows: str = "all", control: str | None = TEXT_CONTROL) -> dict:
-    """Multi-task, single-task (same examples per task), then the ablations (`rows="all"`), or the
-    multi-task model, its random-init twin and the text control (`rows="controls"`; `control`: its
-    backbone, see `text_control`). Returns label
-    -> report. With `store` (`mtrec.bench.resume.RowStore`), a variant finished by an earlier run is
+    """Multi-task, single-task (same examples per task), the ablations and the text control
+    (`rows="all"`), or the multi-task model, its random-init twin and the text control
+    (`rows="controls"`); `control` is the text control's backbone (`text_control`). Returns label ->
+    report. With `store` (`mtrec.bench.resume.RowStore`), a variant finished by an earlier run is
     loaded, whichever set asked for it."""
     if rows not in ROW_SETS:
         raise ValueError(f"rows: {rows!r}; expected one of {ROW_SETS}")
