@@ -218,12 +218,13 @@ ROW_SETS = ("all", "controls")
 
 
 def run_all(base: Config, split: Split, out_dir: Path, test_users: int, log=print, store=None,
-            rows: str = "all", control: str | None = TEXT_CONTROL) -> dict:
+            rows: str = "all", control: str | None = TEXT_CONTROL, unseen_prompts: bool = True) -> dict:
     """Multi-task, single-task (same examples per task), the ablations and the text control
     (`rows="all"`), or the multi-task model, its random-init twin and the text control
     (`rows="controls"`); `control` is the text control's backbone (`text_control`). Returns label ->
     report. With `store` (`mtrec.bench.resume.RowStore`), a variant finished by an earlier run is
-    loaded, whichever set asked for it."""
+    loaded, whichever set asked for it. `unseen_prompts`: also test the multi-task model with the
+    held-out paraphrases (a second pass over the test prompts)."""
     if rows not in ROW_SETS:
         raise ValueError(f"rows: {rows!r}; expected one of {ROW_SETS}")
     reports = {}
@@ -236,7 +237,8 @@ def run_all(base: Config, split: Split, out_dir: Path, test_users: int, log=prin
         return compute() if store is None else store.row(variant.label, compute)
 
     multi = Variant(
-        "mtrec multi-task", (tasks_override(ALL_TASKS),), "rating + preference + recommendation", heldout=True
+        "mtrec multi-task", (tasks_override(ALL_TASKS),), "rating + preference + recommendation",
+        heldout=unseen_prompts
     )
     reports[multi.label] = run(multi, out_dir / "multi-task", count_draws=True)
     if rows == "controls":

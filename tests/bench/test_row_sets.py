@@ -11,7 +11,7 @@ def trained(monkeypatch):
     seen = []
 
     def fake(base, variant, run_dir, test_users, count_draws=False):
-        seen.append((variant.label, variant.overrides))
+        seen.append((variant.label, variant.overrides, variant.heldout))
         return {"drawn_examples": {"rating": 8, "like": 8, "category": 8, "recommendation": 8}}
 
     monkeypatch.setattr(mtrec_suite, "run_variant", fake)
@@ -27,6 +27,12 @@ def test_controls_are_the_multi_task_model_its_random_init_twin_and_the_text_con
                          "mtrec multi-task, MiniLM backbone"]
     assert trained[1][1] == ("model.random_init=true",)
     assert trained[2][1] == ("model.backbone=bundled:minilm-l6",)
+    assert [t[2] for t in trained] == [True, False, False]  # the unseen-prompt pass: the multi-task model's
+
+
+def test_the_unseen_prompt_pass_can_be_left_out(trained, tmp_path):
+    mtrec_suite.run_all(None, None, tmp_path, 0, log=lambda _: None, rows="controls", unseen_prompts=False)
+    assert [t[2] for t in trained] == [False, False, False]
 
 
 def test_all_rows_add_the_single_task_models_and_the_control_comes_last(trained, tmp_path):
