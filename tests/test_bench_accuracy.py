@@ -234,6 +234,10 @@ def test_compare_names_a_different_cpu_kernel_level(tmp_path, capsys):
     assert "note:" not in capsys.readouterr().out
     assert bench_main(["compare", *map(str, paths)]) == 0  # the environment is not a difference in itself
     assert "note: the runs differ in cpu_capability ('AVX2' against 'AVX512')" in capsys.readouterr().out
+    older = tmp_path / "older.json"  # written before the field existed
+    older.write_text(json.dumps({**result("AVX2"), "environment": {"threads": 2, "torch": "2.13.0"}}))
+    assert bench_main(["compare", str(older), str(paths[1])]) == 0
+    assert "note:" not in capsys.readouterr().out
 
 
 def test_a_reader_that_went_away_is_not_a_traceback():

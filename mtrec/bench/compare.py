@@ -71,11 +71,12 @@ BITWISE_KEYS = ("cpu_capability", "threads", "torch")
 
 def machine_notes(first: dict, second: dict) -> list[str]:
     """One line per environment field that differs between the runs and changes float sums: there,
-    late digits (and with them an early-stopping epoch) may differ although both runs are correct."""
+    late digits (and with them an early-stopping epoch) may differ although both runs are correct. A
+    field one run did not record (older JSONs) is not noted."""
     a, b = first.get("environment") or {}, second.get("environment") or {}
     return [f"note: the runs differ in {key} ({a.get(key)!r} against {b.get(key)!r}): float sums run in another "
             "order, so cells may differ without any fault; compare runs made on one kind of machine"
-            for key in BITWISE_KEYS if a.get(key) != b.get(key)]
+            for key in BITWISE_KEYS if None not in (a.get(key), b.get(key)) and a.get(key) != b.get(key)]
 
 
 def _short(x) -> str:
