@@ -426,10 +426,16 @@ def user_groups(split) -> dict | None:
 def group_tables(result: dict, groups: dict) -> dict:
     """Per group, each row's metrics on that group's users (`intervals.summarise`)."""
     records = row_records(result)
-    return {group: {label: {"users": len(np.unique(intervals.restrict(rec, users).get("rank_user", []))),
+    return {group: {label: {"users": users_in(intervals.restrict(rec, users)),
                             **intervals.summarise(intervals.restrict(rec, users))}
                     for label, rec in records.items()}
             for group, users in groups.items()}
+
+
+def users_in(records: dict) -> int:
+    """Distinct users a row's records score, whichever targets it has (a like-only row has no ranks)."""
+    cols = [records[k] for k in ("rank_user", "like_user", "rating_user") if k in records]
+    return len(np.unique(np.concatenate(cols))) if cols else 0
 
 
 def _check_same_split(result: dict, lm_set: np.ndarray) -> None:

@@ -56,3 +56,11 @@ def test_no_text_control_and_an_unknown_row_set(trained, tmp_path):
 def test_the_default_row_set_follows_the_protocol(protocol, flag, want):
     argv = ["--dataset", "movielens-100k", "--protocol", protocol] + (["--lm-rows", flag] if flag else [])
     assert accuracy.lm_rows_of(accuracy.parse_args(argv)) == want
+
+
+def test_a_like_only_row_counts_its_users():
+    import numpy as np
+
+    assert accuracy.users_in({"like_user": np.array([3, 3, 5]), "like_score": np.zeros(3)}) == 2
+    assert accuracy.users_in({"rank_user": np.array([1]), "rating_user": np.array([2, 1])}) == 2
+    assert accuracy.users_in({}) == 0
