@@ -7,7 +7,7 @@ from mtrec.bench import accuracy, mtrec_suite
 
 @pytest.fixture
 def trained(monkeypatch):
-    """run_all with training stubbed out: records each variant's label and overrides."""
+    """run_all with training stubbed out: records each variant's label, overrides and unseen-prompt flag."""
     seen = []
 
     def fake(base, variant, run_dir, test_users, count_draws=False):
