@@ -121,8 +121,10 @@ def initial_item_table(ds: RecDataset, cfg: ModelConfig, backbone, tokenizer, pr
     def compute():
         return encode_texts(backbone, tokenizer, texts, pooling, cfg.encode_batch_size, bf16=bf16)
 
-    if backbone_hash and not cfg.random_init:
-        enc = cached("item-encodings", [backbone_hash, pooling, str(bf16), str(len(tokenizer)), *texts], compute)
+    if backbone_hash:
+        # a random-init backbone is a function of its config (in the hash), the seed and torch's generator
+        weights = [f"random-init:{seed}:{torch.__version__}"] if cfg.random_init else []
+        enc = cached("item-encodings", [backbone_hash, *weights, pooling, str(bf16), str(len(tokenizer)), *texts], compute)
     else:
         enc = compute()
     enc = (enc - enc.mean(-1, keepdim=True)) / enc.std(-1, keepdim=True).clamp(min=1e-6)  # as the heads' LayerNorm

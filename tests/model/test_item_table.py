@@ -86,3 +86,20 @@ def test_encodings_are_cached_by_content(built, tmp_path, monkeypatch):
                                                       *ds.items[3:]], [Interaction("u1", "1", weight=1.0)])
     initial_item_table(other, cfg.model, backbone, tokenizer, prompts, pooling, hidden, 0, backbone_hash="h")
     assert len(seen) == 4 + 4 and len(list((tmp_path / "item-encodings").glob("*.pt"))) == 2  # a changed text misses
+
+
+def test_random_init_encodings_are_cached_per_seed(built, tmp_path, monkeypatch):
+    """A random-init backbone's encodings are keyed by its seed too: the same seed reuses them, another
+    seed (other weights) and the pretrained weights miss."""
+    from dataclasses import replace
+
+    cfg, prompts, backbone, tokenizer, pooling, seen = built
+    monkeypatch.setenv("MTREC_CACHE_DIR", str(tmp_path))
+    ds, hidden = catalog(), backbone.config.hidden_size
+    rand = replace(cfg.model, random_init=True)
+    first = initial_item_table(ds, rand, backbone, tokenizer, prompts, pooling, hidden, 0, backbone_hash="h")
+    again = initial_item_table(ds, rand, backbone, tokenizer, prompts, pooling, hidden, 0, backbone_hash="h")
+    assert len(seen) == 4 and torch.equal(first, again)
+    initial_item_table(ds, rand, backbone, tokenizer, prompts, pooling, hidden, 1, backbone_hash="h")
+    initial_item_table(ds, cfg.model, backbone, tokenizer, prompts, pooling, hidden, 0, backbone_hash="h")
+    assert len(seen) == 12 and len(list((tmp_path / "item-encodings").glob("*.pt"))) == 3
