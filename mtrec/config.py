@@ -84,6 +84,10 @@ class ModelConfig:
                            "before fine-tuning (CoLLM/E4SRec-style ID knowledge); 0 = prompt only")
     friend_dim: int | None = knob(None, "width of the friend head's user factors (the user-embedding factor model "
                                   "fitted on the training graph); null = collab_dim")
+    train_top_layers: int | None = knob(None, "train only the top k backbone layers: LoRA there alone, the layers "
+                                        "below and the instruction-token rows frozen (backward stops at the cut; "
+                                        "with train.activation_cache their output is computed once per batch); "
+                                        "null = every layer")
 
 
 @dataclass
@@ -123,6 +127,12 @@ class TrainConfig:
     compile: bool = knob(False, "torch.compile (inductor) the model after accelerate prepares it; the first steps "
                          "compile (minutes on a CPU)")
     prefetch: bool = knob(True, "build the next batch in a background thread while the model steps")
+    fixed_batches: int = knob(0, "train over this many fixed, seeded batches, repeated each epoch in a new seeded "
+                              "order (what lets train.activation_cache pay); 0 = a fresh draw every step")
+    activation_cache: bool = knob(True, "with model.train_top_layers: keep the frozen layers' output per batch on disk "
+                                  "($MTREC_CACHE_DIR/activations, keyed by content, memory-mapped) and reuse it")
+    activation_cache_gb: float = knob(4.0, "size bound of the activation cache folder, GB (batches past it are "
+                                      "recomputed, not stored)")
 
 
 @dataclass
@@ -188,6 +198,12 @@ def check(cfg: Config) -> None:
         raise ConfigError(f"model.friend_dim: must be >= 0 or null (= model.collab_dim), got {cfg.model.friend_dim}")
     if cfg.model.collab_dim < 0:
         raise ConfigError(f"model.collab_dim: must be >= 0 (0 = no collaborative factors), got {cfg.model.collab_dim}")
+    if cfg.model.train_top_layers is not None and cfg.model.train_top_layers < 1:
+        raise ConfigError(f"model.train_top_layers: must be >= 1 or null (= every layer), got {cfg.model.train_top_layers}")
+    if t.fixed_batches < 0:
+        raise ConfigError(f"train.fixed_batches: must be >= 0 (0 = a fresh draw every step), got {t.fixed_batches}")
+    if t.activation_cache_gb < 0:
+        raise ConfigError(f"train.activation_cache_gb: must be >= 0, got {t.activation_cache_gb}")
     if not 0 <= cfg.prompt.social_share < 1:
         raise ConfigError(f"prompt.social_share: must be in [0, 1), got {cfg.prompt.social_share}")
 

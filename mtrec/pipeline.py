@@ -106,9 +106,11 @@ class TaskSampler:
     """
 
     def __init__(self, specs: dict[str, Specs], probs: dict[str, float], batcher: Batcher, batch_size: int, seed: int,
-                 buckets: int = 0):
+                 buckets: int = 0, fixed: int = 0):
         self.specs, self.batcher, self.batch_size, self.seed = specs, batcher, batch_size, seed
         self.buckets = buckets
+        self.fixed = fixed
+        self._kept: dict[tuple[int, int], dict] = {}  # fixed > 0: each fixed batch, built once
         self.kinds = sorted(probs)
         self.p = np.array([probs[k] for k in self.kinds])
         self.all = Specs.concat([specs[k] for k in self.kinds])
@@ -127,6 +129,20 @@ class TaskSampler:
         return np.array(rows), templates
 
     def batch(self, step: int, rank: int = 0) -> dict:
+        """The batch of draw `step` on process `rank`. With `fixed` > 0, draws cycle through the
+        batches of draws ``0 .. fixed - 1``, each epoch in a new seeded order; each is rendered once
+        and kept (identical tokens every epoch, so the activation cache can replay it)."""
+        if not self.fixed:
+            return self._batch(step, rank)
+        epoch, position = divmod(step, self.fixed)
+        draw = int(np.random.default_rng([self.seed, epoch, rank, self.fixed]).permutation(self.fixed)[position])
+        if (draw, rank) not in self._kept:
+            group = max(self.buckets, 1)  # a bucketed group is rendered at once: keep all its batches
+            for d in range(draw - draw % group, min(draw - draw % group + group, self.fixed)):
+                self._kept[d, rank] = self._batch(d, rank)
+        return self._kept[draw, rank]
+
+    def _batch(self, step: int, rank: int) -> dict:
         if self.buckets <= 1:
             rows, templates = self._draw(np.random.default_rng([self.seed, step, rank]), self.batch_size)
             return self.batcher.collate(self.all, rows, templates)

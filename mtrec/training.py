@@ -7,7 +7,7 @@ import json
 import math
 import os
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,6 +30,7 @@ from mtrec.model.build import (build_backbone, build_heads, build_optimizer, cou
                                lora_config, wants_friends, wrap_model)
 from mtrec.kinds import KIND_IDS, KIND_NAMES, KIND_TASK, NUM_KINDS
 from mtrec.model.collaborative import FULL_SOFTMAX_ITEMS
+from mtrec.model.layer_cut import ActivationCache, FrozenBottom
 from mtrec.model.multitask import multitask_loss
 from mtrec.pipeline import Batcher, Prefetcher, TaskSampler, evaluate, eval_specs, kinds_for, mixing_probs, train_specs
 from mtrec.prompts import PromptRenderer, load_prompts, prompt_tasks, render_options
@@ -52,6 +53,7 @@ class Setup:
     weights: torch.Tensor
     example_options: ExampleOptions
     phases: dict[str, float] = field(default_factory=dict)  # seconds per set-up phase (metrics.json)
+    bottom: FrozenBottom | None = None  # model.train_top_layers: the frozen part below the cut
 
 
 @contextmanager
@@ -105,11 +107,13 @@ def build_setup(cfg: Config, accelerator: Accelerator | None = None, split: Spli
                             friends=wants_friends(cfg, split.dataset), friend_dim=cfg.model.friend_dim)
     with timed(phases, "lora"):
         model = wrap_model(backbone, heads, pooling, lora_config(cfg.model, backbone, token_ids))
+        # model.train_top_layers: everything below the top layers frozen (token rows included), in eval mode
+        bottom = FrozenBottom(backbone, cfg.model.train_top_layers) if cfg.model.train_top_layers else None
     opts = example_options(cfg)
     renderer = PromptRenderer(tokenizer, {t: p.instruction_token for t, p in prompts.items()}, render_options(cfg))
     batcher = Batcher(ExampleFactory(split, opts), renderer, prompts, tokenizer.pad_token_id, len(split.dataset.categories))
     weights = torch.tensor([float(cfg.train.task_weights.get(k, 1.0)) for k in sorted(KIND_IDS, key=KIND_IDS.get)])
-    return Setup(cfg, split, kinds, batcher, model, tokenizer, token_ids, ref, weights, opts, phases)
+    return Setup(cfg, split, kinds, batcher, model, tokenizer, token_ids, ref, weights, opts, phases, bottom)
 
 
 def choose_mixed_precision(setting: str) -> str:
@@ -225,7 +229,7 @@ class _Loop:
             self.valid = eval_specs(s.split, s.kinds, s.example_options, VALID, t.eval_users, cfg.run.seed)
         self.sizes = {k: len(v) for k, v in specs.items()}
         self.sampler = TaskSampler(specs, mixing_probs(self.sizes, t.mixing, t.temperature), s.batcher, t.batch_size,
-                                   cfg.run.seed, t.length_buckets)
+                                   cfg.run.seed, t.length_buckets, t.fixed_batches)
         opt = make_optimizer(s.model, cfg)
         sched = get_cosine_schedule_with_warmup(opt, t.warmup_steps, t.max_steps)
         self.model, self.opt, self.sched = accelerator.prepare(s.model, opt, sched)
@@ -237,6 +241,10 @@ class _Loop:
         held = s.split.heldout_items  # cold-items protocol: the training softmax ranges over warm items only
         self.warm_items = None if held is None else torch.as_tensor(np.flatnonzero(~held), device=accelerator.device)
         self.log = _Log(accelerator, s)
+        self.cache = None
+        if s.bottom is not None and t.activation_cache and s.bottom.cut > 0:
+            self.cache = ActivationCache(s.bottom, f"{accelerator.mixed_precision}\0{accelerator.device.type}",
+                                         int(t.activation_cache_gb * 2**30))
         self.batches: Prefetcher | None = None  # set while training
         dev = accelerator.device
         self.running, self.running_n = torch.zeros(NUM_KINDS, device=dev), torch.zeros(NUM_KINDS, device=dev)
@@ -306,8 +314,9 @@ class _Loop:
         self.state["examples"] += len(batch["kind"])
         per_kind = np.bincount(batch["kind"].numpy(), minlength=NUM_KINDS)  # a CPU tensor here: no device sync
         self.state["examples_per_kind"] = [a + int(b) for a, b in zip(self.state["examples_per_kind"], per_kind)]
+        cached = self.cache.around(batch["input_ids"], batch["attention_mask"], self.acc.device) if self.cache else nullcontext()
         batch = {n: (v.to(self.acc.device, non_blocking=True) if torch.is_tensor(v) else v) for n, v in batch.items()}
-        with self.acc.accumulate(self.model):
+        with self.acc.accumulate(self.model), cached:
             loss, per_kind, counts = _step_loss(self.model, batch, self.weights, self.cfg, self.warm_items)
             self.acc.backward(loss)
             if self.acc.sync_gradients and self.t.grad_clip > 0:
@@ -368,6 +377,7 @@ class _Loop:
                 "parameters": count_parameters(self.acc.unwrap_model(model)), "mixed_precision": self.acc.mixed_precision,
                 "num_processes": self.acc.num_processes, "compiled": is_compiled_module(model),
                 "ranks": _rank_report(self.acc, model, st["step"]),
+                **({"activation_cache": dict(self.cache.stats)} if self.cache else {}),
                 # seconds per phase of this process (training: the steps and checkpoints, evaluations
                 # apart; a resumed run's set-up phases are its own)
                 "phases": {**self.phases, "training": round(seconds - self.in_loop.get("evaluation", 0.0), 1)}}

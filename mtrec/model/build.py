@@ -16,6 +16,7 @@ from mtrec.config import ModelConfig
 from mtrec.data.records import RecDataset
 from mtrec.data.splits import Split
 from mtrec.model.backbone import BackboneRef, attention_projections, default_pooling, load_backbone, lora_target_modules
+from mtrec.model.layer_cut import top_layer_pattern
 from mtrec.model.collaborative import FULL_SOFTMAX_ITEMS, fit_friends, fit_ranking, fit_rating, newest_per_user
 from mtrec.model.multitask import RecModel, TaskHeads
 from mtrec.prompts import TaskPrompts, add_instruction_tokens
@@ -304,8 +305,12 @@ def lora_config(cfg: ModelConfig, backbone, token_ids: dict[str, int]) -> LoraCo
         targets = attention_projections(backbone)
     else:
         targets = list(cfg.lora_targets)
-    # Restrict targets to the backbone so head layers named like projections are never LoRA-wrapped.
-    pattern = r"^backbone\..*\.(" + "|".join(targets) + r")$"
+    # Restrict targets to the backbone so head layers named like projections are never LoRA-wrapped;
+    # with model.train_top_layers, to its top layers (see mtrec.model.layer_cut).
+    if cfg.train_top_layers:
+        pattern = top_layer_pattern(backbone, cfg.train_top_layers, targets)
+    else:
+        pattern = r"^backbone\..*\.(" + "|".join(targets) + r")$"
     return LoraConfig(
         r=cfg.lora_r,
         lora_alpha=cfg.lora_alpha,
