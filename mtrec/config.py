@@ -131,6 +131,7 @@ class TrainConfig:
                               "order (what lets train.activation_cache pay); 0 = a fresh draw every step")
     activation_cache: bool = knob(True, "with model.train_top_layers: keep the frozen layers' output per batch on disk "
                                   "($MTREC_CACHE_DIR/activations, keyed by content, memory-mapped) and reuse it")
+    activation_cache_dir: str | None = knob(None, "folder of the activation cache; null = $MTREC_CACHE_DIR/activations")
     activation_cache_gb: float = knob(4.0, "size bound of the activation cache folder, GB (batches past it are "
                                       "recomputed, not stored)")
 

@@ -244,7 +244,8 @@ class _Loop:
         self.cache = None
         if s.bottom is not None and t.activation_cache and s.bottom.cut > 0:
             self.cache = ActivationCache(s.bottom, f"{accelerator.mixed_precision}\0{accelerator.device.type}",
-                                         int(t.activation_cache_gb * 2**30))
+                                         int(t.activation_cache_gb * 2**30),
+                                         Path(t.activation_cache_dir) if t.activation_cache_dir else None)
         self.batches: Prefetcher | None = None  # set while training
         dev = accelerator.device
         self.running, self.running_n = torch.zeros(NUM_KINDS, device=dev), torch.zeros(NUM_KINDS, device=dev)
@@ -373,7 +374,7 @@ class _Loop:
         return {"best": st["best"], "final": final, "history": st["history"], "steps": st["step"],
                 "seconds": round(seconds, 1), "examples_per_process": st["examples"],
                 "examples_per_kind": {KIND_NAMES[k]: n for k, n in enumerate(st["examples_per_kind"]) if n},
-                "tokens_per_second": round(st["tokens"] / max(seconds, 1e-9), 1), "train_sizes": self.sizes,
+                "tokens": st["tokens"], "tokens_per_second": round(st["tokens"] / max(seconds, 1e-9), 1), "train_sizes": self.sizes,
                 "parameters": count_parameters(self.acc.unwrap_model(model)), "mixed_precision": self.acc.mixed_precision,
                 "num_processes": self.acc.num_processes, "compiled": is_compiled_module(model),
                 "ranks": _rank_report(self.acc, model, st["step"]),

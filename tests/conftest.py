@@ -46,6 +46,14 @@ def tiny_backbone_dir(tmp_path_factory, bundled_backbone_dir):
     return tiny_backbone(tmp_path_factory.mktemp("tiny-llama"), vocab_from=bundled_backbone_dir)
 
 
+@pytest.fixture(scope="session")
+def four_layers(tmp_path_factory, bundled_backbone_dir):
+    """The tiny random Llama with 4 layers (model.train_top_layers needs layers below the cut)."""
+    from mtrec.model.backbone import tiny_backbone
+
+    return tiny_backbone(tmp_path_factory.mktemp("tiny4"), vocab_from=bundled_backbone_dir, layers=4)
+
+
 @pytest.fixture
 def tiny_config(tiny_backbone_dir):
     """The tiny test config (tests/configs/tiny.yaml) pointed at the tiny backbone."""

@@ -725,7 +725,12 @@ def summary(result: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Command-line entry (``python -m mtrec.bench speed ...``): run, write the JSON, print the summary."""
+    """Command-line entry (``python -m mtrec.bench speed ...``): run, write the JSON, print the summary.
+    ``speed recipes ...`` times whole training recipes end to end instead (`mtrec.bench.recipes`)."""
+    if argv and argv[0] == "recipes":
+        from mtrec.bench import recipes
+
+        return recipes.main(argv[1:])
     args = parse_args(argv)
     result = run_bench(args)
     out = Path(args.out)

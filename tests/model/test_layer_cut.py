@@ -16,13 +16,6 @@ from mtrec.pipeline import eval_specs
 from mtrec.training import build_setup, train, _step_loss
 
 
-@pytest.fixture(scope="module")
-def four_layers(tmp_path_factory, bundled_backbone_dir):
-    from mtrec.model.backbone import tiny_backbone
-
-    return tiny_backbone(tmp_path_factory.mktemp("tiny4"), vocab_from=bundled_backbone_dir, layers=4)
-
-
 def config(backbone, *overrides):
     from mtrec.config import load_config
     from tests_paths import ROOT
