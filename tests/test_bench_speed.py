@@ -204,3 +204,20 @@ def test_compiled_losses_equal_eager(tiny_result):
     compiled = tiny_result["train"]["mtrec_compiled"]
     assert compiled["losses_match"] is True, compiled["loss_rel_diffs"]
     assert compiled["loss_max_rel_diff"] <= 1e-3
+
+
+def test_ratios_compare_like_with_like():
+    """Ranking at equal users per call (mtrec retimed at the beam batch size); compiled mtrec is never
+    set against the eager TALLRec step."""
+    from mtrec.bench.speed import ratios
+
+    def rank(users_per_s, per_call):
+        return {"users_per_s": users_per_s, "users_per_call": per_call}
+
+    train = {"mtrec_eager": {"tokens_per_s": 30.0}, "mtrec_compiled": {"tokens_per_s": 45.0},
+             "tallrec_eager": {"tokens_per_s": 20.0}}
+    result = {"train": train, "padding": {"bucketed_over_random_tokens_per_s": 1.3},
+              "ranking": {"mtrec": rank(80.0, 16), "mtrec_at_beam_batch": rank(40.0, 4), "beam": rank(2.0, 4)}}
+    got = ratios(result)
+    assert got == {"train_tokens_per_s_mtrec_over_tallrec": 1.5, "ranking_users_per_s_mtrec_over_beam": 20.0,
+                   "padding_tokens_per_s_bucketed_over_random": 1.3, "train_tokens_per_s_compiled_over_eager": 1.5}
