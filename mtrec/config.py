@@ -117,6 +117,7 @@ class TrainConfig:
     eval_batch_size: int = knob(32, "batch size in evaluation")
     early_stopping_metric: str = knob("valid/loss", "metric name for early stopping and best model")
     patience: int = knob(0, "evaluations without improvement before stopping (0 = off)")
+    keep: str = knob("best", "the weights the run keeps: best (by train.early_stopping_metric) or last")
     log_every: int = knob(10, "log (and check the loss is finite) every N steps")
     checkpoint_every: int = knob(0, "write a resumable checkpoint every N steps (0 = none)")
     keep_checkpoints: int = knob(2, "keep the last K checkpoints")
@@ -159,6 +160,7 @@ CHOICES = {
     "train.loss_weighting": ("fixed", "uncertainty"),
     "train.rec_loss": ("auto", "full", "sampled"),
     "train.mixed_precision": ("auto", "no", "bf16", "fp16"),
+    "train.keep": ("best", "last"),
 }
 
 

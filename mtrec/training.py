@@ -362,7 +362,8 @@ class _Loop:
 
     def _finish(self) -> dict:
         st, t, model = self.state, self.t, self.model
-        load_trainable_state(self.acc.unwrap_model(model), self.best_state)
+        if t.keep == "best":
+            load_trainable_state(self.acc.unwrap_model(model), self.best_state)
         final = None
         if t.final_eval_users is not None and t.final_eval_users != t.eval_users:
             kinds = [k for k in self.s.kinds if k in (t.final_eval_kinds or self.s.kinds)]

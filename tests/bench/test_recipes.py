@@ -32,3 +32,35 @@ def test_unknown_recipe_is_named(capsys):
     with pytest.raises(SystemExit):
         speed.main(["recipes", "--only", "top-3 cached"])
     assert "unknown recipe(s) ['top-3 cached']" in capsys.readouterr().err
+
+
+def test_learning_scores_step_0_and_the_run_at_a_quarter_half_and_all_of_its_steps(four_layers, tmp_path):
+    from mtrec.bench import learning
+    from tests_paths import ROOT
+
+    argv = ["--config", str(ROOT / "tests/configs/tiny.yaml"), "--set", f"model.backbone={four_layers}",
+            "--recipe", "top-2 cached=8", "--users", "0", "--threads", "1", "--resamples", "200", "--out", str(tmp_path)]
+    assert learning.main(argv) == 0
+    row = json.loads((tmp_path / "rows" / "top-2-cached-8.json").read_text())
+    assert list(row["points"]) == ["0", "2", "4", "8"] and row["steps"] == 8
+    assert row["activation_cache"]["misses"] == 1 and row["activation_cache"]["hits"] == 7  # 8 steps, 1 fixed batch
+    zero = row["points"]["0"]["figures"]
+    for step in ("2", "4", "8"):
+        point = row["points"][step]
+        for fig in ("ndcg@10", "loss"):
+            assert point["change"][fig]["diff"] == pytest.approx(point["figures"][fig] - zero[fig], abs=1e-9)
+    assert row["points"]["8"]["figures"]["loss"] < zero["loss"]  # eight steps on one batch: the loss falls
+    # a rerun finds the row done and trains nothing
+    trained = tmp_path / "runs" / "top-2-cached-8" / "metrics.json"
+    stamp = trained.stat().st_mtime_ns
+    assert learning.main(argv) == 0 and trained.stat().st_mtime_ns == stamp
+
+
+def test_weighted_loss_by_hand():
+    import numpy as np
+
+    from mtrec.bench.learning import weighted_loss
+
+    loss, kind = np.array([1.0, 3.0, 10.0, 0.5]), np.array([0, 0, 1, 3])
+    weights = np.array([1.0, 0.5, 2.0, 4.0, 1.0])
+    assert weighted_loss(loss, kind, weights) == pytest.approx(1.0 * 2.0 + 0.5 * 10.0 + 4.0 * 0.5)
