@@ -39,7 +39,7 @@ def test_learning_scores_step_0_and_the_run_at_a_quarter_half_and_all_of_its_ste
     from tests_paths import ROOT
 
     argv = ["--config", str(ROOT / "tests/configs/tiny.yaml"), "--set", f"model.backbone={four_layers}",
-            "--recipe", "top-2 cached=8", "--users", "0", "--threads", "1", "--resamples", "200", "--out", str(tmp_path)]
+            "--set", f"train.activation_cache_dir={tmp_path / 'activations'}", "--recipe", "top-2 cached=8", "--users", "0", "--threads", "1", "--resamples", "200", "--out", str(tmp_path)]
     assert learning.main(argv) == 0
     row = json.loads((tmp_path / "rows" / "top-2-cached-8.json").read_text())
     assert list(row["points"]) == ["0", "2", "4", "8"] and row["steps"] == 8
