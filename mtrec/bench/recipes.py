@@ -57,10 +57,19 @@ def build_parser() -> argparse.ArgumentParser:
     a("--config", default="configs/quickstart.yaml", help="the training config every recipe starts from")
     a("--steps", type=int, default=60, help="optimizer steps per recipe (fixed: no time budget)")
     a("--fixed-batches", type=int, default=12, help="train.fixed_batches of the cached recipes (steps / this = epochs)")
-    a("--only", default=None, help="comma-separated recipe names (default: all, and the TALLRec-style step)")
+    a("--only", default=None, help="comma-separated recipe names, `tallrec` and `ranking` (default: every recipe, "
+                                    "the TALLRec-style step, and ranking on the today recipe's run)")
     a("--no-tallrec", action="store_true", help="skip the TALLRec-style step")
     a("--threads", type=int, default=None, help="torch CPU threads (train.num_threads)")
     a("--set", action="append", default=[], metavar="KEY=VALUE", help="extra config override for every recipe")
+    a("--ranking-run", default=None, help="time ranking on this run folder (default: the `today` recipe's run, "
+                                          "when it is among the recipes)")
+    a("--rank-users", type=int, default=32, help="users ranked by each ranker (after one untimed call)")
+    a("--rank-batch", type=int, default=8, help="users per call, both rankers")
+    a("--beams", type=int, default=20, help="beam width of the generative ranker")
+    a("--item-id-tokens", type=int, default=4, help="tokens generated per item id")
+    a("--top-k", type=int, default=10, help="items returned per user")
+    a("--no-ranking", action="store_true", help="skip the ranking comparison")
     a("--out", default="results/speed_recipes.json", help="the JSON (a .md table beside it)")
     return p
 
@@ -147,6 +156,71 @@ def tallrec_row(args, scratch: Path) -> dict:
             "activation_cache": None}
 
 
+@torch.no_grad()
+def ranking_rows(args, run_dir: Path) -> dict:
+    """Ranking on the shipped path against beam search, on the same users, prompts and users per call.
+
+    mtrec: ``Recommender.from_run(run_dir).recommend(users, k)`` as a user calls it (rendering,
+    tokenising, one forward, the seen-item mask and top-k). Beam search: the run's backbone as a
+    causal LM (with LoRA of the same shape) generates ``--item-id-tokens`` tokens per item id with
+    ``--beams`` beams and returns k sequences per user from the same rendered prompts (left-padded),
+    mapped to items by a hash and the user's seen items dropped (P5/OpenP5-style, unconstrained)."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from mtrec.batching import pad_right
+    from mtrec.inference import Recommender
+    from mtrec.model.build import lora_config
+    from mtrec.run import base_backbone
+
+    rec = Recommender.from_run(run_dir, device="cpu")
+    rng = np.random.default_rng(0)
+    ids = [u.id for u in rng.choice(rec.dataset.users, size=args.rank_users, replace=False)]
+    calls = [ids[i : i + args.rank_batch] for i in range(0, len(ids), args.rank_batch)]
+    rec.recommend(calls[0], k=args.top_k, batch_size=args.rank_batch)  # warm-up, untimed
+    began = time.perf_counter()
+    for call in calls:
+        rec.recommend(call, k=args.top_k, batch_size=args.rank_batch)
+    mtrec_s = time.perf_counter() - began
+
+    causal = AutoModelForCausalLM.from_pretrained(base_backbone(Path(run_dir)).path, dtype=torch.float32,
+                                                  attn_implementation="sdpa")
+    causal.resize_token_embeddings(len(rec.tokenizer))
+    pattern = lora_config(rec.cfg.model, causal.base_model, {}).target_modules
+    causal = get_peft_model(causal, LoraConfig(r=rec.cfg.model.lora_r, lora_alpha=rec.cfg.model.lora_alpha,
+                                               target_modules=pattern.removeprefix(r"^backbone\."),
+                                               task_type="CAUSAL_LM")).eval()
+    pad = rec.tokenizer.pad_token_id
+    mult = torch.randint(1, 1 << 20, (args.item_id_tokens,), generator=torch.Generator().manual_seed(0))
+
+    def beams(call: list[str]) -> torch.Tensor:
+        examples = [rec.factory.make_now("recommendation", rec.user_index(u)) for u in call]
+        rendered = [rec.renderer.render(ex, rec._template(ex)) for ex in examples]
+        right, mask = pad_right(rendered, pad)
+        lengths = mask.sum(1)
+        left = torch.full_like(right, pad)
+        left_mask = torch.zeros_like(mask)
+        for r, n in enumerate(lengths.tolist()):  # generation appends on the right: pad on the left
+            left[r, right.shape[1] - n:] = right[r, :n]
+            left_mask[r, right.shape[1] - n:] = 1
+        out = causal.generate(input_ids=left, attention_mask=left_mask, num_beams=args.beams,
+                              num_return_sequences=args.top_k, do_sample=False, max_new_tokens=args.item_id_tokens,
+                              min_new_tokens=args.item_id_tokens, pad_token_id=pad)
+        items = ((out[:, -args.item_id_tokens:] * mult).sum(-1) % rec.dataset.num_items).view(len(call), args.top_k)
+        users = torch.as_tensor([rec.user_index(u) for u in call])
+        return items.masked_fill(rec.seen.contains(users, items), -1)
+
+    beams(calls[0])  # warm-up, untimed
+    began = time.perf_counter()
+    for call in calls:
+        beams(call)
+    beam_s = time.perf_counter() - began
+    n = len(ids)
+    return {"users": n, "users_per_call": args.rank_batch, "top_k": args.top_k, "beams": args.beams,
+            "item_id_tokens": args.item_id_tokens, "mtrec_users_per_s": n / mtrec_s, "beam_users_per_s": n / beam_s,
+            "mtrec_over_beam": beam_s / mtrec_s}
+
+
 def table(result: dict) -> str:
     rows = result["rows"]
     base = next((r for r in rows if r["recipe"] == "today"), None)
@@ -161,6 +235,12 @@ def table(result: dict) -> str:
                      f"{r['examples_per_second']:.2f} | {r['tokens_per_second']:.0f} | {ratio(base)} | {ratio(tallrec)} | "
                      f"{hits} | {r['training_seconds']:.1f} |")
     env = result["environment"]
+    rank = result.get("ranking")
+    if rank:
+        lines += ["", f"Ranking, {rank['users']} users, {rank['users_per_call']} per call, top {rank['top_k']}: "
+                      f"mtrec `Recommender.recommend` {rank['mtrec_users_per_s']:.2f} users/s, beam search "
+                      f"({rank['beams']} beams, {rank['item_id_tokens']} tokens per id) {rank['beam_users_per_s']:.3f} "
+                      f"users/s: **{rank['mtrec_over_beam']:.1f}×**."]
     lines.append("")
     lines.append(f"`python -m mtrec.bench speed recipes {' '.join(result['argv'])}` on {env['device_name']} "
                  f"({env['cpu_capability']}), {env['torch_threads']} threads, torch {env['torch']}. Examples/s over "
@@ -179,9 +259,12 @@ def main(argv: list[str] | None = None) -> int:
     chosen = recipes(args.fixed_batches)
     if args.only:
         names = [n.strip() for n in args.only.split(",")]
-        unknown = [n for n in names if n not in chosen and n != "tallrec"]
+        unknown = [n for n in names if n not in chosen and n not in ("tallrec", "ranking")]
         if unknown:
-            build_parser().error(f"--only: unknown recipe(s) {unknown}; choose from {list(chosen)} or tallrec")
+            build_parser().error(f"--only: unknown recipe(s) {unknown}; choose from {list(chosen)}, tallrec or "
+                                 f"ranking (with --ranking-run)")
+        if "ranking" in names and not args.ranking_run and "today" not in names:
+            build_parser().error("--only ranking needs --ranking-run (or the today recipe to rank with)")
         chosen = {n: chosen[n] for n in names if n in chosen}
         args.no_tallrec = args.no_tallrec or "tallrec" not in names
     out = Path(args.out)
@@ -196,8 +279,13 @@ def main(argv: list[str] | None = None) -> int:
         if not args.no_tallrec:
             print("[recipes] TALLRec-style step", file=sys.stderr)
             rows.append(tallrec_row(args, scratch))
-    result = {"argv": argv, "environment": environment(torch.device("cpu")),
-              "rows": rows}
+        ranking = None
+        run = Path(args.ranking_run) if args.ranking_run else scratch / "run-today" if "today" in chosen else None
+        if run is not None and not args.no_ranking and (not args.only or "ranking" in args.only.split(",")
+                                                        or "today" in chosen):
+            print(f"[recipes] ranking: Recommender.recommend on {run} against beam search", file=sys.stderr)
+            ranking = ranking_rows(args, run)
+    result = {"argv": argv, "environment": environment(torch.device("cpu")), "rows": rows, "ranking": ranking}
     out.write_text(json.dumps(result, indent=1, default=float), encoding="utf-8")
     out.with_suffix(".md").write_text(table(result) + "\n", encoding="utf-8")
     print(table(result))

@@ -13,7 +13,7 @@ def test_recipes_time_the_training_loop_and_the_tallrec_step(four_layers, tmp_pa
     out = tmp_path / "recipes.json"
     assert speed.main(["recipes", "--config", str(ROOT / "tests/configs/tiny.yaml"), "--set", f"model.backbone={four_layers}",
                        "--only", "today,top-2 cached,tallrec", "--steps", "4", "--fixed-batches", "2",
-                       "--threads", "1", "--out", str(out)]) == 0
+                       "--threads", "1", "--rank-users", "8", "--rank-batch", "4", "--out", str(out)]) == 0
     result = json.loads(out.read_text())
     rows = {r["recipe"]: r for r in result["rows"]}
     assert list(rows) == ["today", "top-2 cached", "TALLRec-style step"]
@@ -23,6 +23,9 @@ def test_recipes_time_the_training_loop_and_the_tallrec_step(four_layers, tmp_pa
     assert {k: cached["activation_cache"][k] for k in ("hits", "misses", "stored")} == {"hits": 2, "misses": 2, "stored": 2}
     assert cached["activation_cache_bytes"] > 0 and not list(tmp_path.glob("activations*"))
     assert cached["trainable_parameters"] < rows["today"]["trainable_parameters"]  # LoRA on 2 of 4 layers, no token rows
+    rank = result["ranking"]  # on the today recipe's run folder: Recommender.recommend against beam search
+    assert rank["users"] == 8 and rank["users_per_call"] == 4 and rank["mtrec_users_per_s"] > 0
+    assert rank["mtrec_over_beam"] == pytest.approx(rank["mtrec_users_per_s"] / rank["beam_users_per_s"])
     md = out.with_suffix(".md").read_text()
     ratio = cached["examples_per_second"] / rows["TALLRec-style step"]["examples_per_second"]
     assert f"| top-2 cached | " in md and f"| {ratio:.2f} |" in md
