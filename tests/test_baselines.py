@@ -231,6 +231,16 @@ def test_tfidf_and_content_knn_hand_computed():
     # u1's test target a shares "space" with its valid item b: ranked above d (nothing shared)
     out = evaluate_baseline(recent, split, "test")
     assert out["n"] == 3 and 0 < out["ndcg@10"] <= 1
+    # on explicit data too, a ranking-only model scores the language model's like rows by its ranking score
+    from mtrec.bench.baseline_suite import like_rows
+    from mtrec.bench.baselines import baseline_records
+    from mtrec.tasks import ExampleOptions
+
+    rows = like_rows(split, np.arange(3), ExampleOptions(like_threshold=4.0))
+    rec = baseline_records(recent, split, "test", users=np.arange(3), like_rows=rows)
+    assert rec["like_user"].tolist() == [0, 1, 2] and rec["like_label"].all()  # each test target, rated 4
+    want = [recent.score_all([u], role="test")[0][i] for u, i in zip(rec["like_user"], rec["like_item"])]
+    np.testing.assert_allclose(rec["like_score"], want, rtol=1e-12)
 
 
 def test_like_ratio_is_the_users_training_share_of_likes():

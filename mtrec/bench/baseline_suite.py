@@ -112,6 +112,9 @@ def _fit_summary(info: dict) -> dict:
     }
 
 
+LIKE_ROWS_VERSION = "2"  # explicit data: every baseline scored on the language model's like rows
+
+
 def like_rows(
     split: Split, users: np.ndarray, opts: ExampleOptions
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -147,7 +150,11 @@ def run_baselines(
         implicit data.
     """
     out = {}
-    implicit_rows = None if split.dataset.explicit else like_rows(split, test_users, opts)
+    # the language model's own preference rows, for every baseline: rating models score them by
+    # predicted rating, ranking-only models (content kNN, SASRec, ...) by their ranking score
+    lm_like_rows = like_rows(split, test_users, opts)
+    # rows stored before ranking-only baselines got like rows on explicit data lack them: recompute
+    version = LIKE_ROWS_VERSION if split.dataset.explicit else ""
     for spec in default_specs(quick, device, prior):
         if spec.rating_only and not split.dataset.explicit:
             out[spec.label] = {"skipped": "needs ratings; the data set has implicit feedback only"}
@@ -158,7 +165,7 @@ def run_baselines(
             model, grid = tune(
                 spec, split, seed=seed, max_epochs=max_epochs, patience=patience, max_seconds=max_seconds
             )
-            records = bl.baseline_records(model, split, TEST, users=test_users, like_rows=implicit_rows)
+            records = bl.baseline_records(model, split, TEST, users=test_users, like_rows=lm_like_rows)
             return {
                 "class": spec.cls.__name__,
                 "selected": model.info["hparams"],
@@ -171,7 +178,7 @@ def run_baselines(
                 "tuning_seconds": time.perf_counter() - started,
             }
 
-        out[spec.label] = compute() if store is None else store.row(spec.label, compute)
+        out[spec.label] = compute() if store is None else store.row(spec.label, compute, version)
     return out
 
 

@@ -49,32 +49,34 @@ class RowStore:
     def path(self, label: str) -> Path:
         return self.folder / (re.sub(r"[^a-z0-9]+", "-", label.lower()).strip("-") + ".json")
 
-    def get(self, label: str) -> dict | None:
+    def get(self, label: str, version: str = "") -> dict | None:
         path = self.path(label)
         try:
             saved = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             return None
-        if saved.get("key") != self.key or saved.get("label") != label:
+        if saved.get("key") != self.key or saved.get("label") != label or saved.get("version", "") != version:
             return None
         self.commits[label] = saved.get("commit")
         return saved["row"]
 
-    def put(self, label: str, row: dict) -> dict:
+    def put(self, label: str, row: dict, version: str = "") -> dict:
         """Write the row (to a temporary file, then renamed: a killed run leaves no half file) and
         return it as read back, so that a fresh row and a loaded one are the same plain JSON."""
         self.folder.mkdir(parents=True, exist_ok=True)
         path, tmp = self.path(label), self.path(label).with_suffix(".json.tmp")
-        doc = jsonable({"label": label, "key": self.key, "commit": self.commit, "row": row})
+        doc = jsonable({"label": label, "key": self.key, "commit": self.commit, "row": row}
+                       | ({"version": version} if version else {}))
         tmp.write_text(json.dumps(doc), encoding="utf-8")
         os.replace(tmp, path)
         self.commits[label] = self.commit
         return json.loads(path.read_text(encoding="utf-8"))["row"]
 
-    def row(self, label: str, compute: Callable[[], dict]) -> dict:
-        """The finished row `label`, loaded, or computed now and stored."""
-        done = self.get(label)
+    def row(self, label: str, compute: Callable[[], dict], version: str = "") -> dict:
+        """The finished row `label`, loaded, or computed now and stored. `version` names what the
+        row's code computes beyond the settings (a row stored under another version is recomputed)."""
+        done = self.get(label, version)
         if done is not None:
             self.log(f"[resume] {label}: done earlier (commit {self.commits[label]}), loaded from {self.path(label)}")
             return done
-        return self.put(label, compute())
+        return self.put(label, compute(), version)

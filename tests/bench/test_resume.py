@@ -25,3 +25,16 @@ def test_a_stored_row_is_loaded_and_a_changed_setting_recomputes(tmp_path):
     assert changed.get("mtrec multi-task, random-init backbone") is None
     changed.row("mtrec multi-task, random-init backbone", compute)
     assert len(calls) == 2 and not list(tmp_path.glob("*.tmp"))
+
+
+def test_a_row_stored_under_another_version_is_recomputed(tmp_path):
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return {"auc": 0.5 + len(calls)}
+
+    store = RowStore(tmp_path, {"seed": 0}, log=lambda _: None)
+    assert store.row("content kNN (TF-IDF)", compute) == {"auc": 1.5}             # stored without a version
+    assert store.row("content kNN (TF-IDF)", compute, "2") == {"auc": 2.5}        # its code changed: recomputed
+    assert store.row("content kNN (TF-IDF)", compute, "2") == {"auc": 2.5} and len(calls) == 2
