@@ -311,9 +311,7 @@ def run(args: argparse.Namespace) -> dict:
         },
     }
     # one file per finished row: a rerun of the same command skips what an earlier run finished
-    store = RowStore(out_dir / "rows" / stem, {
-        "settings": {k: v for k, v in result["settings"].items() if k not in ("cli_overrides", "lm_rows")},
-        "split": result["split"], "seed": args.seed, "dataset": args.dataset})
+    store = RowStore(out_dir / "rows" / stem, row_key(result, args))
     started = time.perf_counter()
     print(f"[baselines] {args.dataset}: {len(users)} test users (rows stored in {store.folder})")
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -353,6 +351,25 @@ def run(args: argparse.Namespace) -> dict:
     result["peak_rss_kib"] = peak_rss_kib()
     _write(result, out_dir, stem)
     return result
+
+
+# Config knobs added after rows were first stored, at the value that computes what those rows were
+# computed with: left out of the row key at that value, so adding a knob does not orphan finished rows.
+KEY_NEUTRAL = {("model", "train_top_layers"): None, ("train", "fixed_batches"): 0,
+               ("train", "activation_cache"): True, ("train", "activation_cache_dir"): None,
+               ("train", "activation_cache_gb"): 4.0, ("train", "keep"): "best"}
+
+
+def row_key(result: dict, args: argparse.Namespace) -> dict:
+    """What a stored row must have been computed with to be reused: the settings (less the command
+    line's spelling and the row set), the split, seed and data set."""
+    settings = {k: v for k, v in result["settings"].items() if k not in ("cli_overrides", "lm_rows")}
+    config = {sec: dict(values) for sec, values in settings["base_config"].items()}
+    for (sec, name), neutral in KEY_NEUTRAL.items():
+        if config.get(sec, {}).get(name, neutral) == neutral:
+            config.get(sec, {}).pop(name, None)
+    return {"settings": settings | {"base_config": config}, "split": result["split"], "seed": args.seed,
+            "dataset": args.dataset}
 
 
 def peak_rss_kib() -> int | None:

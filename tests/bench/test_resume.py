@@ -38,3 +38,24 @@ def test_a_row_stored_under_another_version_is_recomputed(tmp_path):
     assert store.row("content kNN (TF-IDF)", compute) == {"auc": 1.5}             # stored without a version
     assert store.row("content kNN (TF-IDF)", compute, "2") == {"auc": 2.5}        # its code changed: recomputed
     assert store.row("content kNN (TF-IDF)", compute, "2") == {"auc": 2.5} and len(calls) == 2
+
+
+def test_knobs_added_later_leave_the_row_key_alone_at_their_default():
+    """A row stored before `model.train_top_layers` (and the other KEY_NEUTRAL knobs) existed is found
+    again by a config that has them at the value that computes the same thing; set, they change it."""
+    import argparse
+
+    from mtrec.bench.accuracy import KEY_NEUTRAL, row_key
+    from mtrec.config import Config
+
+    config = Config().to_dict()
+    older = {sec: {k: v for k, v in values.items() if (sec, k) not in KEY_NEUTRAL} for sec, values in config.items()}
+    args = argparse.Namespace(seed=0, dataset="movielens-100k")
+
+    def key(cfg):
+        return RowStore("unused", row_key({"settings": {"quick": True, "lm_rows": "all", "cli_overrides": [],
+                                                        "base_config": cfg}, "split": {"sizes": [1]}}, args)).key
+
+    assert len(older["train"]) < len(config["train"]) and key(config) == key(older)
+    changed = {**config, "model": {**config["model"], "train_top_layers": 2}}
+    assert key(changed) != key(config)
