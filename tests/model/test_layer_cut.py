@@ -27,18 +27,15 @@ def config(backbone, *overrides):
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, four_layers):
-    mp = pytest.MonkeyPatch()
-    mp.setenv("MTREC_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
-    try:
-        cfg = config(four_layers)
-        set_seed(cfg.run.seed)  # as train() does before it builds: both runs start from the same weights
-        setup = build_setup(cfg)
-        before = {n: p.detach().clone() for n, p in setup.model.named_parameters()}
-        run_dir = tmp_path_factory.mktemp("runs") / "top2"
-        result = train(cfg, run_dir, setup=setup)
-        uncached = train(config(four_layers, "train.activation_cache=false"), tmp_path_factory.mktemp("runs") / "plain")
-    finally:
-        mp.undo()
+    # the collaborative fits come from the shared test cache (the tiny config's, fitted once); the
+    # activation cache starts empty in a folder of its own
+    cfg = config(four_layers, f"train.activation_cache_dir={tmp_path_factory.mktemp('activations')}")
+    set_seed(cfg.run.seed)  # as train() does before it builds: both runs start from the same weights
+    setup = build_setup(cfg)
+    before = {n: p.detach().clone() for n, p in setup.model.named_parameters()}
+    run_dir = tmp_path_factory.mktemp("runs") / "top2"
+    result = train(cfg, run_dir, setup=setup)
+    uncached = train(config(four_layers, "train.activation_cache=false"), tmp_path_factory.mktemp("runs") / "plain")
     return cfg, setup, before, run_dir, result, uncached
 
 
