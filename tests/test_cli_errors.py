@@ -74,7 +74,7 @@ def test_train_unknown_backbone(train_main, capsys, tmp_path, monkeypatch):
 @pytest.mark.parametrize(
     ("override", "expected"),
     [
-        ("train.max_stepz=3", "unknown key train.max_stepz (did you mean train.max_steps?); known: batch_size,"),
+        ("train.max_stepz=3", "unknown key train.max_stepz (did you mean train.max_steps?); known: activation_cache, activation_cache_dir, activation_cache_gb, batch_size,"),
         ("train.max_steps=abc", "train.max_steps: expected int, got str 'abc'"),
         ("nodot", "override 'nodot': expected section.key=value (e.g. train.max_steps=10)"),
         ("trian.lr=1", "unknown section 'trian' (did you mean train?)"),
@@ -115,7 +115,7 @@ def test_bench_unknown_names(capsys):
     from mtrec.bench.__main__ import main
 
     line = _fails(main, ["nope"], capsys)
-    assert line == "error: unknown benchmark 'nope'; choose from: accuracy, speed, compare, prior, export, update, serve, explain, friends"
+    assert line == "error: unknown benchmark 'nope'; choose from: accuracy, speed, learning, compare, prior, export, update, serve, explain, friends"
     line = _fails(main, ["accuracy", "--dataset", "nope"], capsys)
     assert "invalid choice: 'nope'" in line and "movielens-100k" in line
 
