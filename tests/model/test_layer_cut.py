@@ -1,7 +1,5 @@
 """Training only the top k layers (`model.train_top_layers`), the activation cache and fixed batches."""
 
-import dataclasses
-
 import numpy as np
 import pytest
 import torch
@@ -11,7 +9,7 @@ from mtrec.config import ConfigError
 from mtrec.data.splits import VALID
 from mtrec.inference import Recommender
 from mtrec.kinds import KIND_NAMES
-from mtrec.model.layer_cut import ActivationCache, FrozenBottom, batch_key
+from mtrec.model.layer_cut import ActivationCache, batch_key
 from mtrec.pipeline import eval_specs
 from mtrec.training import build_setup, train, _step_loss
 
@@ -94,7 +92,7 @@ def _some_rows(setup, n):
     return specs, rows, [setup.batcher.templates(KIND_NAMES[int(k)])[0] for k in specs.kind[rows]]
 
 
-def test_cache_key_covers_backbone_token_rows_and_prompt(trained, tmp_path, tiny_backbone_dir, four_layers):
+def test_cache_key_covers_backbone_token_rows_and_prompt(trained, tmp_path, four_layers):
     cfg, setup, *_ = trained
     bottom = setup.bottom
     first = ActivationCache(bottom, "k", folder=tmp_path).dir
