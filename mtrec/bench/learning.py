@@ -82,7 +82,7 @@ def weighted_loss(loss: np.ndarray, kind: np.ndarray, weights: np.ndarray) -> fl
 def figures(rec: dict) -> dict[str, float]:
     s = intervals.summarise(rec)
     return {"ndcg@10": s.get("ndcg@10", float("nan")), "auc": s.get("auc", float("nan")),
-            "categories_ndcg@5": float(np.mean(rec["cat_ndcg"])) if "cat_ndcg" in rec else float("nan"),
+            "categories_ndcg@5": float(np.mean(rec["cat_ndcg"])) if len(rec.get("cat_ndcg", ())) else float("nan"),
             "loss": weighted_loss(rec["loss"], rec["loss_kind"], rec["loss_weights"])}
 
 
@@ -102,6 +102,66 @@ def change(a: dict, b: dict, figure: str, resamples: int, seed: int) -> dict | N
     sign = -1 if figure in LOWER_IS_BETTER else 1
     out["better"] = "a" if sign * out["low"] > 0 and sign * out["high"] > 0 else (
         "b" if sign * out["low"] < 0 and sign * out["high"] < 0 else None)
+    return out
+
+
+PARTS = ("rank", "like", "rating", "cat", "loss")
+
+
+def _resampled(rec: dict, counts: np.ndarray) -> dict:
+    """`rec` with each user's rows repeated as often as the user was drawn (`counts[user]`)."""
+    out = {"loss_weights": rec["loss_weights"]}
+    for part in PARTS:
+        users = rec.get(f"{part}_user")
+        if users is None:
+            continue
+        idx = np.repeat(np.arange(len(users)), counts[np.asarray(users, np.int64)])
+        out |= {n: np.asarray(v)[idx] for n, v in rec.items() if n.startswith(part) and n != "loss_weights"}
+    return out
+
+
+def gain_difference(a: tuple[dict, dict], b: tuple[dict, dict], resamples: int = 1000, seed: int = 0) -> dict:
+    """Paired bootstrap of (figure(a_t) - figure(a_0)) - (figure(b_t) - figure(b_0)) for each figure: how
+    much more recipe a gained over its step 0 than recipe b over its own, users resampled together
+    (all four scored on the same validation rows). ``better``: "a" or "b" where the interval excludes
+    0 (for the loss, lower is better), else None."""
+    recs = [*a, *b]
+    users = np.unique(np.concatenate([np.asarray(r["loss_user"], np.int64) for r in recs]))
+    size = int(users.max()) + 1
+    gain = lambda rs: {f: (fa_t - fa_0) - (fb_t - fb_0) for f, fa_t, fa_0, fb_t, fb_0  # noqa: E731
+                       in zip(FIGURES, *[[figures(r)[f] for f in FIGURES] for r in rs])}
+    point = gain(recs)
+    rng = np.random.default_rng(seed)
+    draws = {f: [] for f in FIGURES}
+    for _ in range(resamples):
+        counts = np.bincount(rng.choice(users, size=len(users)), minlength=size)
+        for f, v in gain([_resampled(r, counts) for r in recs]).items():
+            draws[f].append(v)
+    out = {}
+    for f in FIGURES:
+        low, high = np.nanpercentile(draws[f], [2.5, 97.5])
+        sign = -1 if f in LOWER_IS_BETTER else 1
+        better = "a" if sign * low > 0 and sign * high > 0 else "b" if sign * low < 0 and sign * high < 0 else None
+        out[f] = {"diff": float(point[f]), "low": float(low), "high": float(high), "n": len(users),
+                  "resamples": resamples, "better": better}
+    return out
+
+
+def versus(rows: list[dict], resamples: int, seed: int = 0) -> list[dict]:
+    """Every recipe against the first one (today's, by convention), at each matched point (10, 20 and
+    40 minutes): the difference of their gains over step 0, with paired intervals. Rows stored without
+    per-row records (older runs) are left out."""
+    ref = rows[0]
+    out = []
+    for r in rows[1:]:
+        for share, label in ((4, "10"), (2, "20"), (1, "40")):
+            pa, pb = r["points"].get(str(r["steps"] // share)), ref["points"].get(str(ref["steps"] // share))
+            a0, b0 = r["points"]["0"], ref["points"]["0"]
+            if not all(p and "records" in p for p in (pa, pb, a0, b0)):
+                continue
+            recs = [intervals.from_json(p["records"]) for p in (pa, a0, pb, b0)]
+            out.append({"recipe": r["recipe"], "reference": ref["recipe"], "minutes": label,
+                        "gain_difference": gain_difference(tuple(recs[:2]), tuple(recs[2:]), resamples, seed)})
     return out
 
 
@@ -145,14 +205,14 @@ def run_recipe(args, name: str, steps: int, extra: list[str], run_dir: Path) -> 
            "points": {}}
     for step in sorted(points):
         rec, seconds = points[step]
-        entry = {"figures": figures(rec), "eval_seconds": round(seconds, 1)}
+        entry = {"figures": figures(rec), "eval_seconds": round(seconds, 1), "records": intervals.to_json(rec)}
         if step:
             entry["change"] = {f: change(rec, zero, f, args.resamples, cfg.run.seed) for f in FIGURES}
         out["points"][str(step)] = entry
     return out
 
 
-def table(rows: list[dict]) -> str:
+def table(rows: list[dict], compared: list[dict] | None = None) -> str:
     lines = ["| recipe | steps (minutes) | NDCG@10 | Δ vs step 0 [95% CI] | like AUC | Δ | category NDCG@5 | Δ | valid loss | Δ |",
              "|---|---|---:|---|---:|---|---:|---|---:|---|"]
     for r in rows:
@@ -167,6 +227,14 @@ def table(rows: list[dict]) -> str:
             lines.append(f"| {r['recipe']} | {step} ({minutes}) | " + " | ".join(cells) + " |")
     lines.append("")
     lines.append("✓: better than step 0, interval excluding 0; ✗: worse; neither: no measurable difference.")
+    if compared:
+        lines += ["", "Gain over step 0, recipe minus reference, at matched minutes (paired 95% intervals):", "",
+                  "| recipe | reference | minutes | " + " | ".join(FIGURES) + " |", "|---|---|---|" + "---|" * len(FIGURES)]
+        for c in compared:
+            cells = [f"{g['diff']:+.4f} [{g['low']:+.4f}, {g['high']:+.4f}]"
+                     + (" (recipe)" if g["better"] == "a" else " (reference)" if g["better"] == "b" else "")
+                     for g in (c["gain_difference"][f] for f in FIGURES)]
+            lines.append(f"| {c['recipe']} | {c['reference']} | {c['minutes']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -191,10 +259,11 @@ def main(argv: list[str] | None = None) -> int:
         row["environment"] = environment(torch.device("cpu"))
         path.write_text(json.dumps(row, indent=1, default=float), encoding="utf-8")
         rows.append(row)
-    result = {"argv": argv, "rows": rows}
+    compared = versus(rows, args.resamples)
+    result = {"argv": argv, "rows": [{k: v for k, v in r.items()} for r in rows], "versus": compared}
     (out / "learning.json").write_text(json.dumps(result, indent=1, default=float), encoding="utf-8")
-    (out / "learning.md").write_text(table(rows) + "\n", encoding="utf-8")
-    print(table(rows))
+    (out / "learning.md").write_text(table(rows, compared) + "\n", encoding="utf-8")
+    print(table(rows, compared))
     return 0
 
 

@@ -57,6 +57,17 @@ def test_learning_scores_step_0_and_the_run_at_a_quarter_half_and_all_of_its_ste
     trained = tmp_path / "runs" / "top-2-cached-8" / "metrics.json"
     stamp = trained.stat().st_mtime_ns
     assert learning.main(argv) == 0 and trained.stat().st_mtime_ns == stamp
+    # against a second recipe: the difference of their gains over step 0, at matched points
+    assert learning.main([*argv, "--recipe", "today=4"]) == 0
+    result = json.loads((tmp_path / "learning.json").read_text())
+    today = json.loads((tmp_path / "rows" / "today-4.json").read_text())
+    assert [(c["recipe"], c["reference"], c["minutes"]) for c in result["versus"]] == [
+        ("today", "top-2 cached", m) for m in ("10", "20", "40")]
+    at40 = result["versus"][2]["gain_difference"]
+    for fig in ("ndcg@10", "loss"):
+        want = today["points"]["4"]["change"][fig]["diff"] - row["points"]["8"]["change"][fig]["diff"]
+        assert at40[fig]["diff"] == pytest.approx(want, abs=1e-9) and at40[fig]["low"] <= at40[fig]["high"]
+    assert "Gain over step 0, recipe minus reference" in (tmp_path / "learning.md").read_text()
 
 
 def test_weighted_loss_by_hand():
