@@ -132,10 +132,17 @@ def compare(a: dict, b: dict, metric: str, resamples: int = 1000, seed: int = 0)
     else:
         out = metrics.paired_bootstrap_groups(_rmse, pa["rating_pred"], pb["rating_pred"], pa["rating_target"],
                                               pa["rating_user"], resamples, seed)
-    sign = 1 if higher else -1
-    out["better"] = "a" if sign * out["low"] > 0 and sign * out["high"] > 0 else (
-        "b" if sign * out["low"] < 0 and sign * out["high"] < 0 else None)
+    out["better"] = better(out["low"], out["high"], higher)
     return out
+
+
+def better(low: float, high: float, higher: bool = True) -> str | None:
+    """Which side of a difference a - b an interval [low, high] favours: "a", "b", or None (the
+    interval holds 0: no measurable difference). `higher`: whether higher values are better."""
+    sign = 1 if higher else -1
+    if sign * low > 0 and sign * high > 0:
+        return "a"
+    return "b" if sign * low < 0 and sign * high < 0 else None
 
 
 def reading(c: dict, a: str, b: str, metric: str) -> str:

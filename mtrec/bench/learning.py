@@ -27,7 +27,7 @@ from safetensors.torch import load_file
 from mtrec import metrics
 from mtrec.bench import intervals
 from mtrec.bench.harness import environment
-from mtrec.bench.recipes import recipes
+from mtrec.bench.recipes import fixed_run, recipes
 from mtrec.kinds import Kind, NUM_KINDS
 
 FIGURES = ("ndcg@10", "auc", "categories_ndcg@5", "loss")
@@ -99,9 +99,7 @@ def change(a: dict, b: dict, figure: str, resamples: int, seed: int) -> dict | N
         w = a["loss_weights"]
         stat = lambda loss, kind: weighted_loss(loss, kind.astype(np.int64), w)  # noqa: E731
         out = metrics.paired_bootstrap_groups(stat, a["loss"], b["loss"], a["loss_kind"], a["loss_user"], resamples, seed)
-    sign = -1 if figure in LOWER_IS_BETTER else 1
-    out["better"] = "a" if sign * out["low"] > 0 and sign * out["high"] > 0 else (
-        "b" if sign * out["low"] < 0 and sign * out["high"] < 0 else None)
+    out["better"] = intervals.better(out["low"], out["high"], figure not in LOWER_IS_BETTER)
     return out
 
 
@@ -140,10 +138,8 @@ def gain_difference(a: tuple[dict, dict], b: tuple[dict, dict], resamples: int =
     out = {}
     for f in FIGURES:
         low, high = np.nanpercentile(draws[f], [2.5, 97.5])
-        sign = -1 if f in LOWER_IS_BETTER else 1
-        better = "a" if sign * low > 0 and sign * high > 0 else "b" if sign * low < 0 and sign * high < 0 else None
         out[f] = {"diff": float(point[f]), "low": float(low), "high": float(high), "n": len(users),
-                  "resamples": resamples, "better": better}
+                  "resamples": resamples, "better": intervals.better(low, high, f not in LOWER_IS_BETTER)}
     return out
 
 
@@ -174,12 +170,8 @@ def run_recipe(args, name: str, steps: int, extra: list[str], run_dir: Path) -> 
     from mtrec.training import build_setup, train
 
     quarter = steps // 4
-    common = [f"train.max_steps={steps}", "train.eval_every=0", "train.eval_users=8", "train.keep=last",
-              f"train.checkpoint_every={quarter}", "train.keep_checkpoints=3", "train.tensorboard=false",
-              "train.max_minutes=null", *args.set]
-    if args.threads:
-        common.append(f"train.num_threads={args.threads}")
-    cfg = load_config(args.config, [*common, *extra])
+    own = ["train.keep=last", f"train.checkpoint_every={quarter}", "train.keep_checkpoints=3"]
+    cfg = load_config(args.config, [*fixed_run(steps, own, args.set, args.threads), *extra])
     if cfg.train.num_threads:
         torch.set_num_threads(cfg.train.num_threads)
     set_seed(cfg.run.seed)  # as train() seeds before it builds: the same start as `bench speed recipes`
@@ -260,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
         path.write_text(json.dumps(row, indent=1, default=float), encoding="utf-8")
         rows.append(row)
     compared = versus(rows, args.resamples)
-    result = {"argv": argv, "rows": [{k: v for k, v in r.items()} for r in rows], "versus": compared}
+    result = {"argv": argv, "rows": rows, "versus": compared}
     (out / "learning.json").write_text(json.dumps(result, indent=1, default=float), encoding="utf-8")
     (out / "learning.md").write_text(table(rows, compared) + "\n", encoding="utf-8")
     print(table(rows, compared))

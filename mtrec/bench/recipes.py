@@ -74,12 +74,17 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def fixed_run(steps: int, own: list[str], sets: list[str], threads: int | None) -> list[str]:
+    """Overrides of a benchmark's training run: exactly `steps` steps (no time budget), evaluation
+    only at the start and the end on a few users, no TensorBoard, the benchmark's `own` settings,
+    then the user's ``--set`` values (which win) and the thread count."""
+    return [f"train.max_steps={steps}", "train.eval_every=0", "train.eval_users=8", "train.tensorboard=false",
+            "train.max_minutes=null", *own, *sets, *([f"train.num_threads={threads}"] if threads else [])]
+
+
 def overrides(args, extra: list[str]) -> list[str]:
-    common = [f"train.max_steps={args.steps}", "train.warmup_steps=1", "train.eval_every=0", "train.eval_users=8",
-              "train.tensorboard=false", "train.checkpoint_every=0", "train.max_minutes=null", *args.set]
-    if args.threads:
-        common.append(f"train.num_threads={args.threads}")
-    return [*common, *extra]
+    own = ["train.warmup_steps=1", "train.checkpoint_every=0"]
+    return [*fixed_run(args.steps, own, args.set, args.threads), *extra]
 
 
 def run_recipe(args, name: str, extra: list[str], scratch: Path) -> dict:
@@ -106,14 +111,24 @@ def run_recipe(args, name: str, extra: list[str], scratch: Path) -> dict:
     return row
 
 
+def causal_lm(path: str, vocab: int, model_cfg):
+    """The backbone at `path` with its causal-LM head, its vocabulary sized as mtrec's tokenizer, and
+    TALLRec's LoRA of `model_cfg` (`mtrec.bench.speed.tallrec_lora_config`)."""
+    from peft import get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from mtrec.bench.speed import tallrec_lora_config
+
+    causal = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, attn_implementation="sdpa")
+    causal.resize_token_embeddings(vocab)
+    return get_peft_model(causal, tallrec_lora_config(causal, model_cfg))
+
+
 def tallrec_row(args, scratch: Path) -> dict:
     """TALLRec's step on mtrec's rendered training prompts: the same task sampler (fresh draws), the
     causal LM of the same backbone with the same LoRA; batches are built inside the clock."""
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
     from mtrec.config import load_config
-    from mtrec.model.build import build_optimizer, lora_config
+    from mtrec.model.build import build_optimizer
     from mtrec.pipeline import TaskSampler, mixing_probs, train_specs
     from mtrec.training import build_setup
 
@@ -126,12 +141,7 @@ def tallrec_row(args, scratch: Path) -> dict:
     specs = train_specs(s.split, s.kinds, s.example_options, cfg.data.max_train_users, cfg.run.seed)
     sampler = TaskSampler(specs, mixing_probs({k: len(v) for k, v in specs.items()}, t.mixing, t.temperature),
                           s.batcher, t.batch_size, cfg.run.seed, t.length_buckets)
-    causal = AutoModelForCausalLM.from_pretrained(s.ref.path, dtype=torch.float32, attn_implementation="sdpa")
-    causal.resize_token_embeddings(len(s.tokenizer))
-    pattern = lora_config(cfg.model, causal.base_model, s.token_ids).target_modules
-    lcfg = LoraConfig(r=cfg.model.lora_r, lora_alpha=cfg.model.lora_alpha, lora_dropout=cfg.model.lora_dropout,
-                      target_modules=pattern.removeprefix(r"^backbone\."), task_type="CAUSAL_LM")
-    model = get_peft_model(causal, lcfg)
+    model = causal_lm(s.ref.path, len(s.tokenizer), cfg.model)
     del s
     opt = build_optimizer(model, t.lr, t.head_lr, t.table_lr, t.weight_decay)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -165,12 +175,8 @@ def ranking_rows(args, run_dir: Path) -> dict:
     causal LM (with LoRA of the same shape) generates ``--item-id-tokens`` tokens per item id with
     ``--beams`` beams and returns k sequences per user from the same rendered prompts (left-padded),
     mapped to items by a hash and the user's seen items dropped (P5/OpenP5-style, unconstrained)."""
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
     from mtrec.batching import pad_right
     from mtrec.inference import Recommender
-    from mtrec.model.build import lora_config
     from mtrec.run import base_backbone
 
     rec = Recommender.from_run(run_dir, device="cpu")
@@ -183,13 +189,7 @@ def ranking_rows(args, run_dir: Path) -> dict:
         rec.recommend(call, k=args.top_k, batch_size=args.rank_batch)
     mtrec_s = time.perf_counter() - began
 
-    causal = AutoModelForCausalLM.from_pretrained(base_backbone(Path(run_dir)).path, dtype=torch.float32,
-                                                  attn_implementation="sdpa")
-    causal.resize_token_embeddings(len(rec.tokenizer))
-    pattern = lora_config(rec.cfg.model, causal.base_model, {}).target_modules
-    causal = get_peft_model(causal, LoraConfig(r=rec.cfg.model.lora_r, lora_alpha=rec.cfg.model.lora_alpha,
-                                               target_modules=pattern.removeprefix(r"^backbone\."),
-                                               task_type="CAUSAL_LM")).eval()
+    causal = causal_lm(base_backbone(Path(run_dir)).path, len(rec.tokenizer), rec.cfg.model).eval()
     pad = rec.tokenizer.pad_token_id
     mult = torch.randint(1, 1 << 20, (args.item_id_tokens,), generator=torch.Generator().manual_seed(0))
 

@@ -286,16 +286,17 @@ def build_mtrec(base: nn.Module, args: argparse.Namespace, device: torch.device)
 MTREC_TARGET_PREFIX = r"^backbone\."  # mtrec.model.build.lora_config's patterns start here (RecModel.backbone)
 
 
-def tallrec_lora_config(causal: nn.Module, args: argparse.Namespace):
-    """TALLRec's LoRA: the one ``mtrec.model.build.lora_config`` makes for mtrec (same rank, alpha,
-    dropout and target projections, resolved on the same backbone), for a causal LM: its pattern
-    without mtrec's ``backbone.`` prefix, no heads, no token rows, ``task_type="CAUSAL_LM"``."""
+def tallrec_lora_config(causal: nn.Module, model_cfg):
+    """TALLRec's LoRA: the one ``mtrec.model.build.lora_config`` makes for mtrec from `model_cfg` (a
+    ``mtrec.config.ModelConfig``: same rank, alpha, dropout and target projections, resolved on the
+    same backbone), for a causal LM: its pattern without mtrec's ``backbone.`` prefix, no heads, no
+    token rows, ``task_type="CAUSAL_LM"``."""
     from peft import LoraConfig
 
     from mtrec.model.build import lora_config
 
     backbone = causal.base_model  # the decoder without its LM head, as mtrec's backbone
-    mtrec = lora_config(model_config(args), backbone, instruction_token_ids(backbone))
+    mtrec = lora_config(model_cfg, backbone, instruction_token_ids(backbone))
     pattern = mtrec.target_modules
     if not (isinstance(pattern, str) and pattern.startswith(MTREC_TARGET_PREFIX)):
         raise RuntimeError(f"mtrec.model.build.lora_config's target pattern {pattern!r} no longer starts with "
@@ -308,7 +309,7 @@ def build_tallrec(causal: nn.Module, args: argparse.Namespace, device: torch.dev
     """TALLRec's model: the causal LM with the same LoRA (no heads, no token rows)."""
     from peft import get_peft_model
 
-    return get_peft_model(causal, tallrec_lora_config(causal, args)).to(device)
+    return get_peft_model(causal, tallrec_lora_config(causal, model_config(args))).to(device)
 
 
 def make_adamw(model: nn.Module, device: torch.device) -> torch.optim.Optimizer:
