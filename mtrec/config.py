@@ -84,6 +84,10 @@ class ModelConfig:
                            "before fine-tuning (CoLLM/E4SRec-style ID knowledge); 0 = prompt only")
     friend_dim: int | None = knob(None, "width of the friend head's user factors (the user-embedding factor model "
                                   "fitted on the training graph); null = collab_dim")
+    ranking_prior: str = knob("factors", "what the recommendation head starts from: factors (popularity bias + "
+                              "collaborative factors), sequence (a SASRec-shaped network fitted on the training split, "
+                              "reading the history in order) or both (summed)")
+    sequence_len: int = knob(50, "history items the sequential prior reads (model.ranking_prior sequence or both)")
     train_top_layers: int | None = knob(None, "train only the top k backbone layers: LoRA there alone, the layers "
                                         "below and the instruction-token rows frozen (backward stops at the cut; "
                                         "with train.activation_cache their output is computed once per batch); "

@@ -96,12 +96,14 @@ class ShownPrompt:
                 + [(FRIEND, n, j, f) for n, (j, f) in enumerate(zip(self.social_items, self.social_friends))])
 
     def without(self, history: Sequence[int] = (), social: Sequence[int] = ()):
-        """The shown prompt's example with the history (and friends') entries at these positions left out."""
+        """The shown prompt's example with the history (and friends') entries at these positions left out
+        (from the sequential prior's input too: both list the history newest first)."""
         h, s = set(history), set(social)
         return dataclasses.replace(
             self.shown,
             history=tuple(e for n, e in enumerate(self.shown.history) if n not in h),
             social=tuple(e for n, e in enumerate(self.shown.social) if n not in s),
+            history_items=tuple(j for n, j in enumerate(self.shown.history_items) if n not in h),
         )
 
     def variants(self) -> list:
@@ -117,7 +119,7 @@ def shown_prompt(rec, who) -> ShownPrompt:
     ds = rec.dataset
     if isinstance(who, NewUser):
         entries, named = rec.cold_history(who.history)
-        example = rec._cold_example("recommendation", entries)
+        example = rec._cold_example("recommendation", entries, named)
         history, social, friends = list(named[: len(entries)]), [], []
     else:
         u = rec.user_index(who)

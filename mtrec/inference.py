@@ -31,7 +31,7 @@ from mtrec.kinds import KIND_TASK
 from mtrec.prompts import PromptRenderer, render_options
 from mtrec.ranking import Seen, top_k
 from mtrec.run import load_catalog, load_run
-from mtrec.tasks import EXAMPLE_TYPES, ExampleFactory, HistoryEntry, example_options
+from mtrec.tasks import EXAMPLE_TYPES, ExampleFactory, HistoryEntry, example_options, history_ids
 
 KIND_OF_TYPE = {cls: kind for kind, cls in EXAMPLE_TYPES.items()}
 NEW_USER_ID = "new user"  # what the prompt calls a cold-start user (no id is known)
@@ -141,7 +141,7 @@ class Recommender:
         for row, who in enumerate(_as_list(users)):
             if isinstance(who, NewUser):
                 entries, cols = self.cold_history(who.history)
-                examples.append(self._cold_example("recommendation", entries))
+                examples.append(self._cold_example("recommendation", entries, cols))
                 named.append((row, cols))
             else:
                 examples.append(self.factory.make_now("recommendation", self.user_index(who)))
@@ -181,7 +181,7 @@ class Recommender:
 
             self._friend_seen = friend_seen(self.dataset, None, "valid", self.device)
         who = _as_list(users)
-        examples = [self._cold_example("friends", self.cold_history(w.history)[0]) if isinstance(w, NewUser)
+        examples = [self._cold_example("friends", *self.cold_history(w.history)) if isinstance(w, NewUser)
                     else self.factory.make_now("friends", self.user_index(w)) for w in who]
         people, results = self.dataset.users, []
         for start, out in self._batches(examples, batch_size):
@@ -282,14 +282,16 @@ class Recommender:
         `NewUser`; `item` (an item id) for rating and like."""
         j = -1 if item is None else self.item_index(item)
         if isinstance(who, NewUser):
-            return self._cold_example(kind, self.cold_history(who.history)[0], j)
+            return self._cold_example(kind, *self.cold_history(who.history), item=j)
         return self.factory.make_now(kind, self.user_index(who), j)
 
-    def _cold_example(self, kind: str, history: tuple[HistoryEntry, ...], item: int = -1):
-        """The `kind` example for a new user: no id, attributes or friends; `history` as given."""
+    def _cold_example(self, kind: str, history: tuple[HistoryEntry, ...], named: Sequence[int] = (), item: int = -1):
+        """The `kind` example for a new user: no id, attributes or friends; `history` as given (and
+        `named`, its item indices newest first, for the sequential prior)."""
         ds = self.dataset
         base = dict(user_id=NEW_USER_ID, user={}, history=history, social=(), explicit=ds.explicit,
-                    rating_scale=ds.rating_scale, interaction=-1, user_index=-1, role="serve")
+                    rating_scale=ds.rating_scale, interaction=-1, user_index=-1, role="serve",
+                    history_items=tuple(named[: self.factory.opts.sequence_len]))
         cls = EXAMPLE_TYPES[kind]
         if kind in ("rating", "like"):
             it = ds.items[item]
@@ -352,6 +354,8 @@ class Recommender:
             items = torch.tensor([getattr(ex, "item_index", -1) for ex in chunk], device=self.device)
             users = torch.tensor([ex.user_index for ex in chunk], device=self.device)  # -1: a cold-start user
             columns = subset if subset is not None else None if full_catalog else no_items
+            if self.factory.opts.sequence_len:  # the sequential prior reads the history in order
+                extra["history"] = history_ids(chunk, self.factory.opts.sequence_len).to(self.device)
             yield start, self.model(ids.to(self.device), mask.to(self.device), columns, items, users, **extra)
 
     def _template(self, example):

@@ -21,7 +21,7 @@ from mtrec.data.splits import TRAIN, VALID, Split
 from mtrec.kinds import KIND_IDS, KIND_NAMES, KIND_TASK, KINDS, NUM_KINDS, Kind
 from mtrec.model.multitask import row_losses
 from mtrec.prompts import PromptRenderer, TaskPrompts, Template
-from mtrec.tasks import ExampleFactory, ExampleOptions, Specs, build_specs
+from mtrec.tasks import ExampleFactory, ExampleOptions, Specs, build_specs, history_ids
 
 
 def kinds_for(tasks: list[str], split: Split) -> list[str]:
@@ -80,7 +80,7 @@ class Batcher:
         for i, ex in enumerate(examples):
             if int(kind[i]) == Kind.CATEGORIES and ex.label:
                 cat_target[i, list(ex.label)] = 1.0 / len(ex.label)
-        return {
+        out = {
             "input_ids": ids,
             "attention_mask": mask,
             "kind": kind,
@@ -93,6 +93,15 @@ class Batcher:
             "user": torch.as_tensor(self.factory.ds.user_idx[specs.interaction[rows]], dtype=torch.long),
             "template_ids": [r.template_id for r in rendered],
         }
+        if self.factory.opts.sequence_len:  # the sequential prior's input
+            out["history"] = history_ids(examples, self.factory.opts.sequence_len)
+        return out
+
+
+def history_arg(batch: dict) -> dict:
+    """The model's ``history`` keyword for `batch`: present only where the run has a sequential prior
+    (a model traced or compiled without it sees the old call)."""
+    return {"history": batch["history"]} if "history" in batch else {}
 
 
 class TaskSampler:
@@ -237,7 +246,7 @@ def evaluate_rows(model, batcher: Batcher, specs: Specs, split: Split, role: int
         chunk = rows[start : start + batch_size]
         batch = batcher.collate(specs, chunk, [fixed[KIND_NAMES[int(specs.kind[r])]] for r in chunk])
         batch = {n: (v.to(device) if torch.is_tensor(v) else v) for n, v in batch.items()}
-        out = model(batch["input_ids"], batch["attention_mask"], None, batch["item"], batch["user"])
+        out = model(batch["input_ids"], batch["attention_mask"], None, batch["item"], batch["user"], **history_arg(batch))
         piece = {"kind": batch["kind"], "rating_pred": out["rating"], "rating": batch["rating"],
                  "like_logit": out["like_logit"], "like": batch["like"], "loss": row_losses(out, batch),
                  "rank": _ranks(out["item_logits"], batch, seen),

@@ -22,11 +22,12 @@ templates.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
 
 import numpy as np
+import torch
 
 from mtrec.data.context import ContextIndex
 from mtrec.data.splits import ROLE_NAMES, TRAIN, Split
@@ -70,6 +71,8 @@ class _UserContext:
     interaction: int = hidden()
     user_index: int = hidden()
     role: str = hidden()
+    # the history's item indices, newest first, at most `ExampleOptions.sequence_len` (the sequential prior's input)
+    history_items: tuple[int, ...] = hidden(default=(), kw_only=True)
 
 
 @dataclass(frozen=True)
@@ -136,6 +139,7 @@ class ExampleOptions:
     max_history: int = 50
     max_social: int = 20
     seed: int = 0
+    sequence_len: int = 0  # history item ids kept on each example for the sequential prior (0: none)
 
 
 @dataclass(frozen=True)
@@ -270,8 +274,10 @@ def _like_specs(split: Split, targets: np.ndarray, opts: ExampleOptions, rng: np
 def example_options(cfg) -> ExampleOptions:
     """The example options a `mtrec.config.Config` asks for (training and serving alike)."""
     d = cfg.data
+    m = cfg.model
     return ExampleOptions(d.like_threshold, d.negatives_per_positive, d.max_history,
-                          d.max_social if cfg.prompt.social else 0, cfg.run.seed)
+                          d.max_social if cfg.prompt.social else 0, cfg.run.seed,
+                          m.sequence_len if m.ranking_prior != "factors" else 0)
 
 
 class ExampleFactory:
@@ -306,7 +312,8 @@ class ExampleFactory:
         if kind == "friends":
             return self.make_friends(u, item)
         context = dict(history=self.history(interaction), social=self.social(interaction), interaction=int(interaction),
-                       role=ROLE_NAMES[int(self.split.role[interaction])])
+                       role=ROLE_NAMES[int(self.split.role[interaction])],
+                       history_items=self._items(self.context.own_history(interaction)))
         return self._example(kind, u, item, label, context)
 
     def make_now(self, kind: str, user: int, item: int = -1):
@@ -317,7 +324,8 @@ class ExampleFactory:
             return self.make_friends(int(user))
         seq, social = self.now_interactions(user)
         context = dict(history=tuple(self._entry(int(i)) for i in seq),
-                       social=tuple(self._social_entry(int(i)) for i in social), interaction=-1, role="serve")
+                       social=tuple(self._social_entry(int(i)) for i in social), interaction=-1, role="serve",
+                       history_items=self._items(self.split.user_sequence(user)[::-1]))
         return self._example(kind, int(user), item, 0.0, context)
 
     def now_interactions(self, user: int) -> tuple[np.ndarray, np.ndarray]:
@@ -332,7 +340,8 @@ class ExampleFactory:
         training items (no time cut). At serving time (`target` -1) every friend counts."""
         history, friends, social = self.friends_context(user, target)
         context = dict(history=tuple(self._entry(int(i)) for i in history),
-                       social=tuple(self._social_entry(int(i)) for i in social), interaction=-1, role="train")
+                       social=tuple(self._social_entry(int(i)) for i in social), interaction=-1, role="train",
+                       history_items=self._items(history))
         base = dict(user_id=self.ds.users[user].id, user=self.ds.users[user].attributes, explicit=self.ds.explicit,
                     rating_scale=self.ds.rating_scale, user_index=user, **context)
         return FriendsExample(**base, friend_ids=tuple(self.ds.users[f].id for f in friends), label=int(target))
@@ -363,9 +372,24 @@ class ExampleFactory:
             return RecommendationExample(**base, label=int(item))
         raise ValueError(f"unknown prompt kind {kind!r}")
 
+    def _items(self, interactions: np.ndarray) -> tuple[int, ...]:
+        """Item indices of `interactions` (newest first), at most `sequence_len` (none when it is 0)."""
+        return tuple(int(i) for i in self.ds.item_idx[interactions[: self.opts.sequence_len]])
+
     def _social_entry(self, i: int) -> SocialEntry:
         e = self._entry(i)
         return SocialEntry(self.ds.users[self.ds.user_idx[i]].id, e.title, e.rating, e.weight)
 
     def make_row(self, specs: Specs, row: int):
         return self.make(int(specs.kind[row]), int(specs.interaction[row]), int(specs.item[row]), float(specs.label[row]))
+
+
+def history_ids(examples: Sequence, length: int) -> torch.Tensor:
+    """[B, length] the sequential prior's input: each example's `history_items` + 1, oldest first,
+    newest in the last column, left-padded with 0 (`mtrec.model.sequential.SequenceNet`)."""
+    out = torch.zeros(len(examples), length, dtype=torch.long)
+    for row, ex in enumerate(examples):
+        items = ex.history_items[:length][::-1]
+        if items:
+            out[row, length - len(items):] = torch.as_tensor(items) + 1
+    return out

@@ -32,7 +32,8 @@ from mtrec.kinds import KIND_IDS, KIND_NAMES, KIND_TASK, NUM_KINDS
 from mtrec.model.collaborative import FULL_SOFTMAX_ITEMS
 from mtrec.model.layer_cut import ActivationCache, FrozenBottom
 from mtrec.model.multitask import multitask_loss
-from mtrec.pipeline import Batcher, Prefetcher, TaskSampler, evaluate, eval_specs, kinds_for, mixing_probs, train_specs
+from mtrec.pipeline import (Batcher, Prefetcher, TaskSampler, evaluate, eval_specs, history_arg, kinds_for, mixing_probs,
+                            train_specs)
 from mtrec.prompts import PromptRenderer, load_prompts, prompt_tasks, render_options
 from mtrec.run import RunFolderError, prepare_run_dir, save_run
 from mtrec.tasks import ExampleFactory, ExampleOptions, example_options
@@ -104,7 +105,8 @@ def build_setup(cfg: Config, accelerator: Accelerator | None = None, split: Spli
         heads = build_heads(split.dataset, table, split.train, hidden, cfg.data.like_threshold,
                             collab_dim=cfg.model.collab_dim, split=split, seed=cfg.run.seed,
                             negatives_per_positive=cfg.data.negatives_per_positive,
-                            friends=wants_friends(cfg, split.dataset), friend_dim=cfg.model.friend_dim)
+                            friends=wants_friends(cfg, split.dataset), friend_dim=cfg.model.friend_dim,
+                            ranking_prior=cfg.model.ranking_prior, sequence_len=cfg.model.sequence_len)
     with timed(phases, "lora"):
         model = wrap_model(backbone, heads, pooling, lora_config(cfg.model, backbone, token_ids))
         # model.train_top_layers: everything below the top layers frozen (token rows included), in eval mode
@@ -411,9 +413,9 @@ def _step_loss(model, batch, weights, cfg: Config, pool: torch.Tensor | None = N
         if pool is not None:  # rows naming a held-out item (none in training) would pick a wrong label
             targets = torch.where(torch.isin(targets, subset), targets, subset[0])
         labels = torch.searchsorted(subset, targets)
-        out = model(batch["input_ids"], batch["attention_mask"], subset, batch["item"], batch["user"])
+        out = model(batch["input_ids"], batch["attention_mask"], subset, batch["item"], batch["user"], **history_arg(batch))
         return multitask_loss(out, batch, weights, t.loss_weighting == "uncertainty", labels)
-    out = model(batch["input_ids"], batch["attention_mask"], None, batch["item"], batch["user"])
+    out = model(batch["input_ids"], batch["attention_mask"], None, batch["item"], batch["user"], **history_arg(batch))
     return multitask_loss(out, batch, weights, t.loss_weighting == "uncertainty")
 
 

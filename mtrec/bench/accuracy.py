@@ -2,7 +2,7 @@
 
     python -m mtrec.bench accuracy --dataset movielens-100k|lastfm-2k|ciao [--quick] [--seed 0]
         [--out results/] [--backbone SPEC] [--repeat-check] [--test-users N]
-        [--protocol warm|cold-items|short-history] [--lm-rows all|controls] [--text-control SPEC]
+        [--protocol warm|cold-items|short-history] [--lm-rows all|controls|multi] [--text-control SPEC]
         [--set section.key=value ...]
 
 Everything is built from one base config (the library defaults, the profile's overrides, then
@@ -169,9 +169,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    help="warm: leave-one-out; cold-items: a seeded 20%% of the items held out, each user's "
                         "newest held-out interaction the test target, ranked among the held-out items")
     p.add_argument("--lm-rows", choices=mtrec_suite.ROW_SETS,
-                   help="language-model rows to train: all (single-task models and ablations too) or controls "
-                        "(multi-task, random-init backbone, MiniLM backbone); default: all on warm, controls "
-                        "on the other protocols. Rows finished by either set are reused by the other")
+                   help="language-model rows to train: all (single-task models and ablations too), controls "
+                        "(multi-task, random-init backbone, MiniLM backbone) or multi (the multi-task model alone, "
+                        "no unseen-prompt pass); default: all on warm, controls on the other protocols. Rows "
+                        "finished by one set are reused by the others")
     p.add_argument("--text-control", default=mtrec_suite.TEXT_CONTROL, metavar="SPEC",
                    help="backbone of the item-text control row (default: the bundled all-MiniLM-L6-v2; "
                         "none: no such row)")
@@ -338,7 +339,8 @@ def run(args: argparse.Namespace) -> dict:
                                         control=args.text_control,
                                         # the unseen-prompt row reads warm data; elsewhere it would double the
                                         # multi-task model's test time (~30 min of a 2-core CPU at 500 users)
-                                        unseen_prompts=args.protocol == "warm")
+                                        # (and "multi" is the quick look: no second pass)
+                                        unseen_prompts=args.protocol == "warm" and lm_rows != "multi")
     result["row_commits"] = dict(store.commits)
     _check_same_split(result, lm_set)
     groups = user_groups(split)
@@ -357,7 +359,8 @@ def run(args: argparse.Namespace) -> dict:
 # computed with: left out of the row key at that value, so adding a knob does not orphan finished rows.
 KEY_NEUTRAL = {("model", "train_top_layers"): None, ("train", "fixed_batches"): 0,
                ("train", "activation_cache"): True, ("train", "activation_cache_dir"): None,
-               ("train", "activation_cache_gb"): 4.0, ("train", "keep"): "best"}
+               ("train", "activation_cache_gb"): 4.0, ("train", "keep"): "best",
+               ("model", "ranking_prior"): "factors", ("model", "sequence_len"): 50}
 
 
 def row_key(result: dict, args: argparse.Namespace) -> dict:
@@ -383,8 +386,11 @@ def peak_rss_kib() -> int | None:
 
 def prior_settings(cfg) -> dict:
     """`PriorAlone`'s settings: those of the compared mtrec runs."""
-    return {"collab_dim": cfg.model.collab_dim, "like_threshold": cfg.data.like_threshold,
-            "negatives": cfg.data.negatives_per_positive}
+    out = {"collab_dim": cfg.model.collab_dim, "like_threshold": cfg.data.like_threshold,
+           "negatives": cfg.data.negatives_per_positive}
+    if cfg.model.ranking_prior != "factors":  # stored rows of factor-only runs keep their settings
+        out |= {"ranking_prior": cfg.model.ranking_prior, "sequence_len": cfg.model.sequence_len}
+    return out
 
 
 # Each row's reference (its "vs" column) and the extra pairs the reading needs. A pair is compared on

@@ -668,14 +668,22 @@ class PriorAlone(Baseline):
     combined exactly as `TaskHeads.forward` combines them, with a zero backbone state. There is no
     forward pass, and the query against the item table contributes nothing (unlike step 0 of a run).
 
+    With a sequential prior (`ranking_prior` sequence or both) the ranking scores add the fitted
+    sequence network's, reading each user's history as the runs' prompts do (TRAIN items for
+    validation, TRAIN + VALID for test).
+
     Args:
-        collab_dim, like_threshold, negatives: as `model.collab_dim`, `data.like_threshold` and
-            `data.negatives_per_positive` of the compared runs.
+        collab_dim, like_threshold, negatives, ranking_prior, sequence_len: as `model.collab_dim`,
+            `data.like_threshold`, `data.negatives_per_positive`, `model.ranking_prior` and
+            `model.sequence_len` of the compared runs.
     """
 
-    def __init__(self, collab_dim: int = 32, like_threshold: float = 4.0, negatives: int = 1):
-        super().__init__(collab_dim=collab_dim, like_threshold=like_threshold, negatives=negatives)
+    def __init__(self, collab_dim: int = 32, like_threshold: float = 4.0, negatives: int = 1,
+                 ranking_prior: str = "factors", sequence_len: int = 50):
+        kw = {} if ranking_prior == "factors" else dict(ranking_prior=ranking_prior, sequence_len=sequence_len)
+        super().__init__(collab_dim=collab_dim, like_threshold=like_threshold, negatives=negatives, **kw)
         self.collab_dim, self.like_threshold, self.negatives = collab_dim, like_threshold, negatives
+        self.ranking_prior, self.sequence_len = ranking_prior, sequence_len
 
     def fit(self, split: Split, *, seed: int = 0, max_epochs: int | None = None, patience: int | None = None):
         from mtrec.model.build import build_heads
@@ -685,15 +693,19 @@ class PriorAlone(Baseline):
         self.rates = ds.explicit
         self.heads = build_heads(ds, torch.zeros(ds.num_items, 1), split.train, 1, self.like_threshold,
                                  collab_dim=self.collab_dim, split=split, seed=seed,
-                                 negatives_per_positive=self.negatives).eval()
+                                 negatives_per_positive=self.negatives, ranking_prior=self.ranking_prior,
+                                 sequence_len=self.sequence_len).eval()
         self._done(started, epochs_run=1, best_epoch=1, stopped_early=False)
         return self
 
     @torch.no_grad()
-    def _heads(self, users, items=None) -> dict:
+    def _heads(self, users, items=None, role=None) -> dict:
+        extra = {}
+        if role is not None and self.heads.has_sequence:
+            extra["history"] = history_inputs(self.split, users, role, self.sequence_len)
         users = torch.as_tensor(np.asarray(users, np.int64))
         items = None if items is None else torch.as_tensor(np.asarray(items, np.int64))
-        return self.heads(torch.zeros(len(users), 1), None, items, users)
+        return self.heads(torch.zeros(len(users), 1), None, items, users, **extra)
 
     def predict_ratings(self, users, items) -> np.ndarray:
         return self._heads(users, items)["rating"].double().numpy()
@@ -705,7 +717,7 @@ class PriorAlone(Baseline):
         return 1.0 / (1.0 + np.exp(-self.like_scores(users, items)))
 
     def score_all(self, users, role=VALID):
-        return self._heads(users)["item_logits"].numpy()
+        return self._heads(users, role=role)["item_logits"].numpy()
 
 
 def user_set_sha256(users) -> str:

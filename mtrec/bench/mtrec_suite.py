@@ -213,15 +213,16 @@ def text_control(spec: str | None = TEXT_CONTROL) -> Variant | None:
 
 # Which language-model rows a run trains. "controls" are the rows every protocol's reading needs
 # (the pretrained multi-task model, its random-init twin, the MiniLM text control); "all" adds the
-# single-task models and the ablations.
-ROW_SETS = ("all", "controls")
+# single-task models and the ablations; "multi" is the multi-task model alone (a first look on a busy
+# machine: a later run of a larger set reuses its row).
+ROW_SETS = ("all", "controls", "multi")
 
 
 def run_all(base: Config, split: Split, out_dir: Path, test_users: int, log=print, store=None,
             rows: str = "all", control: str | None = TEXT_CONTROL, unseen_prompts: bool = True) -> dict:
     """Multi-task, single-task (same examples per task), the ablations and the text control
     (`rows="all"`), or the multi-task model, its random-init twin and the text control
-    (`rows="controls"`); `control` is the text control's backbone (`text_control`). Returns label ->
+    (`rows="controls"`), or the multi-task model alone (`rows="multi"`); `control` is the text control's backbone (`text_control`). Returns label ->
     report. With `store` (`mtrec.bench.resume.RowStore`), a variant finished by an earlier run is
     loaded, whichever set asked for it. `unseen_prompts`: also test the multi-task model with the
     held-out paraphrases (a second pass over the test prompts)."""
@@ -241,6 +242,8 @@ def run_all(base: Config, split: Split, out_dir: Path, test_users: int, log=prin
         heldout=unseen_prompts
     )
     reports[multi.label] = run(multi, out_dir / "multi-task", count_draws=True)
+    if rows == "multi":
+        return reports
     if rows == "controls":
         for variant in filter(None, (RANDOM_INIT, text_control(control))):
             reports[variant.label] = run(variant, out_dir / slug_of(variant))

@@ -18,7 +18,7 @@ from mtrec.data.splits import Split
 from mtrec.model.backbone import BackboneRef, attention_projections, default_pooling, load_backbone, lora_target_modules
 from mtrec.model.layer_cut import top_layer_pattern
 from mtrec.model.collaborative import FULL_SOFTMAX_ITEMS, fit_friends, fit_ranking, fit_rating, newest_per_user
-from mtrec.model.multitask import RecModel, TaskHeads
+from mtrec.model.multitask import RecModel, TaskHeads, freeze_sequence
 from mtrec.prompts import TaskPrompts, add_instruction_tokens
 
 
@@ -144,7 +144,7 @@ def initial_item_table(ds: RecDataset, cfg: ModelConfig, backbone, tokenizer, pr
 def build_heads(ds: RecDataset, item_table: torch.Tensor, train_idx: np.ndarray, hidden: int,
                 like_threshold: float, shrinkage: float = 10.0, collab_dim: int = 0, split: Split | None = None,
                 seed: int = 0, negatives_per_positive: int = 1, friends: bool = False,
-                friend_dim: int | None = None) -> TaskHeads:
+                friend_dim: int | None = None, ranking_prior: str = "factors", sequence_len: int = 50) -> TaskHeads:
     """Heads for `ds`, with priors from the *training* interactions only, all trained further.
 
     Without collaborative factors (`collab_dim` 0) the recommendation bias starts at centred log
@@ -153,7 +153,13 @@ def build_heads(ds: RecDataset, item_table: torch.Tensor, train_idx: np.ndarray,
     rating head is the classic user+item bias model. With `collab_dim` > 0 (and `split`), biases,
     offsets and user/item factors are fitted together on the training split instead (see
     `mtrec.model.collaborative`). Either way the backbone learns what the prompt adds. With
-    `friends`, the friend head too (`friend_head_start`, factors `friend_dim` wide: default `collab_dim`)."""
+    `friends`, the friend head too (`friend_head_start`, factors `friend_dim` wide: default `collab_dim`).
+
+    `ranking_prior` is what the recommendation head starts from: ``factors`` (the bias and factors
+    above), ``sequence`` (the sequential prior alone: `sequence_prior`, reading `sequence_len` history
+    items; the bias and factors of the ranking head start at zero) or ``both`` (summed)."""
+    if ranking_prior not in RANKING_PRIORS:
+        raise ValueError(f"model.ranking_prior: {ranking_prior!r} is not one of {', '.join(RANKING_PRIORS)}")
     friend_dim = collab_dim if friend_dim is None else friend_dim
     items, users = ds.item_idx[train_idx], ds.user_idx[train_idx]
     counts = np.bincount(items, minlength=ds.num_items).astype(np.float64)
@@ -204,17 +210,43 @@ def build_heads(ds: RecDataset, item_table: torch.Tensor, train_idx: np.ndarray,
                       offsets.get("rating", (None,))[0], offsets.get("like", (None,))[0],
                       (offsets["rating"][1], offsets["like"][1]) if offsets else None, ds.num_users,
                       collab_dim=collab_dim, collab=collab,
-                      friends=friend_head_start(ds, item_table, train_idx, friend_dim, seed) if friends else None)
+                      friends=friend_head_start(ds, item_table, train_idx, friend_dim, seed) if friends else None,
+                      sequence=sequence_prior(split, sequence_len, seed) if ranking_prior != "factors" else None)
     with torch.no_grad():
         for name, value in head_bias.items():
             getattr(heads, name).bias.fill_(value)
+        if ranking_prior == "sequence":
+            for t in (heads.item_bias, heads.rec_user_factors, heads.rec_item_factors):
+                t.zero_()
         if split is not None and split.heldout_items is not None:
             # the cold-items protocol: a held-out item has no prior at all (the fits never saw it; a
             # factor left at its random start would rank it by noise, a bias at log(0 + 1) by absence)
             cold = torch.as_tensor(np.flatnonzero(split.heldout_items), dtype=torch.long)
             for name in COLD_ZEROED:
                 getattr(heads, name)[cold] = 0.0
+            if heads.has_sequence:  # row 0 of the network's item table is padding: item i is row i + 1
+                heads.sequence.item.weight[cold + 1] = 0.0
     return heads
+
+
+RANKING_PRIORS = ("factors", "sequence", "both")
+SEQUENCE_VERSION = "sequence-1"  # bump when `fit_sequence` changes: cached fits of another version are not reused
+# the sequential prior's network and fit: SASRec's settings of the bench (`mtrec.bench.baseline_suite`)
+SEQUENCE_NET = dict(hidden=64, blocks=2, heads=1)
+SEQUENCE_FIT = dict(dropout=0.2, lr=3e-3, max_epochs=200, patience=10)
+
+
+def sequence_prior(split: Split | None, max_len: int, seed: int = 0) -> dict:
+    """The sequential prior of the ranking head (`mtrec.model.sequential.fit_sequence` on the
+    training split), cached in ``collab-fits`` by the training interactions and the settings."""
+    from mtrec.model.sequential import fit_sequence
+
+    if split is None:
+        raise ValueError("model.ranking_prior: the sequential prior is fitted on a split; none was given")
+    key = [SEQUENCE_VERSION, _split_key(split, split.train), str(max_len), repr(sorted(SEQUENCE_NET.items())),
+           repr(sorted(SEQUENCE_FIT.items())), str(seed)]
+    return cached("collab-fits", ["sequence", *key],
+                  lambda: fit_sequence(split, max_len=max_len, seed=seed, **SEQUENCE_NET, **SEQUENCE_FIT))
 
 
 # per-item rows of the heads' priors, zeroed for a cold-items split's held-out items
@@ -251,9 +283,12 @@ def empty_heads(ds: RecDataset, cfg: ModelConfig, hidden: int, friends: bool = F
     if friends:
         zero_friends = {"table": torch.zeros(ds.num_users, dim), "bias": torch.zeros(ds.num_users),
                         "S": torch.zeros(ds.num_users, width), "D": torch.zeros(ds.num_users, width)}
+    sequence = None
+    if cfg.ranking_prior != "factors":
+        sequence = {"shape": dict(num_items=ds.num_items, max_len=cfg.sequence_len, **SEQUENCE_NET)}
     return TaskHeads(hidden, len(ds.categories), torch.zeros(ds.num_items, dim), torch.zeros(ds.num_items),
                      ds.rating_scale, rating_mean_of(ds, np.arange(len(ds.values))), num_users=ds.num_users,
-                     collab_dim=cfg.collab_dim, friends=zero_friends)
+                     collab_dim=cfg.collab_dim, friends=zero_friends, sequence=sequence)
 
 
 COLLAB_VERSION = "collab-1"  # bump when the fits change: cached fits of another version are not reused
@@ -356,7 +391,7 @@ def release_original_heads(model: PeftModel) -> PeftModel:
         if isinstance(module, ModulesToSaveWrapper):
             for p in module.original_module.parameters():
                 p.data = torch.empty(0, dtype=p.dtype, device=p.device)
-    return model
+    return freeze_sequence(model)
 
 
 def count_parameters(model) -> dict[str, int]:

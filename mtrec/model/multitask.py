@@ -11,6 +11,10 @@ Heads (all in one `TaskHeads` module, which peft keeps trainable via ``modules_t
 - collaborative factors (optional, `collab_dim` > 0): per-user and per-item vectors fitted on the
   training split (`mtrec.model.collaborative`) add ``<p_u, q_i>`` to the rating and like logits and
   ``<r_u, t_i>`` to every item score; an unknown user or item (index -1) gets none.
+- sequential prior (optional, `sequence` given): a SASRec-shaped network (`mtrec.model.sequential`)
+  fitted on the training split reads the row's history item ids in order and adds
+  ``w * <s(history), e_i>`` to every item score (``w`` learned, starting at 1). The network itself is
+  frozen (`freeze_sequence`); a row without history gets none.
 - friends (only where the run trains the task): a query ``W_f h`` scored against a user table (one
   row per user, starting from the mean item-table row of the user's training items) by cosine
   times a learned scale, plus the friend prior: a per-user bias and ``<s_u, d_v>`` from the
@@ -31,6 +35,7 @@ from torch import nn
 
 from mtrec.kinds import NUM_KINDS, Kind
 from mtrec.model.backbone import pool_hidden
+from mtrec.model.sequential import SequenceNet
 
 
 class TaskHeads(nn.Module):
@@ -49,7 +54,8 @@ class TaskHeads(nn.Module):
                  rating_scale: tuple[float, float] | None, rating_mean: float | None = None,
                  item_rating_offset: torch.Tensor | None = None, item_like_offset: torch.Tensor | None = None,
                  user_offsets: tuple[torch.Tensor, torch.Tensor] | None = None, num_users: int = 0,
-                 collab_dim: int = 0, collab: dict | None = None, friends: dict | None = None) -> None:
+                 collab_dim: int = 0, collab: dict | None = None, friends: dict | None = None,
+                 sequence: dict | None = None) -> None:
         super().__init__()
         item_dim = item_table.shape[1]
         self.norm = nn.LayerNorm(hidden)
@@ -93,6 +99,15 @@ class TaskHeads(nn.Module):
             with torch.no_grad():
                 if friends["table"].shape[1] == hidden:
                     self.friend_query.weight.copy_(torch.eye(hidden))
+        # Sequential prior: present only when `sequence` is given ({"shape", "state"} of
+        # `mtrec.model.sequential.fit_sequence`; `empty_heads` passes the shape with no state).
+        self.has_sequence = sequence is not None
+        if self.has_sequence:
+            self.sequence = SequenceNet(dropout=0.0, **sequence["shape"])
+            if sequence.get("state") is not None:
+                self.sequence.load_state_dict(sequence["state"])
+            self.sequence_weight = nn.Parameter(torch.tensor(1.0))
+            freeze_sequence(self)
         # log variances for uncertainty weighting (Kendall et al. 2018); unused with fixed weights
         self.log_vars = nn.Parameter(torch.zeros(NUM_KINDS))
         lo, hi = rating_scale or (0.0, 1.0)
@@ -111,7 +126,7 @@ class TaskHeads(nn.Module):
 
     def forward(self, pooled: torch.Tensor, item_subset: torch.Tensor | None = None,
                 items: torch.Tensor | None = None, users: torch.Tensor | None = None,
-                with_prior: bool = False) -> dict[str, torch.Tensor]:
+                with_prior: bool = False, history: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """Outputs of every head for every row.
 
         Args:
@@ -124,6 +139,8 @@ class TaskHeads(nn.Module):
                 prompt cannot move (the per-item bias plus the collaborative ``<r_u, t_i>``); the rest,
                 ``item_logits - item_prior``, is the backbone's (scaled cosine of query and table).
                 ``item_logits`` is computed exactly as without it.
+            history: [B, L] each row's history item ids + 1, oldest first, left-padded with 0 (what
+                the sequential prior reads; `mtrec.tasks.history_ids`); None: no sequential prior.
         """
         # LayerNorm then 1/sqrt(hidden): unit-norm features, so one Adam step on a head's weights moves
         # its logit by about lr * sqrt(hidden) instead of lr * hidden (small, noisy batches stay gentle)
@@ -155,6 +172,11 @@ class TaskHeads(nn.Module):
                        * self.item_factors.index_select(0, items.clamp(min=0))).sum(-1)
                 rating_z = rating_z + dot
                 like_z = like_z + self.like_factor_scale * dot
+        if self.has_sequence and history is not None:
+            seq = self.sequence_weight * self.sequence_scores(history, item_subset)
+            item_logits = item_logits + seq
+            if with_prior:
+                item_prior = item_prior + seq
         if self.has_friends:
             fq = F.normalize(self.friend_query(x), dim=-1)
             friend_logits = self.friend_log_scale.exp() * (fq @ F.normalize(self.user_table, dim=-1).T) + self.friend_bias
@@ -180,6 +202,19 @@ class TaskHeads(nn.Module):
                 out["friend_prior"] = friend_prior
         return out
 
+    def sequence_scores(self, history: torch.Tensor, item_subset: torch.Tensor | None = None) -> torch.Tensor:
+        """[B, items] the sequential prior's scores <s(history), e_i> (0 for a row without history)."""
+        net = self.sequence
+        table = net.catalog() if item_subset is None else net.catalog().index_select(0, item_subset)
+        state = net(history.clamp(min=0))[:, -1]
+        return ((history > 0).any(1, keepdim=True).float() * state) @ table.T
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.has_sequence:
+            self.sequence.eval()  # a fitted prior: no dropout, whatever the heads' mode
+        return self
+
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # runs saved before the friends kind existed hold one log-variance per item kind: pad with
         # zeros (the starting value) rather than refuse them
@@ -188,6 +223,15 @@ class TaskHeads(nn.Module):
             old = state_dict[key]
             state_dict[key] = torch.cat([old, old.new_zeros(NUM_KINDS - old.shape[0])])
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+
+def freeze_sequence(model: nn.Module) -> nn.Module:
+    """Freeze the sequential prior's network in every `TaskHeads` of `model` (its weight ``w`` keeps
+    training). Needed again after peft wraps the heads: ``modules_to_save`` makes its copy trainable."""
+    for module in model.modules():
+        if isinstance(module, TaskHeads) and module.has_sequence:
+            module.sequence.requires_grad_(False)
+    return model
 
 
 def _or(value: torch.Tensor | None, default: torch.Tensor | None) -> torch.Tensor:
@@ -209,10 +253,11 @@ class RecModel(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, item_subset: torch.Tensor | None = None,
                 items: torch.Tensor | None = None, users: torch.Tensor | None = None,
-                with_prior: bool = False) -> dict[str, torch.Tensor]:
+                with_prior: bool = False, history: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         heads_args = (self.encode(input_ids, attention_mask), item_subset, items, users)
-        # only passed when asked, so a model traced or compiled without it sees the old call
-        return self.heads(*heads_args, with_prior=True) if with_prior else self.heads(*heads_args)
+        # only passed when asked, so a model traced or compiled without them sees the old call
+        extra = ({"with_prior": True} if with_prior else {}) | ({} if history is None else {"history": history})
+        return self.heads(*heads_args, **extra)
 
 
 def row_losses(out: dict[str, torch.Tensor], batch: dict[str, torch.Tensor],

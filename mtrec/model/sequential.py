@@ -100,17 +100,18 @@ def softmax_backward(hidden: torch.Tensor, net: SequenceNet, labels: torch.Tenso
     return total
 
 
-def training_windows(split: Split, max_len: int) -> torch.Tensor:
-    """[W, max_len + 1] windows of each user's TRAIN item ids + 1, cut from the sequence's end,
-    left-padded with 0.
+def training_windows(split: Split, max_len: int, keep: np.ndarray | None = None) -> torch.Tensor:
+    """[W, max_len + 1] windows of each user's TRAIN item ids + 1 (or of the interactions `keep`
+    flags, a bool mask over interactions), cut from the sequence's end, left-padded with 0.
 
     Consecutive windows overlap by one item (the last input of one is the first target of the
     next), so every training item but each user's first is a target exactly once."""
-    items, roles = split.dataset.item_idx[split.seq].astype(np.int64) + 1, split.role[split.seq]
+    keep = split.role == TRAIN if keep is None else keep
+    items, kept = split.dataset.item_idx[split.seq].astype(np.int64) + 1, keep[split.seq]
     out, offsets = [], split.offsets
     for u in range(split.dataset.num_users):
         a, b = offsets[u], offsets[u + 1]
-        seq = items[a:b][roles[a:b] == TRAIN]
+        seq = items[a:b][kept[a:b]]
         for end in range(len(seq), 1, -max_len):
             w = seq[max(0, end - max_len - 1) : end]
             out.append(np.pad(w, (max_len + 1 - len(w), 0)))
@@ -149,3 +150,94 @@ def train_epoch(net: SequenceNet, windows: torch.Tensor, opt: torch.optim.Optimi
         losses.append(softmax_backward(hidden, net, target[keep] - 1, max_logits))
         opt.step()
     return float(np.mean(losses)) if losses else float("nan")
+
+
+def fit_sequence(split: Split, max_len: int = 50, hidden: int = 64, blocks: int = 2, heads: int = 1,
+                 dropout: float = 0.2, lr: float = 3e-3, batch_size: int = 128, max_epochs: int = 200,
+                 patience: int = 10, seed: int = 0, k: int = 10, max_logits: int = 1 << 23) -> dict:
+    """The sequential prior: a `SequenceNet` fitted on the training split only.
+
+    Like the factor fits (`mtrec.model.collaborative`), it early-stops on the training split's own
+    hold-out: each user's newest training interaction (users keeping at least two others) is left
+    out of the training windows, and each epoch is scored by NDCG@`k` of that item over the catalog,
+    read from the user's earlier training items, those items excluded. The best epoch's weights are
+    kept (no refit: the hold-out items still reach the network as inputs when it scores). Validation
+    and test interactions are never read, so the fitted parameters do not depend on them (tested).
+    Deterministic for a seed (the global torch RNG is forked, not disturbed). Held-out items of a
+    cold-items split are never trained on: `mtrec.model.build.build_heads` zeroes their rows.
+
+    Returns:
+        ``state`` (the net's state dict), ``shape`` (its constructor arguments) and ``report``.
+    """
+    from mtrec.model.collaborative import early_stopping, newest_per_user
+
+    train_idx = split.train
+    hold = newest_per_user(split, train_idx)
+    keep = np.zeros(len(split.role), bool)
+    keep[train_idx[~hold]] = True
+    windows = training_windows(split, max_len, keep)
+    users = split.dataset.user_idx[train_idx[hold]].astype(np.int64)
+    targets = torch.as_tensor(split.dataset.item_idx[train_idx[hold]].astype(np.int64))
+    inputs = _inputs_before(split, train_idx[hold], max_len)
+    seen_rows, seen_items = _seen_before(split, train_idx[hold])
+    shape = dict(num_items=split.dataset.num_items, max_len=max_len, hidden=hidden, blocks=blocks, heads=heads)
+
+    def holdout_ndcg() -> float | None:
+        if not len(users):
+            return None
+        net.eval()
+        gains = []
+        with torch.no_grad():
+            for a in range(0, len(users), 256):
+                scores = net(inputs[a : a + 256])[:, -1] @ net.catalog().T
+                pick = (seen_rows >= a) & (seen_rows < a + 256)
+                scores[seen_rows[pick] - a, seen_items[pick]] = float("-inf")
+                target = scores.gather(1, targets[a : a + 256, None])
+                rank = (scores > target).sum(1)
+                gains.append(torch.where(rank < k, 1.0 / torch.log2(rank.double() + 2), 0.0))
+        return float(torch.cat(gains).mean())
+
+    started = time.perf_counter()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        net = SequenceNet(dropout=dropout, **shape)
+        opt = torch.optim.Adam(net.parameters(), lr=lr, betas=(0.9, 0.98))
+        gen = torch.Generator().manual_seed(seed)
+        info = early_stopping(list(net.parameters()),
+                              lambda: train_epoch(net, windows, opt, gen, batch_size, max_logits, "cpu"),
+                              holdout_ndcg, max_epochs=max_epochs, patience=patience, higher_is_better=True,
+                              score_start=True)
+    report = {"epochs": info["best_epoch"], "epochs_run": info["epochs_run"],
+              f"holdout_ndcg@{k}": round(info["best_valid"] or 0.0, 4), "holdout_rows": int(len(users)),
+              "windows": int(len(windows)), "seconds": round(time.perf_counter() - started, 1)}
+    return {"state": {n: t.detach().clone() for n, t in net.state_dict().items()}, "shape": shape, "report": report}
+
+
+def _inputs_before(split: Split, interactions: np.ndarray, max_len: int) -> torch.Tensor:
+    """[B, max_len] for each interaction, the item ids + 1 of its user's TRAIN interactions before it,
+    newest last, left-padded."""
+    out = np.zeros((len(interactions), max_len), np.int64)
+    for row, i in enumerate(interactions):
+        earlier = split.history(int(i))
+        earlier = earlier[split.role[earlier] == TRAIN][-max_len:]
+        out[row, max_len - len(earlier):] = split.dataset.item_idx[earlier] + 1
+    return torch.as_tensor(out)
+
+
+def _seen_before(split: Split, interactions: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """(row, item) pairs: every TRAIN item the user of each interaction had before it."""
+    rows, items = [], []
+    for row, i in enumerate(interactions):
+        earlier = split.history(int(i))
+        earlier = earlier[split.role[earlier] == TRAIN]
+        rows.append(np.full(len(earlier), row))
+        items.append(split.dataset.item_idx[earlier])
+    cat = (lambda xs: torch.as_tensor(np.concatenate(xs).astype(np.int64))) if rows else (lambda xs: torch.zeros(0, dtype=torch.long))
+    return cat(rows), cat(items)
+
+
+def sequence_net(fit: dict) -> SequenceNet:
+    """The fitted network of `fit_sequence`'s result, in eval mode without dropout."""
+    net = SequenceNet(dropout=0.0, **fit["shape"])
+    net.load_state_dict(fit["state"])
+    return net.eval()

@@ -64,3 +64,8 @@ def test_a_like_only_row_counts_its_users():
     assert accuracy.users_in({"like_user": np.array([3, 3, 5]), "like_score": np.zeros(3)}) == 2
     assert accuracy.users_in({"rank_user": np.array([1]), "rating_user": np.array([2, 1])}) == 2
     assert accuracy.users_in({}) == 0
+
+
+def test_multi_is_the_multi_task_model_alone(trained, tmp_path):
+    out = mtrec_suite.run_all(None, None, tmp_path, 0, log=lambda _: None, rows="multi", unseen_prompts=False)
+    assert list(out) == ["mtrec multi-task"] and [t[2] for t in trained] == [False]
