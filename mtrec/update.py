@@ -8,7 +8,7 @@ for users the run knows are ignored). The update
 1. grows the run's own catalog (``RUN/catalog``) by NEW: its interactions become training data
    (one that repeats a held-out interaction of the run, same user, item and time, moves that
    interaction to training rather than being added twice); new users and items join the catalog;
-2. refits every prior (biases, offsets, collaborative factors) on the grown training data;
+2. refits every prior (biases, offsets, collaborative factors, the sequential prior) on the grown training data;
 3. starts the model from RUN's weights: LoRA and instruction-token rows as trained, the heads'
    learned layers and the item table rows of known items as trained, new items' rows from their
    text, the refitted priors where the heads keep them;
@@ -54,6 +54,7 @@ PRIORS = (
     "rating.bias",
     "like.bias",
 )
+PRIOR_MODULES = ("sequence.",)  # the sequential prior's network (model.ranking_prior): refitted whole
 PER_ITEM = ("item_table",)
 
 
@@ -258,7 +259,7 @@ def carry_over(model, run_dir: Path, old: Split, grown: Split) -> dict[str, int]
     with torch.no_grad():
         for key, value in state.items():
             name = key.removeprefix(prefix)
-            if not key.startswith(prefix) or name in PRIORS or name not in params:
+            if not key.startswith(prefix) or name in PRIORS or name.startswith(PRIOR_MODULES) or name not in params:
                 continue
             target = params[name]
             if name in PER_ITEM:

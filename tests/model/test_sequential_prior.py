@@ -149,3 +149,25 @@ def test_cold_items_get_no_sequential_prior():
     with pytest.raises(ValueError, match="model.ranking_prior"):
         build_heads(split.dataset, torch.randn(split.dataset.num_items, 8), split.train, 8, 4.0,
                     split=split, ranking_prior="sasrec")
+
+
+def test_an_update_refits_the_sequential_prior_on_the_grown_catalog(run, tmp_path):
+    from safetensors.torch import load_file
+
+    from mtrec.run import load_catalog
+    from mtrec.update import update, write_interactions
+
+    _, _, _, run_dir = run
+    old = load_catalog(run_dir / "catalog")
+    new = tmp_path / "new"
+    write_interactions(new, old.dataset, old.valid)
+    t = int(old.dataset.timestamps.max()) + 100
+    with open(new / "interactions.csv", "a", encoding="utf-8") as f:
+        f.write(f"3,new-1,5.0,{t}\n4,new-1,4.0,{t + 1}\n")
+    (new / "items.csv").write_text("item_id,title,text,categories\nnew-1,A new record,Fresh.,jazz\n", encoding="utf-8")
+    update(run_dir, new, tmp_path / "out", steps=0)
+    a, b = (load_file(str(d / "adapter/adapter_model.safetensors")) for d in (run_dir, tmp_path / "out"))
+    key = "base_model.model.heads.sequence.item.weight"
+    assert b[key].shape[0] == a[key].shape[0] + 1  # one row more: the new item
+    w = "base_model.model.heads.sequence_weight"
+    assert torch.equal(a[w], b[w])  # what training learned is carried over
