@@ -36,3 +36,15 @@ def pad_right(rendered: list, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
         ids[i, : r.num_tokens] = torch.tensor(r.input_ids)
         mask[i, : r.num_tokens] = 1
     return ids, mask
+
+
+def item_slots(rendered: list, width: int) -> torch.Tensor | None:
+    """[B, width] the item index at each hybrid item token of rendered prompts, -1 elsewhere (prompts
+    padded on the right, as `pad_right`); None when no prompt has one."""
+    if not any(r.item_slots for r in rendered):
+        return None
+    out = torch.full((len(rendered), width), -1, dtype=torch.long)
+    for i, r in enumerate(rendered):
+        for position, item in r.item_slots:
+            out[i, position] = item
+    return out

@@ -64,6 +64,13 @@ class PromptConfig:
     max_categories: int = knob(5, "at most this many categories per item in a prompt")
     social: bool = knob(True, "show friends' / trusted users' recent items in prompts")
     social_share: float = knob(0.3, "share of spare budget held for social context while history is cut")
+    item_tokens: str = knob("text", "how history and friends' items enter the prompt: text (their titles), hybrid "
+                            "(one token each, whose embedding is a trained projection of the item's collaborative "
+                            "embedding: the sequential prior's or the ranking factors') or both (that token, then "
+                            "the title); an item without an embedding keeps its title")
+    item_token_curriculum: int = knob(0, "with hybrid item tokens: over the first N training steps, the share of "
+                                      "training prompts written with item tokens rises from 0 to 1 (the others as "
+                                      "text; LLaRA's curriculum); 0 = item tokens from the start")
 
 
 @dataclass

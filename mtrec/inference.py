@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mtrec.batching import pad_right
+from mtrec.batching import item_slots, pad_right
 from mtrec.data.splits import TRAIN, Split
 from mtrec.kinds import KIND_TASK
 from mtrec.prompts import PromptRenderer, render_options
@@ -73,7 +73,11 @@ class Recommender:
         self.dataset = split.dataset
         self.prompts = prompts
         self.factory = ExampleFactory(serving_split(split), example_options(cfg))
-        self.renderer = PromptRenderer(tokenizer, {t: p.instruction_token for t, p in prompts.items()}, render_options(cfg))
+        from mtrec.model.build import embedded_items
+
+        known = embedded_items(split) if cfg.prompt.item_tokens != "text" else None  # hybrid item tokens
+        self.renderer = PromptRenderer(tokenizer, {t: p.instruction_token for t, p in prompts.items()}, render_options(cfg),
+                                       known)
         self.seen = Seen.every(split, device)  # serving comes after every interaction the run knows
         self._friend_seen = None  # built on first use (recommend_friends)
 
@@ -273,7 +277,7 @@ class Recommender:
                 continue
             it = ds.items[j]
             rating, weight = (value, None) if ds.explicit else (None, value)
-            entries.append(HistoryEntry(it.title, rating, weight, it.categories))
+            entries.append(HistoryEntry(it.title, rating, weight, it.categories, j))
             named.append(j)
         return tuple(entries[: self.factory.opts.max_history]), named
 
@@ -356,6 +360,9 @@ class Recommender:
             columns = subset if subset is not None else None if full_catalog else no_items
             if self.factory.opts.sequence_len:  # the sequential prior reads the history in order
                 extra["history"] = history_ids(chunk, self.factory.opts.sequence_len).to(self.device)
+            slots = item_slots(rendered, ids.shape[1])
+            if slots is not None:  # hybrid item tokens
+                extra["item_slots"] = slots.to(self.device)
             yield start, self.model(ids.to(self.device), mask.to(self.device), columns, items, users, **extra)
 
     def _template(self, example):

@@ -16,7 +16,7 @@ import torch
 from tqdm.auto import tqdm
 
 from mtrec import metrics, ranking
-from mtrec.batching import length_bucketed_batches, pad_right
+from mtrec.batching import item_slots, length_bucketed_batches, pad_right
 from mtrec.data.splits import TRAIN, VALID, Split
 from mtrec.kinds import KIND_IDS, KIND_NAMES, KIND_TASK, KINDS, NUM_KINDS, Kind
 from mtrec.model.multitask import row_losses
@@ -62,10 +62,14 @@ class Batcher:
         tp = self.prompts[KIND_TASK[kind]]
         return tp.heldout(kind) if heldout else tp.train(kind)
 
-    def render(self, specs: Specs, rows: np.ndarray, templates: list[Template]) -> tuple[list, list]:
-        """Examples and rendered prompts of `rows` of `specs`, row i rendered with templates[i]."""
+    def render(self, specs: Specs, rows: np.ndarray, templates: list[Template],
+               plain: np.ndarray | None = None) -> tuple[list, list]:
+        """Examples and rendered prompts of `rows` of `specs`, row i rendered with templates[i] (and,
+        where `plain` is True, with titles instead of hybrid item tokens: the curriculum)."""
         examples = [self.factory.make_row(specs, int(r)) for r in rows]
-        return examples, [self.renderer.render(ex, t) for ex, t in zip(examples, templates)]
+        text = self.renderer.as_text() if plain is not None else None
+        return examples, [(text if plain is not None and plain[i] else self.renderer).render(ex, t)
+                          for i, (ex, t) in enumerate(zip(examples, templates))]
 
     def collate(self, specs: Specs, rows: np.ndarray, templates: list[Template]) -> dict:
         """Batch of `rows` of `specs`, row i rendered with templates[i]. Pads on the right."""
@@ -95,13 +99,16 @@ class Batcher:
         }
         if self.factory.opts.sequence_len:  # the sequential prior's input
             out["history"] = history_ids(examples, self.factory.opts.sequence_len)
+        slots = item_slots(rendered, ids.shape[1])
+        if slots is not None:  # hybrid item tokens
+            out["item_slots"] = slots
         return out
 
 
 def history_arg(batch: dict) -> dict:
-    """The model's ``history`` keyword for `batch`: present only where the run has a sequential prior
-    (a model traced or compiled without it sees the old call)."""
-    return {"history": batch["history"]} if "history" in batch else {}
+    """The model's ``history`` and ``item_slots`` keywords for `batch`: present only where the run has
+    a sequential prior or hybrid item tokens (a model traced or compiled without them sees the old call)."""
+    return {k: batch[k] for k in ("history", "item_slots") if k in batch}
 
 
 class TaskSampler:
@@ -115,8 +122,9 @@ class TaskSampler:
     """
 
     def __init__(self, specs: dict[str, Specs], probs: dict[str, float], batcher: Batcher, batch_size: int, seed: int,
-                 buckets: int = 0, fixed: int = 0):
+                 buckets: int = 0, fixed: int = 0, curriculum: int = 0):
         self.specs, self.batcher, self.batch_size, self.seed = specs, batcher, batch_size, seed
+        self.curriculum = curriculum  # hybrid item tokens: steps over which their share rises from 0 to 1
         self.buckets = buckets
         self.fixed = fixed
         self._kept: dict[tuple[int, int], dict] = {}  # fixed > 0: each fixed batch, built once
@@ -151,15 +159,25 @@ class TaskSampler:
                 self._kept[d, rank] = self._batch(d, rank)
         return self._kept[draw, rank]
 
+    def _plain(self, rng: np.random.Generator, n: int, step: int) -> np.ndarray | None:
+        """The curriculum's rows written as text at draw `step` (each with probability 1 - step / N);
+        None without a curriculum (and no draw from `rng`, so other runs see the same batches)."""
+        if not self.curriculum:
+            return None
+        return rng.random(n) >= min(1.0, step / self.curriculum)
+
     def _batch(self, step: int, rank: int) -> dict:
         if self.buckets <= 1:
-            rows, templates = self._draw(np.random.default_rng([self.seed, step, rank]), self.batch_size)
-            return self.batcher.collate(self.all, rows, templates)
+            rng = np.random.default_rng([self.seed, step, rank])
+            rows, templates = self._draw(rng, self.batch_size)
+            return self.batcher.tensors(self.all, rows, *self.batcher.render(self.all, rows, templates,
+                                                                             self._plain(rng, len(rows), step)))
         group, slot = divmod(step, self.buckets)
         if self._group != (group, rank):
             rng = np.random.default_rng([self.seed, group, rank, self.buckets])
             rows, templates = self._draw(rng, self.batch_size * self.buckets)
-            examples, rendered = self.batcher.render(self.all, rows, templates)
+            plain = self._plain(rng, len(rows), group * self.buckets)
+            examples, rendered = self.batcher.render(self.all, rows, templates, plain)
             lengths = np.array([r.num_tokens for r in rendered])
             order = length_bucketed_batches(lengths, self.batch_size, seed=int(rng.integers(2**31)))
             self._pool, self._group = (rows, examples, rendered, order), (group, rank)

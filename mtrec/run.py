@@ -227,11 +227,13 @@ def _load_adapter(run_dir: Path, manifest: dict, cfg, split: Split, prompts: dic
     from mtrec.model.build import build_backbone, empty_heads, release_original_heads, wants_friends
     from mtrec.model.multitask import RecModel
 
-    backbone, _, token_ids, pooling = build_backbone(cfg.model, prompts, base_backbone(run_dir), cfg.run.seed, dtype)
+    backbone, _, token_ids, pooling = build_backbone(cfg.model, prompts, base_backbone(run_dir), cfg.run.seed, dtype,
+                                                     item_tokens=cfg.prompt.item_tokens)
     if token_ids != manifest.get("token_ids", token_ids) or pooling != manifest["pooling"]:
         raise RunFolderError(f"{run_dir}: the instruction tokens or pooling rebuilt here ({token_ids}, {pooling}) "
                              f"are not the run's ({manifest.get('token_ids')}, {manifest['pooling']})")
-    heads = empty_heads(split.dataset, cfg.model, backbone.config.hidden_size, wants_friends(cfg, split.dataset))
+    heads = empty_heads(split.dataset, cfg.model, backbone.config.hidden_size, wants_friends(cfg, split.dataset),
+                        cfg.prompt.item_tokens != "text")
     return release_original_heads(PeftModel.from_pretrained(RecModel(backbone, heads, pooling), run_dir / "adapter"))
 
 
@@ -244,7 +246,8 @@ def _load_export(run_dir: Path, manifest: dict, cfg, split: Split, prompts: dict
     from mtrec.model.multitask import RecModel
 
     backbone = AutoModel.from_pretrained(run_dir / "backbone", dtype=dtype, attn_implementation="sdpa")
-    heads = empty_heads(split.dataset, cfg.model, backbone.config.hidden_size, wants_friends(cfg, split.dataset))
+    heads = empty_heads(split.dataset, cfg.model, backbone.config.hidden_size, wants_friends(cfg, split.dataset),
+                        cfg.prompt.item_tokens != "text")
     heads.load_state_dict(load_file(str(run_dir / "heads.safetensors")))
     return RecModel(backbone, heads, manifest["pooling"])
 

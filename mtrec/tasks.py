@@ -48,6 +48,7 @@ class HistoryEntry:
     rating: float | None = None
     weight: float | None = None
     categories: tuple[str, ...] = ()
+    item: int = -1  # the item's index in the catalog (hybrid item tokens); -1: unknown
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +59,7 @@ class SocialEntry:
     title: str
     rating: float | None = None
     weight: float | None = None
+    item: int = -1  # the item's index in the catalog (hybrid item tokens); -1: unknown
 
 
 @dataclass(frozen=True)
@@ -302,7 +304,8 @@ class ExampleFactory:
         ds = self.ds
         item = ds.items[ds.item_idx[i]]
         v = float(ds.values[i])
-        return HistoryEntry(item.title, v if ds.explicit else None, None if ds.explicit else v, item.categories)
+        return HistoryEntry(item.title, v if ds.explicit else None, None if ds.explicit else v, item.categories,
+                            int(ds.item_idx[i]))
 
     def make(self, kind: int | str, interaction: int, item: int, label: float):
         """One example of `kind` for target `interaction` (and `item`, the target or a negative)."""
@@ -378,7 +381,7 @@ class ExampleFactory:
 
     def _social_entry(self, i: int) -> SocialEntry:
         e = self._entry(i)
-        return SocialEntry(self.ds.users[self.ds.user_idx[i]].id, e.title, e.rating, e.weight)
+        return SocialEntry(self.ds.users[self.ds.user_idx[i]].id, e.title, e.rating, e.weight, e.item)
 
     def make_row(self, specs: Specs, row: int):
         return self.make(int(specs.kind[row]), int(specs.interaction[row]), int(specs.item[row]), float(specs.label[row]))

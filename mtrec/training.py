@@ -26,8 +26,8 @@ from mtrec.data import load_dataset
 from mtrec.data.friends import hold_out_friends
 from mtrec.data.splits import VALID, Split, make_split
 from mtrec.model.backbone import BackboneRef, resolve_backbone
-from mtrec.model.build import (build_backbone, build_heads, build_optimizer, count_parameters, initial_item_table,
-                               lora_config, wants_friends, wrap_model)
+from mtrec.model.build import (build_backbone, build_heads, build_optimizer, count_parameters, embedded_items,
+                               initial_item_table, lora_config, token_embedding_rms, wants_friends, wrap_model)
 from mtrec.kinds import KIND_IDS, KIND_NAMES, KIND_TASK, NUM_KINDS
 from mtrec.model.collaborative import FULL_SOFTMAX_ITEMS
 from mtrec.model.layer_cut import ActivationCache, FrozenBottom
@@ -35,6 +35,7 @@ from mtrec.model.multitask import multitask_loss
 from mtrec.pipeline import (Batcher, Prefetcher, TaskSampler, evaluate, eval_specs, history_arg, kinds_for, mixing_probs,
                             train_specs)
 from mtrec.prompts import PromptRenderer, load_prompts, prompt_tasks, render_options
+from mtrec.prompts.render import ITEM_TOKEN_MODES
 from mtrec.run import RunFolderError, prepare_run_dir, save_run
 from mtrec.tasks import ExampleFactory, ExampleOptions, example_options
 
@@ -78,6 +79,21 @@ def load_split(cfg: Config) -> Split:
     return dataclasses.replace(make_split(ds, cfg.data.split, seed=cfg.data.split_seed), friends=held)
 
 
+def hybrid_item_tokens(cfg: Config) -> bool:
+    """Does `cfg` write hybrid item tokens (`prompt.item_tokens` hybrid or both)? Checks the settings."""
+    mode = cfg.prompt.item_tokens
+    if mode not in ITEM_TOKEN_MODES:
+        raise ConfigError(f"prompt.item_tokens: {mode!r} is not one of {', '.join(ITEM_TOKEN_MODES)}")
+    if mode != "text" and cfg.model.train_top_layers:
+        # the projector is trained at the input, below any cut: the activation cache would replay stale
+        # inputs, and freezing it would leave an untrained projection
+        raise ConfigError("prompt.item_tokens: hybrid item tokens train their projector at the input, so they "
+                          "cannot be combined with model.train_top_layers (frozen layers below the top ones)")
+    if cfg.prompt.item_token_curriculum < 0:
+        raise ConfigError(f"prompt.item_token_curriculum: {cfg.prompt.item_token_curriculum} is negative")
+    return mode != "text"
+
+
 def build_setup(cfg: Config, accelerator: Accelerator | None = None, split: Split | None = None) -> Setup:
     """Data, prompts, backbone (+instruction tokens), item table, heads and LoRA, from `cfg` (the
     data from `split` where given: `mtrec.update` passes a run's catalog grown by new data)."""
@@ -88,6 +104,7 @@ def build_setup(cfg: Config, accelerator: Accelerator | None = None, split: Spli
     if not kinds:  # before anything expensive
         raise ConfigError(f"train.tasks: {list(cfg.train.tasks)} has nothing to train on {split.dataset.name} "
                           f"(rating needs ratings, friends a social graph)")
+    hybrid = hybrid_item_tokens(cfg)
     prompts = load_prompts(cfg.prompt.prompts_dir, prompt_tasks(cfg.train.tasks))
     with timed(phases, "backbone"):
         if accelerator is not None:
@@ -95,7 +112,8 @@ def build_setup(cfg: Config, accelerator: Accelerator | None = None, split: Spli
                 ref = resolve_backbone(cfg.model.backbone)
         else:
             ref = resolve_backbone(cfg.model.backbone)
-        backbone, tokenizer, token_ids, pooling = build_backbone(cfg.model, prompts, ref, cfg.run.seed)
+        backbone, tokenizer, token_ids, pooling = build_backbone(cfg.model, prompts, ref, cfg.run.seed,
+                                                                 item_tokens=cfg.prompt.item_tokens)
     hidden = backbone.config.hidden_size
     bf16 = choose_mixed_precision(cfg.train.mixed_precision) == "bf16"
     with timed(phases, "item_encoding"):
@@ -106,13 +124,15 @@ def build_setup(cfg: Config, accelerator: Accelerator | None = None, split: Spli
                             collab_dim=cfg.model.collab_dim, split=split, seed=cfg.run.seed,
                             negatives_per_positive=cfg.data.negatives_per_positive,
                             friends=wants_friends(cfg, split.dataset), friend_dim=cfg.model.friend_dim,
-                            ranking_prior=cfg.model.ranking_prior, sequence_len=cfg.model.sequence_len)
+                            ranking_prior=cfg.model.ranking_prior, sequence_len=cfg.model.sequence_len,
+                            item_tokens={"embed_rms": token_embedding_rms(backbone)} if hybrid else None)
     with timed(phases, "lora"):
         model = wrap_model(backbone, heads, pooling, lora_config(cfg.model, backbone, token_ids))
         # model.train_top_layers: everything below the top layers frozen (token rows included), in eval mode
         bottom = FrozenBottom(backbone, cfg.model.train_top_layers) if cfg.model.train_top_layers else None
     opts = example_options(cfg)
-    renderer = PromptRenderer(tokenizer, {t: p.instruction_token for t, p in prompts.items()}, render_options(cfg))
+    renderer = PromptRenderer(tokenizer, {t: p.instruction_token for t, p in prompts.items()}, render_options(cfg),
+                              embedded_items(split) if hybrid else None)
     batcher = Batcher(ExampleFactory(split, opts), renderer, prompts, tokenizer.pad_token_id, len(split.dataset.categories))
     weights = torch.tensor([float(cfg.train.task_weights.get(k, 1.0)) for k in sorted(KIND_IDS, key=KIND_IDS.get)])
     return Setup(cfg, split, kinds, batcher, model, tokenizer, token_ids, ref, weights, opts, phases, bottom)
@@ -231,7 +251,8 @@ class _Loop:
             self.valid = eval_specs(s.split, s.kinds, s.example_options, VALID, t.eval_users, cfg.run.seed)
         self.sizes = {k: len(v) for k, v in specs.items()}
         self.sampler = TaskSampler(specs, mixing_probs(self.sizes, t.mixing, t.temperature), s.batcher, t.batch_size,
-                                   cfg.run.seed, t.length_buckets, t.fixed_batches)
+                                   cfg.run.seed, t.length_buckets, t.fixed_batches,
+                                   cfg.prompt.item_token_curriculum if cfg.prompt.item_tokens != "text" else 0)
         opt = make_optimizer(s.model, cfg)
         sched = get_cosine_schedule_with_warmup(opt, t.warmup_steps, t.max_steps)
         self.model, self.opt, self.sched = accelerator.prepare(s.model, opt, sched)

@@ -20,15 +20,17 @@ from mtrec.model.layer_cut import top_layer_pattern
 from mtrec.model.collaborative import FULL_SOFTMAX_ITEMS, fit_friends, fit_ranking, fit_rating, newest_per_user
 from mtrec.model.multitask import RecModel, TaskHeads, freeze_sequence
 from mtrec.prompts import TaskPrompts, add_instruction_tokens
+from mtrec.prompts.render import ITEM_TOKEN
 
 
 def build_backbone(cfg: ModelConfig, prompts: dict[str, TaskPrompts], ref: BackboneRef, seed: int = 0,
-                   dtype: torch.dtype | None = None):
-    """Load the backbone and tokenizer, add the instruction tokens, resize the embeddings (training,
-    and loading a run folder, whose adapter then fills in what was trained).
+                   dtype: torch.dtype | None = None, item_tokens: str = "text"):
+    """Load the backbone and tokenizer, add the instruction tokens (and with hybrid `item_tokens`,
+    `ITEM_TOKEN`), resize the embeddings (training, and loading a run folder, whose adapter then
+    fills in what was trained).
 
     Returns:
-        (backbone, tokenizer, token_ids: task -> id, pooling mode).
+        (backbone, tokenizer, token_ids: task -> id (and `ITEM_TOKEN` -> its id), pooling mode).
     """
     backbone, tokenizer = load_backbone(ref, **({"dtype": dtype} if dtype is not None else {}))
     if cfg.random_init:  # ablation: same architecture, no pretraining
@@ -39,6 +41,10 @@ def build_backbone(cfg: ModelConfig, prompts: dict[str, TaskPrompts], ref: Backb
         if dtype is not None:
             backbone = backbone.to(dtype)
     token_ids = add_instruction_tokens(tokenizer, prompts)
+    if item_tokens != "text":
+        if ITEM_TOKEN not in tokenizer.get_vocab():
+            tokenizer.add_special_tokens({"additional_special_tokens": [ITEM_TOKEN]}, replace_extra_special_tokens=False)
+        token_ids[ITEM_TOKEN] = tokenizer.convert_tokens_to_ids(ITEM_TOKEN)
     if len(tokenizer) > backbone.get_input_embeddings().num_embeddings:
         backbone.resize_token_embeddings(len(tokenizer))
     pooling = default_pooling(backbone.config) if cfg.pooling == "auto" else cfg.pooling
@@ -144,7 +150,8 @@ def initial_item_table(ds: RecDataset, cfg: ModelConfig, backbone, tokenizer, pr
 def build_heads(ds: RecDataset, item_table: torch.Tensor, train_idx: np.ndarray, hidden: int,
                 like_threshold: float, shrinkage: float = 10.0, collab_dim: int = 0, split: Split | None = None,
                 seed: int = 0, negatives_per_positive: int = 1, friends: bool = False,
-                friend_dim: int | None = None, ranking_prior: str = "factors", sequence_len: int = 50) -> TaskHeads:
+                friend_dim: int | None = None, ranking_prior: str = "factors", sequence_len: int = 50,
+                item_tokens: dict | None = None) -> TaskHeads:
     """Heads for `ds`, with priors from the *training* interactions only, all trained further.
 
     Without collaborative factors (`collab_dim` 0) the recommendation bias starts at centred log
@@ -211,7 +218,8 @@ def build_heads(ds: RecDataset, item_table: torch.Tensor, train_idx: np.ndarray,
                       (offsets["rating"][1], offsets["like"][1]) if offsets else None, ds.num_users,
                       collab_dim=collab_dim, collab=collab,
                       friends=friend_head_start(ds, item_table, train_idx, friend_dim, seed) if friends else None,
-                      sequence=sequence_prior(split, sequence_len, seed) if ranking_prior != "factors" else None)
+                      sequence=sequence_prior(split, sequence_len, seed) if ranking_prior != "factors" else None,
+                      item_tokens=item_tokens)
     with torch.no_grad():
         for name, value in head_bias.items():
             getattr(heads, name).bias.fill_(value)
@@ -275,7 +283,8 @@ def wants_friends(cfg, ds: RecDataset) -> bool:
     return "friends" in cfg.train.tasks and ds.num_social_edges > 0
 
 
-def empty_heads(ds: RecDataset, cfg: ModelConfig, hidden: int, friends: bool = False) -> TaskHeads:
+def empty_heads(ds: RecDataset, cfg: ModelConfig, hidden: int, friends: bool = False,
+                item_tokens: bool = False) -> TaskHeads:
     """Heads of the shapes `build_heads` gives `ds` under `cfg`, every value zero: a run folder's
     adapter (or an export's weights) fills them in."""
     dim = cfg.item_dim or hidden
@@ -288,7 +297,19 @@ def empty_heads(ds: RecDataset, cfg: ModelConfig, hidden: int, friends: bool = F
         sequence = {"shape": dict(num_items=ds.num_items, max_len=cfg.sequence_len, **SEQUENCE_NET)}
     return TaskHeads(hidden, len(ds.categories), torch.zeros(ds.num_items, dim), torch.zeros(ds.num_items),
                      ds.rating_scale, rating_mean_of(ds, np.arange(len(ds.values))), num_users=ds.num_users,
-                     collab_dim=cfg.collab_dim, friends=zero_friends, sequence=sequence)
+                     collab_dim=cfg.collab_dim, friends=zero_friends, sequence=sequence,
+                     item_tokens={"embed_rms": 1.0} if item_tokens else None)
+
+
+def embedded_items(split: Split) -> np.ndarray:
+    """[items] bool: the items with a collaborative embedding (at least one training interaction);
+    with hybrid item tokens only these are written as item tokens, the others keep their titles."""
+    return np.bincount(split.dataset.item_idx[split.train], minlength=split.dataset.num_items) > 0
+
+
+def token_embedding_rms(backbone) -> float:
+    """The RMS of the backbone's input token embeddings (the scale hybrid item tokens are written at)."""
+    return float(backbone.get_input_embeddings().weight.detach().float().pow(2).mean().sqrt())
 
 
 COLLAB_VERSION = "collab-1"  # bump when the fits change: cached fits of another version are not reused
@@ -352,7 +373,9 @@ def lora_config(cfg: ModelConfig, backbone, token_ids: dict[str, int]) -> LoraCo
         lora_dropout=cfg.lora_dropout,
         target_modules=pattern,
         modules_to_save=["heads"],
-        trainable_token_indices={input_embedding_name(backbone): sorted(token_ids.values())},
+        # the item token's row is never read (the model writes a projection in its place)
+        trainable_token_indices={input_embedding_name(backbone): sorted(v for k, v in token_ids.items()
+                                                                        if k != ITEM_TOKEN)},
     )
 
 

@@ -15,6 +15,10 @@ Heads (all in one `TaskHeads` module, which peft keeps trainable via ``modules_t
   fitted on the training split reads the row's history item ids in order and adds
   ``w * <s(history), e_i>`` to every item score (``w`` learned, starting at 1). The network itself is
   frozen (`freeze_sequence`); a row without history gets none.
+- hybrid item tokens (optional, `item_tokens` given; LLaRA/E4SRec-style): a projector maps an item's
+  collaborative embedding (the sequential prior's item row, else its ranking factors, else its table
+  row) to one input embedding of the backbone, written where the prompt has `ITEM_TOKEN`
+  (`RecModel.encode`). Its output has the norm of a typical token embedding.
 - friends (only where the run trains the task): a query ``W_f h`` scored against a user table (one
   row per user, starting from the mean item-table row of the user's training items) by cosine
   times a learned scale, plus the friend prior: a per-user bias and ``<s_u, d_v>`` from the
@@ -55,7 +59,7 @@ class TaskHeads(nn.Module):
                  item_rating_offset: torch.Tensor | None = None, item_like_offset: torch.Tensor | None = None,
                  user_offsets: tuple[torch.Tensor, torch.Tensor] | None = None, num_users: int = 0,
                  collab_dim: int = 0, collab: dict | None = None, friends: dict | None = None,
-                 sequence: dict | None = None) -> None:
+                 sequence: dict | None = None, item_tokens: dict | None = None) -> None:
         super().__init__()
         item_dim = item_table.shape[1]
         self.norm = nn.LayerNorm(hidden)
@@ -108,6 +112,15 @@ class TaskHeads(nn.Module):
                 self.sequence.load_state_dict(sequence["state"])
             self.sequence_weight = nn.Parameter(torch.tensor(1.0))
             freeze_sequence(self)
+        # Hybrid item tokens: {"embed_rms": the backbone's token-embedding RMS} (`empty_heads`: 1.0, the
+        # saved buffer fills it in). The source is fixed by what the heads hold.
+        self.has_item_tokens = item_tokens is not None
+        if self.has_item_tokens:
+            self.token_source = "sequence" if self.has_sequence else "factors" if collab_dim else "table"
+            width = {"sequence": self.sequence.item.embedding_dim, "factors": collab_dim, "table": item_dim}[self.token_source]
+            self.item_projector = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, hidden), nn.GELU(),
+                                                nn.Linear(hidden, hidden))
+            self.register_buffer("token_rms", torch.tensor(float(item_tokens.get("embed_rms", 1.0))))
         # log variances for uncertainty weighting (Kendall et al. 2018); unused with fixed weights
         self.log_vars = nn.Parameter(torch.zeros(NUM_KINDS))
         lo, hi = rating_scale or (0.0, 1.0)
@@ -126,8 +139,9 @@ class TaskHeads(nn.Module):
 
     def forward(self, pooled: torch.Tensor, item_subset: torch.Tensor | None = None,
                 items: torch.Tensor | None = None, users: torch.Tensor | None = None,
-                with_prior: bool = False, history: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        """Outputs of every head for every row.
+                with_prior: bool = False, history: torch.Tensor | None = None,
+                project: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Outputs of every head for every row (or, with `project`, the item-token embeddings).
 
         Args:
             pooled: [B, hidden] pooled backbone states.
@@ -141,7 +155,11 @@ class TaskHeads(nn.Module):
                 ``item_logits`` is computed exactly as without it.
             history: [B, L] each row's history item ids + 1, oldest first, left-padded with 0 (what
                 the sequential prior reads; `mtrec.tasks.history_ids`); None: no sequential prior.
+            project: [n] item indices: return their hybrid item-token embeddings [n, hidden] instead
+                (`RecModel.encode`; through ``forward`` because peft's wrapper dispatches calls only).
         """
+        if project is not None:
+            return self.item_token_embeddings(project)
         # LayerNorm then 1/sqrt(hidden): unit-norm features, so one Adam step on a head's weights moves
         # its logit by about lr * sqrt(hidden) instead of lr * hidden (small, noisy batches stay gentle)
         x = self.norm(pooled.float()) * self.feature_scale
@@ -209,6 +227,14 @@ class TaskHeads(nn.Module):
         state = net(history.clamp(min=0))[:, -1]
         return ((history > 0).any(1, keepdim=True).float() * state) @ table.T
 
+    def item_token_embeddings(self, items: torch.Tensor) -> torch.Tensor:
+        """[n, hidden] the input embeddings of hybrid item tokens for `items` (see the module docstring)."""
+        source = {"sequence": lambda: self.sequence.item.weight.index_select(0, items + 1),
+                  "factors": lambda: self.rec_item_factors.index_select(0, items),
+                  "table": lambda: self.item_table.index_select(0, items)}[self.token_source]()
+        out = F.normalize(self.item_projector(source.float()), dim=-1)
+        return out * self.token_rms * out.shape[-1] ** 0.5
+
     def train(self, mode: bool = True):
         super().train(mode)
         if self.has_sequence:
@@ -247,14 +273,25 @@ class RecModel(nn.Module):
         self.heads = heads
         self.pooling = pooling
 
-    def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        out = self.backbone(input_ids=input_ids, attention_mask=attention_mask)
+    def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+               item_slots: torch.Tensor | None = None) -> torch.Tensor:
+        """Pooled final hidden states. `item_slots` [B, T]: the item index at each hybrid item token's
+        position (-1 elsewhere); there the input embedding is the heads' projection of that item."""
+        if item_slots is None or not bool((item_slots >= 0).any()):
+            out = self.backbone(input_ids=input_ids, attention_mask=attention_mask)
+        else:
+            where = item_slots >= 0
+            embeds = self.backbone.get_input_embeddings()(input_ids)
+            vectors = self.heads(None, project=item_slots[where]).to(embeds.dtype)
+            embeds = embeds.masked_scatter(where[..., None], vectors)  # row-major, the order of item_slots[where]
+            out = self.backbone(inputs_embeds=embeds, attention_mask=attention_mask)
         return pool_hidden(out.last_hidden_state, attention_mask, self.pooling, getattr(out, "pooler_output", None))
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, item_subset: torch.Tensor | None = None,
                 items: torch.Tensor | None = None, users: torch.Tensor | None = None,
-                with_prior: bool = False, history: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        heads_args = (self.encode(input_ids, attention_mask), item_subset, items, users)
+                with_prior: bool = False, history: torch.Tensor | None = None,
+                item_slots: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        heads_args = (self.encode(input_ids, attention_mask, item_slots), item_subset, items, users)
         # only passed when asked, so a model traced or compiled without them sees the old call
         extra = ({"with_prior": True} if with_prior else {}) | ({} if history is None else {"history": history})
         return self.heads(*heads_args, **extra)

@@ -14,13 +14,22 @@ Rules (deterministic, no randomness):
    search, with ~2-3 tokenisations per list instead of ~log2(n). The counts cut are returned.
 4. If nothing is left to cut and the prompt still does not fit, `PromptTooLongError` names the
    template and the lengths; no prompt is ever returned over budget.
+5. Hybrid item tokens (`item_tokens` hybrid or both): each history and friends' item with a
+   collaborative embedding (`known_items`) is written as the one token `ITEM_TOKEN` (hybrid) or that
+   token before its title (both); the model puts a projection of the item's embedding in its place.
+   `RenderedPrompt.item_slots` says which item sits at which token position, found from the order
+   the template wrote the entries in (any order, any template). An item without an embedding keeps
+   its title.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass
 from functools import lru_cache
+
+import numpy as np
 
 from mtrec.prompts.templates import Template
 from mtrec.tasks import HistoryEntry, SocialEntry
@@ -28,6 +37,11 @@ from mtrec.tasks import HistoryEntry, SocialEntry
 
 class PromptTooLongError(ValueError):
     """Even with no history, social context or candidates, the prompt exceeds max_length."""
+
+
+ITEM_TOKEN = "<|item|>"  # where a hybrid item token goes (the model replaces its embedding)
+ITEM_TOKEN_MODES = ("text", "hybrid", "both")
+_MARK = re.compile("\ue000(\\d+)\ue001")
 
 
 @dataclass(frozen=True)
@@ -40,13 +54,14 @@ class RenderOptions:
     max_attribute_tokens: int = 8
     max_categories: int = 5
     social_share: float = 0.3
+    item_tokens: str = "text"
 
 
 def render_options(cfg) -> RenderOptions:
     """The token budget a `mtrec.config.Config` asks for (training and serving alike)."""
     p = cfg.prompt
     return RenderOptions(p.max_length, p.max_title_tokens, p.max_text_tokens, max_categories=p.max_categories,
-                         social_share=p.social_share)
+                         social_share=p.social_share, item_tokens=p.item_tokens)
 
 
 @dataclass(frozen=True)
@@ -61,6 +76,7 @@ class RenderedPrompt:
     social_shown: int
     social_cut: int
     candidates_cut: int = 0
+    item_slots: tuple[tuple[int, int], ...] = ()  # (token position, item index) of each hybrid item token
 
     @property
     def num_tokens(self) -> int:
@@ -74,17 +90,41 @@ class PromptRenderer:
         tokenizer: a Hugging Face tokenizer that already holds the instruction tokens.
         instruction_tokens: task -> token string (e.g. ``{"rating": "<|rating|>"}``).
         options: budget settings.
+        known_items: with hybrid item tokens, [items] bool: the items that have a collaborative
+            embedding (the others keep their titles); None: every item.
     """
 
-    def __init__(self, tokenizer, instruction_tokens: dict[str, str], options: RenderOptions | None = None) -> None:
+    def __init__(self, tokenizer, instruction_tokens: dict[str, str], options: RenderOptions | None = None,
+                 known_items: np.ndarray | None = None) -> None:
         self.tokenizer = tokenizer
         self.instruction_tokens = dict(instruction_tokens)
         self.options = options or RenderOptions()
+        mode = self.options.item_tokens
+        if mode not in ITEM_TOKEN_MODES:
+            raise ValueError(f"prompt.item_tokens: {mode!r} is not one of {', '.join(ITEM_TOKEN_MODES)}")
+        self.hybrid = mode != "text"
+        self.item_token_id = None
+        if self.hybrid:
+            if ITEM_TOKEN not in tokenizer.get_vocab():
+                raise ValueError(f"prompt.item_tokens={mode}: the tokenizer has no {ITEM_TOKEN} token "
+                                 "(mtrec.model.build.build_backbone adds it)")
+            self.item_token_id = tokenizer.convert_tokens_to_ids(ITEM_TOKEN)
+        self.known_items = None if known_items is None else np.asarray(known_items, bool)
         specials = set(getattr(tokenizer, "all_special_tokens", [])) | set(self.instruction_tokens.values())
+        specials |= {ITEM_TOKEN}
         self._specials = sorted((s for s in specials if s), key=len, reverse=True)
         self._cap = lru_cache(maxsize=200_000)(self._cap_uncached)
         self._ntok = lru_cache(maxsize=200_000)(self._ntok_uncached)
         self._clean_entry = lru_cache(maxsize=200_000)(self._clean_entry_uncached)
+
+    def as_text(self) -> "PromptRenderer":
+        """This renderer with titles in place of hybrid item tokens (itself when it writes titles)."""
+        if not self.hybrid:
+            return self
+        if getattr(self, "_text", None) is None:
+            self._text = PromptRenderer(self.tokenizer, self.instruction_tokens,
+                                        dataclasses.replace(self.options, item_tokens="text"))
+        return self._text
 
     # ---- field hygiene ------------------------------------------------------------------------
     def _defuse(self, text: str) -> str:
@@ -106,7 +146,14 @@ class PromptRenderer:
         # cached per entry: a Last.fm entry carries up to ~10 categories, each its own cap lookup
         o = self.options
         categories = tuple(self._cap(c, o.max_attribute_tokens) for c in h.categories[: o.max_categories])
-        return HistoryEntry(self._cap(h.title, o.max_title_tokens), h.rating, h.weight, categories)
+        return HistoryEntry(self._item_title(h.title, h.item), h.rating, h.weight, categories, h.item)
+
+    def _item_title(self, title: str, item: int) -> str:
+        """A history or friend's item's title as the prompt writes it: capped, or the hybrid item token."""
+        capped = self._cap(title, self.options.max_title_tokens)
+        if not self.hybrid or item < 0 or (self.known_items is not None and not self.known_items[item]):
+            return capped
+        return ITEM_TOKEN if self.options.item_tokens == "hybrid" else f"{ITEM_TOKEN} {capped}"
 
     def _ntok_uncached(self, text: str) -> int:
         return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
@@ -120,7 +167,8 @@ class PromptRenderer:
             "user": {self._cap(str(k), attr): self._cap(str(v), attr) for k, v in example.user.items()},
             "history": tuple(map(self._clean_entry, example.history)),
             "social": tuple(
-                SocialEntry(self._cap(s.friend, attr), self._cap(s.title, title), s.rating, s.weight) for s in example.social
+                SocialEntry(self._cap(s.friend, attr), self._item_title(s.title, s.item), s.rating, s.weight, s.item)
+                for s in example.social
             ),
         }
         if hasattr(example, "item_title"):
@@ -194,14 +242,37 @@ class PromptRenderer:
         return len(getattr(ex, "candidates", ()))
 
     def _attempt(self, ex, template: Template, h: int, s: int, c: int) -> tuple[str, list[int]]:
-        changes = {"history": ex.history[:h], "social": ex.social[:s]}
-        if hasattr(ex, "candidates"):
-            changes["candidates"] = ex.candidates[:c]
-        return self.encode(template.task, template.render(dataclasses.replace(ex, **changes)))
+        return self.encode(template.task, template.render(_cut(ex, h, s, c)))
 
     def _result(self, attempt, template, ex, h: int, s: int, c: int) -> RenderedPrompt:
         text, ids = attempt
-        return RenderedPrompt(text, ids, template.id, h, len(ex.history) - h, s, len(ex.social) - s, self._n_cands(ex) - c)
+        slots = self._slots(ex, template, h, s, c, ids) if self.hybrid else ()
+        return RenderedPrompt(text, ids, template.id, h, len(ex.history) - h, s, len(ex.social) - s,
+                              self._n_cands(ex) - c, slots)
+
+    def _slots(self, ex, template: Template, h: int, s: int, c: int, ids: list[int]) -> tuple[tuple[int, int], ...]:
+        """(position, item) of each item token in `ids`: the template is rendered once more with a
+        numbered marker in place of each entry's title, which gives the order it writes them in."""
+        entries = ex.history[:h] + ex.social[:s]
+        marked = _cut(ex, h, s, c)
+        marked = dataclasses.replace(
+            marked, history=tuple(dataclasses.replace(e, title=f"\ue000{k}\ue001") for k, e in enumerate(marked.history)),
+            social=tuple(dataclasses.replace(e, title=f"\ue000{h + k}\ue001") for k, e in enumerate(marked.social)))
+        order = [int(k) for k in _MARK.findall(template.render(marked))]
+        items = [entries[k].item for k in order if ITEM_TOKEN in entries[k].title]
+        positions = [p for p, t in enumerate(ids) if t == self.item_token_id]
+        if len(positions) != len(items):
+            raise ValueError(f"template {template.id!r}: {len(positions)} item tokens in the prompt but {len(items)} "
+                             "item titles written; hybrid item tokens need each history / friend's title written once")
+        return tuple(zip(positions, items))
+
+
+def _cut(ex, h: int, s: int, c: int):
+    """`ex` with its first h history entries, s friends' items and c candidates."""
+    changes = {"history": ex.history[:h], "social": ex.social[:s]}
+    if hasattr(ex, "candidates"):
+        changes["candidates"] = ex.candidates[:c]
+    return dataclasses.replace(ex, **changes)
 
 
 def _guess(costs: list[int], base: int, total: int, limit: int) -> int:
