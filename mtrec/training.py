@@ -285,7 +285,7 @@ class _Loop:
             with timed(self.phases, "evaluation"):
                 first = self.log.evaluate(self.model, self.valid, self.weights, step=0)
             self.state = {"step": 0, "history": [first], "best": first, "bad_evals": 0, "tokens": 0, "examples": 0,
-                          "examples_per_kind": [0] * NUM_KINDS, "elapsed": 0.0}
+                          "examples_per_kind": [0] * NUM_KINDS, "tokens_per_kind": [0] * NUM_KINDS, "elapsed": 0.0}
             self.best_state = trainable_state(self.acc.unwrap_model(self.model))
         self._train()
         return self._finish()
@@ -338,6 +338,9 @@ class _Loop:
         self.state["examples"] += len(batch["kind"])
         per_kind = np.bincount(batch["kind"].numpy(), minlength=NUM_KINDS)  # a CPU tensor here: no device sync
         self.state["examples_per_kind"] = [a + int(b) for a, b in zip(self.state["examples_per_kind"], per_kind)]
+        lengths = np.bincount(batch["kind"].numpy(), weights=batch["attention_mask"].sum(1).numpy(), minlength=NUM_KINDS)
+        self.state["tokens_per_kind"] = [a + int(b) for a, b in
+                                         zip(self.state.get("tokens_per_kind", [0] * NUM_KINDS), lengths)]
         cached = self.cache.around(batch["input_ids"], batch["attention_mask"], self.acc.device) if self.cache else nullcontext()
         batch = {n: (v.to(self.acc.device, non_blocking=True) if torch.is_tensor(v) else v) for n, v in batch.items()}
         with self.acc.accumulate(self.model), cached:
@@ -398,6 +401,12 @@ class _Loop:
         return {"best": st["best"], "final": final, "history": st["history"], "steps": st["step"],
                 "seconds": round(seconds, 1), "examples_per_process": st["examples"],
                 "examples_per_kind": {KIND_NAMES[k]: n for k, n in enumerate(st["examples_per_kind"]) if n},
+                # per prompt kind: examples per second of the training clock and mean prompt length (tokens)
+                "examples_per_second_per_kind": {KIND_NAMES[k]: round(n / max(seconds, 1e-9), 3)
+                                                 for k, n in enumerate(st["examples_per_kind"]) if n},
+                "prompt_tokens_per_kind": {KIND_NAMES[k]: round(tok / n, 1) for k, (n, tok) in
+                                           enumerate(zip(st["examples_per_kind"], st.get("tokens_per_kind", [])))
+                                           if n},
                 "tokens": st["tokens"], "tokens_per_second": round(st["tokens"] / max(seconds, 1e-9), 1), "train_sizes": self.sizes,
                 "parameters": count_parameters(self.acc.unwrap_model(model)), "mixed_precision": self.acc.mixed_precision,
                 "num_processes": self.acc.num_processes, "compiled": is_compiled_module(model),

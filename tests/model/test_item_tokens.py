@@ -29,7 +29,12 @@ def run(tmp_path_factory, tiny_backbone_dir):
     setup = build_setup(cfg)
     before = {n: p.detach().clone() for n, p in setup.model.named_parameters()}
     run_dir = tmp_path_factory.mktemp("runs") / "hybrid"
-    train(cfg, run_dir, setup=setup)
+    result = train(cfg, run_dir, setup=setup)
+    # per prompt kind: examples/s and mean prompt length; the lengths add up to the tokens trained on
+    per_kind = result["examples_per_kind"]
+    total = sum(result["prompt_tokens_per_kind"][k] * n for k, n in per_kind.items())
+    assert abs(total - result["tokens"]) < 0.1 * len(per_kind) * max(per_kind.values())
+    assert set(result["examples_per_second_per_kind"]) == set(per_kind)
     return cfg, setup, before, run_dir
 
 
