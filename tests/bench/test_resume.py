@@ -59,3 +59,34 @@ def test_knobs_added_later_leave_the_row_key_alone_at_their_default():
     assert len(older["train"]) < len(config["train"]) and key(config) == key(older)
     changed = {**config, "model": {**config["model"], "train_top_layers": 2}}
     assert key(changed) != key(config)
+
+
+# The knobs every stored accuracy-bench row was keyed by. A knob added since must be listed in
+# `KEY_NEUTRAL` at the value that computes what the rows did (or, if it changes every row, added here
+# on purpose): otherwise a new knob silently orphans every stored row, and a rerun retrains them all.
+STORED_KNOBS = {
+    "data": {"data_dir", "dataset", "download", "friend_holdout", "like_threshold", "max_history", "max_social",
+             "max_train_users", "negatives_per_positive", "options", "split", "split_seed"},
+    "model": {"backbone", "collab_dim", "encode_batch_size", "friend_dim", "item_dim", "item_init", "item_noise",
+              "lora_alpha", "lora_dropout", "lora_r", "lora_targets", "pooling", "random_init"},
+    "prompt": {"max_categories", "max_length", "max_text_tokens", "max_title_tokens", "prompts_dir", "social",
+               "social_share"},
+    "run": {"name", "output_root", "seed"},
+    "train": {"batch_size", "checkpoint_every", "compile", "early_stopping_metric", "eval_batch_size", "eval_every",
+              "eval_users", "final_eval_kinds", "final_eval_users", "grad_accum", "grad_clip", "head_lr",
+              "keep_checkpoints", "length_buckets", "log_every", "loss_weighting", "lr", "max_minutes", "max_steps",
+              "mixed_precision", "mixing", "num_negatives", "num_threads", "patience", "prefetch", "rec_loss",
+              "table_lr", "task_weights", "tasks", "temperature", "tensorboard", "warmup_steps", "weight_decay"},
+}
+
+
+def test_every_knob_added_since_the_stored_rows_is_key_neutral():
+    from mtrec.bench.accuracy import KEY_NEUTRAL
+    from mtrec.config import Config
+
+    config = Config().to_dict()
+    for section, values in config.items():
+        for name, value in values.items():
+            if name not in STORED_KNOBS.get(section, set()):
+                assert (section, name) in KEY_NEUTRAL, f"{section}.{name}: add it to KEY_NEUTRAL (or STORED_KNOBS)"
+                assert KEY_NEUTRAL[section, name] == value, f"{section}.{name}: KEY_NEUTRAL is not its default"
