@@ -71,9 +71,9 @@ class Batcher:
         return examples, [(text if plain is not None and plain[i] else self.renderer).render(ex, t)
                           for i, (ex, t) in enumerate(zip(examples, templates))]
 
-    def collate(self, specs: Specs, rows: np.ndarray, templates: list[Template]) -> dict:
-        """Batch of `rows` of `specs`, row i rendered with templates[i]. Pads on the right."""
-        return self.tensors(specs, rows, *self.render(specs, rows, templates))
+    def collate(self, specs: Specs, rows: np.ndarray, templates: list[Template], plain: np.ndarray | None = None) -> dict:
+        """Batch of `rows` of `specs`, row i rendered with templates[i] (`plain`: as `render`). Pads on the right."""
+        return self.tensors(specs, rows, *self.render(specs, rows, templates, plain))
 
     def tensors(self, specs: Specs, rows: np.ndarray, examples: list, rendered: list) -> dict:
         """The batch of already rendered `rows`: padded ids and mask, and every head's labels."""
@@ -170,8 +170,8 @@ class TaskSampler:
         if self.buckets <= 1:
             rng = np.random.default_rng([self.seed, step, rank])
             rows, templates = self._draw(rng, self.batch_size)
-            return self.batcher.tensors(self.all, rows, *self.batcher.render(self.all, rows, templates,
-                                                                             self._plain(rng, len(rows), step)))
+            plain = self._plain(rng, len(rows), step)
+            return self.batcher.collate(self.all, rows, templates, *(() if plain is None else (plain,)))
         group, slot = divmod(step, self.buckets)
         if self._group != (group, rank):
             rng = np.random.default_rng([self.seed, group, rank, self.buckets])
