@@ -402,7 +402,7 @@ class _Loop:
                 "seconds": round(seconds, 1), "examples_per_process": st["examples"],
                 "examples_per_kind": {KIND_NAMES[k]: n for k, n in enumerate(st["examples_per_kind"]) if n},
                 # per prompt kind: examples per second of the training clock and mean prompt length (tokens)
-                "examples_per_second_per_kind": {KIND_NAMES[k]: round(n / max(seconds, 1e-9), 3)
+                "kind_examples_per_second": {KIND_NAMES[k]: round(n / max(seconds, 1e-9), 3)
                                                  for k, n in enumerate(st["examples_per_kind"]) if n},
                 "prompt_tokens_per_kind": {KIND_NAMES[k]: round(tok / n, 1) for k, (n, tok) in
                                            enumerate(zip(st["examples_per_kind"], st.get("tokens_per_kind", [])))

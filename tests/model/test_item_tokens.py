@@ -34,7 +34,7 @@ def run(tmp_path_factory, tiny_backbone_dir):
     per_kind = result["examples_per_kind"]
     total = sum(result["prompt_tokens_per_kind"][k] * n for k, n in per_kind.items())
     assert abs(total - result["tokens"]) < 0.1 * len(per_kind) * max(per_kind.values())
-    assert set(result["examples_per_second_per_kind"]) == set(per_kind)
+    assert set(result["kind_examples_per_second"]) == set(per_kind)
     return cfg, setup, before, run_dir
 
 
