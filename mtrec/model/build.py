@@ -47,6 +47,9 @@ def build_backbone(cfg: ModelConfig, prompts: dict[str, TaskPrompts], ref: Backb
         token_ids[ITEM_TOKEN] = tokenizer.convert_tokens_to_ids(ITEM_TOKEN)
     if len(tokenizer) > backbone.get_input_embeddings().num_embeddings:
         backbone.resize_token_embeddings(len(tokenizer))
+    if ITEM_TOKEN in token_ids:  # never read (a projection is written in its place); zero, so every rebuild agrees
+        with torch.no_grad():
+            backbone.get_input_embeddings().weight[token_ids[ITEM_TOKEN]] = 0.0
     pooling = default_pooling(backbone.config) if cfg.pooling == "auto" else cfg.pooling
     return backbone, tokenizer, token_ids, pooling
 

@@ -4,32 +4,17 @@ input embedding, a trained projection of its collaborative embedding (LLaRA, E4S
 import numpy as np
 import pytest
 import torch
-from accelerate.utils import set_seed
 
 from mtrec.batching import pad_right
 from mtrec.config import ConfigError
 from mtrec.inference import NewUser, Recommender
 from mtrec.prompts.render import ITEM_TOKEN
-from mtrec.training import build_setup, train
-
-
-def config(backbone, *overrides):
-    from mtrec.config import load_config
-    from tests_paths import ROOT
-
-    return load_config(ROOT / "tests/configs/tiny.yaml", [f"model.backbone={backbone}", "prompt.item_tokens=hybrid",
-                                                         "model.ranking_prior=both", "model.sequence_len=6",
-                                                         "train.max_steps=4", "train.eval_every=0", *overrides])
+from mtrec.training import build_setup
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory, tiny_backbone_dir):
-    cfg = config(tiny_backbone_dir)
-    set_seed(cfg.run.seed)
-    setup = build_setup(cfg)
-    before = {n: p.detach().clone() for n, p in setup.model.named_parameters()}
-    run_dir = tmp_path_factory.mktemp("runs") / "hybrid"
-    result = train(cfg, run_dir, setup=setup)
+def run(reading_run):
+    cfg, setup, before, run_dir, result = reading_run
     # per prompt kind: examples/s and mean prompt length; the lengths add up to the tokens trained on
     per_kind = result["examples_per_kind"]
     total = sum(result["prompt_tokens_per_kind"][k] * n for k, n in per_kind.items())
@@ -142,10 +127,10 @@ def test_an_item_without_an_embedding_keeps_its_title(run):
     assert first.title in out.text and first.item not in [i for _, i in out.item_slots]
 
 
-def test_both_writes_the_token_before_the_title_and_the_curriculum_mixes(tiny_backbone_dir):
+def test_both_writes_the_token_before_the_title_and_the_curriculum_mixes(reading_cfg):
     from mtrec.pipeline import TaskSampler, mixing_probs, train_specs
 
-    setup = build_setup(config(tiny_backbone_dir, "prompt.item_tokens=both"))
+    setup = build_setup(reading_cfg("prompt.item_tokens=both"))
     ex = setup.batcher.factory.make_now("recommendation", 3)
     out = setup.batcher.renderer.render(ex, setup.batcher.templates("recommendation")[0])
     assert f"{ITEM_TOKEN} {ex.history[0].title}" in out.text and out.item_slots
@@ -157,8 +142,8 @@ def test_both_writes_the_token_before_the_title_and_the_curriculum_mixes(tiny_ba
     assert share[0] == 0.0 and 0.0 < share[1] < share[2]
 
 
-def test_hybrid_tokens_and_frozen_layers_are_refused(tiny_backbone_dir):
+def test_hybrid_tokens_and_frozen_layers_are_refused(reading_cfg):
     with pytest.raises(ConfigError, match="prompt.item_tokens"):
-        build_setup(config(tiny_backbone_dir, "model.train_top_layers=1"))
+        build_setup(reading_cfg("model.train_top_layers=1"))
     with pytest.raises(ConfigError, match="prompt.item_tokens: 'ids'"):
-        build_setup(config(tiny_backbone_dir, "prompt.item_tokens=ids"))
+        build_setup(reading_cfg("prompt.item_tokens=ids"))

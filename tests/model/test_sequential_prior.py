@@ -4,7 +4,6 @@ the training split only, read by the ranking head from each row's history item i
 import numpy as np
 import pytest
 import torch
-from accelerate.utils import set_seed
 
 from mtrec.bench.baselines import PriorAlone
 from mtrec.data.splits import TEST, VALID, cold_items, make_split
@@ -14,7 +13,6 @@ from mtrec.model.build import build_heads
 from mtrec.model.sequential import fit_sequence, history_inputs
 from mtrec.pipeline import eval_specs
 from mtrec.tasks import ExampleFactory, ExampleOptions, history_ids
-from mtrec.training import build_setup, train
 
 SMALL = dict(max_len=6, hidden=8, blocks=1, heads=1, max_epochs=6, patience=3)
 
@@ -58,20 +56,9 @@ def test_history_ids_put_the_newest_item_last():
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory, tiny_backbone_dir):
-    from mtrec.config import load_config
-    from tests_paths import ROOT
-
-    cfg = load_config(ROOT / "tests/configs/tiny.yaml", [f"model.backbone={tiny_backbone_dir}",
-                                                         "model.ranking_prior=both", "model.sequence_len=6",
-                                                         "train.max_steps=4", "train.eval_every=0",
-                                                         "train.tasks=[recommendation]"])
-    set_seed(cfg.run.seed)
-    setup = build_setup(cfg)
-    before = {n: p.detach().clone() for n, p in setup.model.named_parameters()}
-    run_dir = tmp_path_factory.mktemp("runs") / "seq"
-    train(cfg, run_dir, setup=setup)
-    return cfg, setup, before, run_dir
+def run(reading_run):
+    """The tiny run with the sequential prior (and hybrid item tokens: tests/model/conftest.py)."""
+    return reading_run[:4]
 
 
 def test_the_network_is_frozen_and_its_weight_trains(run):
@@ -125,10 +112,13 @@ def test_run_folder_reloads_to_identical_scores(run):
     setup.model.eval()
     from mtrec.batching import pad_right
 
+    from mtrec.batching import item_slots
+
     input_ids, mask = pad_right([ids], rec.tokenizer.pad_token_id)
+    kw = dict(history=history, item_slots=item_slots([ids], input_ids.shape[1]))  # the run writes item tokens
     with torch.no_grad():
-        want = setup.model(input_ids, mask, None, None, torch.tensor([3]), history=history)["item_logits"]
-        got = rec.model(input_ids, mask, None, None, torch.tensor([3]), history=history)["item_logits"]
+        want = setup.model(input_ids, mask, None, None, torch.tensor([3]), **kw)["item_logits"]
+        got = rec.model(input_ids, mask, None, None, torch.tensor([3]), **kw)["item_logits"]
     assert torch.equal(want, got)
     top = rec.recommend(user, k=5)[0]
     assert [s for _, s in top] == sorted((s for _, s in top), reverse=True) and len(top) == 5
