@@ -187,12 +187,13 @@ def fit_sequence(split: Split, max_len: int = 50, hidden: int = 64, blocks: int 
             return None
         net.eval()
         gains = []
+        rows = max(1, min(256, max_logits // split.dataset.num_items))  # a [rows, items] score block at a time
         with torch.no_grad():
-            for a in range(0, len(users), 256):
-                scores = net(inputs[a : a + 256])[:, -1] @ net.catalog().T
-                pick = (seen_rows >= a) & (seen_rows < a + 256)
+            for a in range(0, len(users), rows):
+                scores = net(inputs[a : a + rows])[:, -1] @ net.catalog().T
+                pick = (seen_rows >= a) & (seen_rows < a + rows)
                 scores[seen_rows[pick] - a, seen_items[pick]] = float("-inf")
-                target = scores.gather(1, targets[a : a + 256, None])
+                target = scores.gather(1, targets[a : a + rows, None])
                 rank = (scores > target).sum(1)
                 gains.append(torch.where(rank < k, 1.0 / torch.log2(rank.double() + 2), 0.0))
         return float(torch.cat(gains).mean())
