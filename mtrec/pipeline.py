@@ -105,7 +105,7 @@ class Batcher:
         return out
 
 
-def history_arg(batch: dict) -> dict:
+def extra_inputs(batch: dict) -> dict:
     """The model's ``history`` and ``item_slots`` keywords for `batch`: present only where the run has
     a sequential prior or hybrid item tokens (a model traced or compiled without them sees the old call)."""
     return {k: batch[k] for k in ("history", "item_slots") if k in batch}
@@ -264,7 +264,7 @@ def evaluate_rows(model, batcher: Batcher, specs: Specs, split: Split, role: int
         chunk = rows[start : start + batch_size]
         batch = batcher.collate(specs, chunk, [fixed[KIND_NAMES[int(specs.kind[r])]] for r in chunk])
         batch = {n: (v.to(device) if torch.is_tensor(v) else v) for n, v in batch.items()}
-        out = model(batch["input_ids"], batch["attention_mask"], None, batch["item"], batch["user"], **history_arg(batch))
+        out = model(batch["input_ids"], batch["attention_mask"], None, batch["item"], batch["user"], **extra_inputs(batch))
         piece = {"kind": batch["kind"], "rating_pred": out["rating"], "rating": batch["rating"],
                  "like_logit": out["like_logit"], "like": batch["like"], "loss": row_losses(out, batch),
                  "rank": _ranks(out["item_logits"], batch, seen),

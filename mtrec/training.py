@@ -32,7 +32,7 @@ from mtrec.kinds import KIND_IDS, KIND_NAMES, KIND_TASK, NUM_KINDS
 from mtrec.model.collaborative import FULL_SOFTMAX_ITEMS
 from mtrec.model.layer_cut import ActivationCache, FrozenBottom
 from mtrec.model.multitask import multitask_loss
-from mtrec.pipeline import (Batcher, Prefetcher, TaskSampler, evaluate, eval_specs, history_arg, kinds_for, mixing_probs,
+from mtrec.pipeline import (Batcher, Prefetcher, TaskSampler, evaluate, eval_specs, extra_inputs, kinds_for, mixing_probs,
                             train_specs)
 from mtrec.prompts import PromptRenderer, load_prompts, prompt_tasks, render_options
 from mtrec.prompts.render import ITEM_TOKEN_MODES
@@ -443,9 +443,9 @@ def _step_loss(model, batch, weights, cfg: Config, pool: torch.Tensor | None = N
         if pool is not None:  # rows naming a held-out item (none in training) would pick a wrong label
             targets = torch.where(torch.isin(targets, subset), targets, subset[0])
         labels = torch.searchsorted(subset, targets)
-        out = model(batch["input_ids"], batch["attention_mask"], subset, batch["item"], batch["user"], **history_arg(batch))
+        out = model(batch["input_ids"], batch["attention_mask"], subset, batch["item"], batch["user"], **extra_inputs(batch))
         return multitask_loss(out, batch, weights, t.loss_weighting == "uncertainty", labels)
-    out = model(batch["input_ids"], batch["attention_mask"], None, batch["item"], batch["user"], **history_arg(batch))
+    out = model(batch["input_ids"], batch["attention_mask"], None, batch["item"], batch["user"], **extra_inputs(batch))
     return multitask_loss(out, batch, weights, t.loss_weighting == "uncertainty")
 
 
