@@ -67,7 +67,7 @@ class Batcher:
         """Examples and rendered prompts of `rows` of `specs`, row i rendered with templates[i] (and,
         where `plain` is True, with titles instead of hybrid item tokens: the curriculum)."""
         examples = [self.factory.make_row(specs, int(r)) for r in rows]
-        text = self.renderer.as_text() if plain is not None else None
+        text = self.renderer.as_text()
         return examples, [(text if plain is not None and plain[i] else self.renderer).render(ex, t)
                           for i, (ex, t) in enumerate(zip(examples, templates))]
 
@@ -171,7 +171,7 @@ class TaskSampler:
             rng = np.random.default_rng([self.seed, step, rank])
             rows, templates = self._draw(rng, self.batch_size)
             plain = self._plain(rng, len(rows), step)
-            return self.batcher.collate(self.all, rows, templates, *(() if plain is None else (plain,)))
+            return self.batcher.collate(self.all, rows, templates, plain)
         group, slot = divmod(step, self.buckets)
         if self._group != (group, rank):
             rng = np.random.default_rng([self.seed, group, rank, self.buckets])

@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
-
 import sys
+from pathlib import Path
 
 from mtrec.bench import intervals
 from mtrec.bench.accuracy import row_records

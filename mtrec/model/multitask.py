@@ -224,7 +224,7 @@ class TaskHeads(nn.Module):
         """[B, items] the sequential prior's scores <s(history), e_i> (0 for a row without history)."""
         net = self.sequence
         table = net.catalog() if item_subset is None else net.catalog().index_select(0, item_subset)
-        state = net(history.clamp(min=0))[:, -1]
+        state = net(history)[:, -1]
         return ((history > 0).any(1, keepdim=True).float() * state) @ table.T
 
     def item_token_embeddings(self, items: torch.Tensor) -> torch.Tensor:

@@ -169,34 +169,31 @@ def fit_sequence(split: Split, max_len: int = 50, hidden: int = 64, blocks: int 
     Returns:
         ``state`` (the net's state dict), ``shape`` (its constructor arguments) and ``report``.
     """
+    from mtrec import metrics, ranking
     from mtrec.model.collaborative import early_stopping, newest_per_user
 
-    train_idx = split.train
+    ds, train_idx = split.dataset, split.train
     hold = newest_per_user(split, train_idx)
+    fit_rows, held = train_idx[~hold], train_idx[hold]
     keep = np.zeros(len(split.role), bool)
-    keep[train_idx[~hold]] = True
+    keep[fit_rows] = True
     windows = training_windows(split, max_len, keep)
-    users = split.dataset.user_idx[train_idx[hold]].astype(np.int64)
-    targets = torch.as_tensor(split.dataset.item_idx[train_idx[hold]].astype(np.int64))
-    inputs = _inputs_before(split, train_idx[hold], max_len)
-    seen_rows, seen_items = _seen_before(split, train_idx[hold])
-    shape = dict(num_items=split.dataset.num_items, max_len=max_len, hidden=hidden, blocks=blocks, heads=heads)
+    users, targets = ds.user_idx[held].astype(np.int64), ds.item_idx[held].astype(np.int64)
+    inputs = _inputs_before(split, held, max_len)
+    # a hold-out item is each user's newest training one: what came before it is every other training item
+    seen = ranking.Seen(ds.user_idx[fit_rows], ds.item_idx[fit_rows], ds.num_users, ds.num_items)
+    shape = dict(num_items=ds.num_items, max_len=max_len, hidden=hidden, blocks=blocks, heads=heads)
 
     def holdout_ndcg() -> float | None:
         if not len(users):
             return None
         net.eval()
-        gains = []
-        rows = max(1, min(256, max_logits // split.dataset.num_items))  # a [rows, items] score block at a time
+        rows = max(1, min(256, max_logits // ds.num_items))  # a [rows, items] score block at a time
         with torch.no_grad():
-            for a in range(0, len(users), rows):
-                scores = net(inputs[a : a + rows])[:, -1] @ net.catalog().T
-                pick = (seen_rows >= a) & (seen_rows < a + rows)
-                scores[seen_rows[pick] - a, seen_items[pick]] = float("-inf")
-                target = scores.gather(1, targets[a : a + rows, None])
-                rank = (scores > target).sum(1)
-                gains.append(torch.where(rank < k, 1.0 / torch.log2(rank.double() + 2), 0.0))
-        return float(torch.cat(gains).mean())
+            ranks = torch.cat([ranking.ranks(net(inputs[a : a + rows])[:, -1] @ net.catalog().T,
+                                             targets[a : a + rows], users[a : a + rows], seen)
+                               for a in range(0, len(users), rows)])
+        return metrics.ndcg(ranks, k)
 
     started = time.perf_counter()
     with torch.random.fork_rng(devices=[]):
@@ -223,22 +220,3 @@ def _inputs_before(split: Split, interactions: np.ndarray, max_len: int) -> torc
         earlier = earlier[split.role[earlier] == TRAIN][-max_len:]
         out[row, max_len - len(earlier):] = split.dataset.item_idx[earlier] + 1
     return torch.as_tensor(out)
-
-
-def _seen_before(split: Split, interactions: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-    """(row, item) pairs: every TRAIN item the user of each interaction had before it."""
-    rows, items = [], []
-    for row, i in enumerate(interactions):
-        earlier = split.history(int(i))
-        earlier = earlier[split.role[earlier] == TRAIN]
-        rows.append(np.full(len(earlier), row))
-        items.append(split.dataset.item_idx[earlier])
-    cat = (lambda xs: torch.as_tensor(np.concatenate(xs).astype(np.int64))) if rows else (lambda xs: torch.zeros(0, dtype=torch.long))
-    return cat(rows), cat(items)
-
-
-def sequence_net(fit: dict) -> SequenceNet:
-    """The fitted network of `fit_sequence`'s result, in eval mode without dropout."""
-    net = SequenceNet(dropout=0.0, **fit["shape"])
-    net.load_state_dict(fit["state"])
-    return net.eval()

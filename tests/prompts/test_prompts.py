@@ -373,7 +373,7 @@ class RecordingBatcher(Batcher):
         super().__init__(factory=None, renderer=None, prompts=prompts, pad_id=0, num_categories=0)
         self.drawn: Counter[str] = Counter()
 
-    def collate(self, specs, rows, templates):
+    def collate(self, specs, rows, templates, plain=None):
         self.drawn.update(t.id for t in templates)
         return {}
 
