@@ -311,8 +311,10 @@ def run(args: argparse.Namespace) -> dict:
             "lm_users_sha256": user_set_sha256(lm_set),
         },
     }
-    # one file per finished row: a rerun of the same command skips what an earlier run finished
+    # one file per finished row: a rerun of the same command skips what an earlier run finished; the
+    # baselines' rows are keyed by what they read, so a knob of mtrec's own does not refit them
     store = RowStore(out_dir / "rows" / stem, row_key(result, args))
+    baseline_store = RowStore(store.folder, baseline_key(result, args, base))
     started = time.perf_counter()
     print(f"[baselines] {args.dataset}: {len(users)} test users (rows stored in {store.folder})")
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -325,7 +327,7 @@ def run(args: argparse.Namespace) -> dict:
         max_seconds=profile.baseline_seconds,
         device=device,
         prior=prior_settings(base),
-        store=store,
+        store=baseline_store,
         **kw,
     )
     if args.repeat_check:
@@ -341,7 +343,7 @@ def run(args: argparse.Namespace) -> dict:
                                         # multi-task model's test time (~30 min of a 2-core CPU at 500 users)
                                         # (and "multi" is the quick look: no second pass)
                                         unseen_prompts=args.protocol == "warm" and lm_rows != "multi")
-    result["row_commits"] = dict(store.commits)
+    result["row_commits"] = baseline_store.commits | store.commits
     _check_same_split(result, lm_set)
     groups = user_groups(split)
     result["comparisons"] = comparisons(result, args.resamples, args.seed, groups)
@@ -374,6 +376,18 @@ def row_key(result: dict, args: argparse.Namespace) -> dict:
             config.get(sec, {}).pop(name, None)
     return {"settings": settings | {"base_config": config}, "split": result["split"], "seed": args.seed,
             "dataset": args.dataset}
+
+
+def baseline_key(result: dict, args: argparse.Namespace, base) -> dict:
+    """The key of the baselines' rows (the prior alone among them): what they read — the profile, the
+    test users, the split, the example options (like threshold, negatives, history) and the priors'
+    settings — and not the rest of the base config, so a run with another backbone, prompt or
+    training knob reuses the fitted baselines of the same split."""
+    settings = {k: v for k, v in result["settings"].items()
+                if k not in ("cli_overrides", "lm_rows", "lm_users", "base_config")}
+    split = {k: v for k, v in result["split"].items() if not k.startswith("lm_users")}
+    return {"settings": settings | {"examples": asdict(example_options(base)), "prior": prior_settings(base)},
+            "split": split, "seed": args.seed, "dataset": args.dataset}
 
 
 def peak_rss_kib() -> int | None:

@@ -90,3 +90,28 @@ def test_every_knob_added_since_the_stored_rows_is_key_neutral():
             if name not in STORED_KNOBS.get(section, set()):
                 assert (section, name) in KEY_NEUTRAL, f"{section}.{name}: add it to KEY_NEUTRAL (or STORED_KNOBS)"
                 assert KEY_NEUTRAL[section, name] == value, f"{section}.{name}: KEY_NEUTRAL is not its default"
+
+
+def test_baseline_rows_are_keyed_by_what_they_read():
+    """A backbone, prompt or training knob leaves the baselines' key alone (their fits are reused);
+    what they read — the like threshold, the priors' settings, the split — changes it."""
+    import argparse
+
+    from mtrec.bench.accuracy import baseline_key
+    from mtrec.config import load_config
+
+    args = argparse.Namespace(seed=0, dataset="movielens-100k")
+
+    def key(*overrides):
+        base = load_config(None, list(overrides))
+        result = {"settings": {"quick": True, "lm_rows": "all", "cli_overrides": list(overrides), "lm_users": 500,
+                               "base_config": base.to_dict()},
+                  "split": {"sizes": [1], "lm_users_sha256": str(overrides)}}
+        return RowStore("unused", baseline_key(result, args, base)).key
+
+    plain = key()
+    assert key("model.backbone=bundled:minilm-l6", "prompt.item_tokens=hybrid", "train.max_steps=70",
+               "model.train_top_layers=2") == plain
+    assert key("data.like_threshold=3.0") != plain
+    assert key("model.ranking_prior=both") != plain   # the prior alone reads it
+    assert key("model.collab_dim=16") != plain
