@@ -2,7 +2,7 @@
 
     python -m mtrec.bench accuracy --dataset movielens-100k|lastfm-2k|ciao [--quick] [--seed 0]
         [--out results/] [--backbone SPEC] [--repeat-check] [--test-users N]
-        [--protocol warm|cold-items|short-history] [--lm-rows all|controls|multi] [--text-control SPEC]
+        [--protocol warm|cold-items|short-history] [--lm-rows all|controls|multi|tasks] [--text-control SPEC]
         [--set section.key=value ...]
 
 Everything is built from one base config (the library defaults, the profile's overrides, then
@@ -170,8 +170,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         "newest held-out interaction the test target, ranked among the held-out items")
     p.add_argument("--lm-rows", choices=mtrec_suite.ROW_SETS,
                    help="language-model rows to train: all (single-task models and ablations too), controls "
-                        "(multi-task, random-init backbone, MiniLM backbone) or multi (the multi-task model alone, "
-                        "no unseen-prompt pass); default: all on warm, controls on the other protocols. Rows "
+                        "(multi-task, random-init backbone, MiniLM backbone), multi (the multi-task model alone, "
+                        "no unseen-prompt pass) or tasks (multi-task and single-task models, no unseen-prompt "
+                        "pass); default: all on warm, controls on the other protocols. Rows "
                         "finished by one set are reused by the others")
     p.add_argument("--text-control", default=mtrec_suite.TEXT_CONTROL, metavar="SPEC",
                    help="backbone of the item-text control row (default: the bundled all-MiniLM-L6-v2; "
@@ -342,7 +343,7 @@ def run(args: argparse.Namespace) -> dict:
                                         # the unseen-prompt row reads warm data; elsewhere it would double the
                                         # multi-task model's test time (~30 min of a 2-core CPU at 500 users)
                                         # (and "multi" is the quick look: no second pass)
-                                        unseen_prompts=args.protocol == "warm" and lm_rows != "multi")
+                                        unseen_prompts=args.protocol == "warm" and lm_rows not in ("multi", "tasks"))
     result["row_commits"] = baseline_store.commits | store.commits
     _check_same_split(result, lm_set)
     groups = user_groups(split)

@@ -9,7 +9,8 @@ the benchmark's base config plus overrides, then one evaluation on the TEST role
 - the text control (`text_control`): the multi-task model on all-MiniLM-L6-v2, a sentence encoder.
 
 `rows="controls"` trains only the multi-task model, the random-init one and the text control: the
-rows the cold-items and short-history readings need.
+rows the cold-items and short-history readings need; `rows="tasks"` the multi-task and single-task
+models; `rows="multi"` the multi-task model alone.
 
 Test evaluation uses `mtrec.pipeline.evaluate` on the Setup the model was trained in (the best
 weights are loaded back at the end of training): full-catalog ranking with the user's earlier items
@@ -214,15 +215,17 @@ def text_control(spec: str | None = TEXT_CONTROL) -> Variant | None:
 # Which language-model rows a run trains. "controls" are the rows every protocol's reading needs
 # (the pretrained multi-task model, its random-init twin, the MiniLM text control); "all" adds the
 # single-task models and the ablations; "multi" is the multi-task model alone (a first look on a busy
-# machine: a later run of a larger set reuses its row).
-ROW_SETS = ("all", "controls", "multi")
+# machine: a later run of a larger set reuses its row); "tasks" is the multi-task model and the
+# single-task models of the same per-task budget (the multi-task against single-task reading alone).
+ROW_SETS = ("all", "controls", "multi", "tasks")
 
 
 def run_all(base: Config, split: Split, out_dir: Path, test_users: int, log=print, store=None,
             rows: str = "all", control: str | None = TEXT_CONTROL, unseen_prompts: bool = True) -> dict:
     """Multi-task, single-task (same examples per task), the ablations and the text control
     (`rows="all"`), or the multi-task model, its random-init twin and the text control
-    (`rows="controls"`), or the multi-task model alone (`rows="multi"`); `control` is the text control's backbone (`text_control`). Returns label ->
+    (`rows="controls"`), or the multi-task model alone (`rows="multi"`), or the multi-task and
+    single-task models (`rows="tasks"`); `control` is the text control's backbone (`text_control`). Returns label ->
     report. With `store` (`mtrec.bench.resume.RowStore`), a variant finished by an earlier run is
     loaded, whichever set asked for it. `unseen_prompts`: also test the multi-task model with the
     held-out paraphrases (a second pass over the test prompts)."""
@@ -261,6 +264,8 @@ def run_all(base: Config, split: Split, out_dir: Path, test_users: int, log=prin
             extra={"examples_budget": budget},
         )
         reports[variant.label] = run(variant, out_dir / f"single-{task}", count_draws=True)
+    if rows == "tasks":
+        return reports
     for variant in [*variants_for(split), *filter(None, [text_control(control)])]:
         reports[variant.label] = run(variant, out_dir / slug_of(variant))
     return reports

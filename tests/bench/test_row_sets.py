@@ -69,3 +69,10 @@ def test_a_like_only_row_counts_its_users():
 def test_multi_is_the_multi_task_model_alone(trained, tmp_path):
     out = mtrec_suite.run_all(None, None, tmp_path, 0, log=lambda _: None, rows="multi", unseen_prompts=False)
     assert list(out) == ["mtrec multi-task"] and [t[2] for t in trained] == [False]
+
+
+def test_tasks_is_the_multi_task_model_and_the_single_task_models(trained, tmp_path):
+    out = mtrec_suite.run_all(None, None, tmp_path, 0, log=lambda _: None, rows="tasks", unseen_prompts=False)
+    assert list(out) == ["mtrec multi-task", "mtrec single-task rating", "mtrec single-task preference",
+                         "mtrec single-task recommendation"]
+    assert [t[2] for t in trained] == [False] * 4
