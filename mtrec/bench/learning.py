@@ -27,7 +27,7 @@ from safetensors.torch import load_file
 from mtrec import metrics
 from mtrec.bench import intervals
 from mtrec.bench.harness import environment
-from mtrec.bench.recipes import fixed_run, recipes
+from mtrec.bench.recipes import EPOCHS, fixed_run, recipes
 from mtrec.kinds import Kind, NUM_KINDS
 
 FIGURES = ("ndcg@10", "auc", "categories_ndcg@5", "loss")
@@ -42,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     a("--recipe", action="append", required=True, metavar="NAME=STEPS",
       help="a recipe of `bench speed recipes` and its step count at 40 minutes (a multiple of 4)")
     a("--fixed-batches", type=int, default=None,
-      help="train.fixed_batches of cached recipes; default: a fifth of the steps (5 epochs, as the speed bench)")
+      help="train.fixed_batches of cached recipes; default: half the steps (2 epochs, as the speed bench)")
     a("--users", type=int, default=500, help="seeded validation users scored (0 = all)")
     a("--resamples", type=int, default=1000, help="bootstrap resamples of users")
     a("--threads", type=int, default=None, help="torch CPU threads (train.num_threads)")
@@ -239,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     (out / "rows").mkdir(parents=True, exist_ok=True)
     rows = []
     for name, steps in chosen:
-        known = recipes(args.fixed_batches or max(steps // 5, 1))
+        known = recipes(args.fixed_batches if args.fixed_batches is not None else max(steps // EPOCHS, 1))
         if name not in known:
             parser.error(f"--recipe {name!r}: unknown; choose from {list(known)}")
         path = out / "rows" / f"{name.replace(' ', '-')}-{steps}.json"

@@ -46,13 +46,14 @@ def test_learning_scores_step_0_and_the_run_at_a_quarter_half_and_all_of_its_ste
     assert learning.main(argv) == 0
     row = json.loads((tmp_path / "rows" / "top-2-cached-8.json").read_text())
     assert list(row["points"]) == ["0", "2", "4", "8"] and row["steps"] == 8
-    assert row["activation_cache"]["misses"] == 1 and row["activation_cache"]["hits"] == 7  # 8 steps, 1 fixed batch
+    # the default: half the steps as fixed batches (2 epochs), each computed once and replayed once
+    assert row["activation_cache"]["misses"] == 4 and row["activation_cache"]["hits"] == 4
     zero = row["points"]["0"]["figures"]
     for step in ("2", "4", "8"):
         point = row["points"][step]
         for fig in ("ndcg@10", "loss"):
             assert point["change"][fig]["diff"] == pytest.approx(point["figures"][fig] - zero[fig], abs=1e-9)
-    assert row["points"]["8"]["figures"]["loss"] < zero["loss"]  # eight steps on one batch: the loss falls
+    assert row["points"]["8"]["figures"]["loss"] < zero["loss"]  # two epochs over four batches: the loss falls
     # a rerun finds the row done and trains nothing
     trained = tmp_path / "runs" / "top-2-cached-8" / "metrics.json"
     stamp = trained.stat().st_mtime_ns
