@@ -166,7 +166,7 @@ def test_build_heads_with_factors_starts_from_the_fit(split):
 
 
 def test_implicit_like_prior_is_the_softmax_log_odds_and_ranks_held_out_likes():
-    from mtrec.data.splits import VALID
+    from mtrec.data.splits import TRAIN, VALID
     from mtrec.tasks import ExampleOptions, build_specs
 
     split = make_split(load_synthetic(num_users=200, num_items=150, seed=3, explicit=False), "leave_one_out")
@@ -212,7 +212,7 @@ def test_implicit_like_prior_is_the_softmax_log_odds_and_ranks_held_out_likes():
 def test_prior_bench_scores_every_prior_on_the_evaluations_examples(capsys):
     from mtrec.bench.__main__ import main as bench_main
     from mtrec.bench.prior import prior_rows
-    from mtrec.data.splits import VALID
+    from mtrec.data.splits import TRAIN, VALID
     from mtrec.tasks import ExampleOptions, build_specs
 
     split = make_split(load_synthetic(num_users=200, num_items=150, seed=3, explicit=False), "leave_one_out")
@@ -228,6 +228,10 @@ def test_prior_bench_scores_every_prior_on_the_evaluations_examples(capsys):
     # the calibration is monotone: same AUC as the raw log-odds, lower log-loss
     assert rows[2]["valid/auc"] == pytest.approx(rows[1]["valid/auc"])
     assert rows[2]["valid/log_loss"] < rows[1]["valid/log_loss"]
+    # the training split's like rows: in-sample for the fitted factors, which look better there
+    train = build_specs(split, TRAIN, ("like",), ExampleOptions(negatives_per_positive=2))
+    assert rows[0]["train/examples"] == len(train.label) > rows[0]["valid/examples"]
+    assert rows[2]["train/log_loss"] < rows[2]["valid/log_loss"] and rows[2]["train/auc"] > rows[2]["valid/auc"]
     assert [r["prior"] for r in prior_rows(split, collab_dim=0)] == ["popularity softmax, no factors"]
     assert bench_main(["prior", "--dataset", "nope"]) == 2
     assert "unknown data set 'nope'" in capsys.readouterr().err
