@@ -31,6 +31,9 @@ from mtrec.model.collaborative import softmax_log_odds
 from mtrec.tasks import ExampleOptions, build_specs
 
 
+CHUNK = 2048  # rows scored at once
+
+
 def prior_rows(
     split: Split, collab_dim: int = 32, negatives: int = 1, like_threshold: float = 4.0, seed: int = 0
 ) -> list[dict]:
@@ -66,12 +69,17 @@ def prior_rows(
         items = torch.as_tensor(specs.item, dtype=torch.long)
         labels = torch.as_tensor(specs.label, dtype=torch.float32)
         for dim, h in heads.items():
+            # in chunks: on implicit data each row's log-odds read a softmax over the whole catalog
+            # (the training role has ~100k rows)
+            chunks = [slice(i, i + CHUNK) for i in range(0, len(items), CHUNK)]
             with torch.no_grad():
-                z = h(torch.zeros(len(items), 1), None, items, users)["like_logit"]
-            logits = {names[dim]: z}
-            if dim and not ds.explicit:
-                factors = {"R": h.rec_user_factors, "T": h.rec_item_factors, "bias": h.item_bias}
-                logits[raw_name] = softmax_log_odds(factors, users, items[:, None], negatives)[:, 0]
+                z = torch.cat([h(torch.zeros(len(items[c]), 1), None, items[c], users[c])["like_logit"]
+                               for c in chunks])
+                logits = {names[dim]: z}
+                if dim and not ds.explicit:
+                    factors = {"R": h.rec_user_factors, "T": h.rec_item_factors, "bias": h.item_bias}
+                    logits[raw_name] = torch.cat([softmax_log_odds(factors, users[c], items[c, None], negatives)[:, 0]
+                                                  for c in chunks])
             for name, zz in logits.items():
                 row = rows.setdefault(name, {"prior": name})
                 key = ROLE_NAMES[role]

@@ -209,7 +209,7 @@ def test_implicit_like_prior_is_the_softmax_log_odds_and_ranks_held_out_likes():
     assert calibrated < uncalibrated, (calibrated, uncalibrated)
 
 
-def test_prior_bench_scores_every_prior_on_the_evaluations_examples(capsys):
+def test_prior_bench_scores_every_prior_on_the_evaluations_examples(capsys, monkeypatch):
     from mtrec.bench.__main__ import main as bench_main
     from mtrec.bench.prior import prior_rows
     from mtrec.data.splits import TRAIN, VALID
@@ -232,6 +232,14 @@ def test_prior_bench_scores_every_prior_on_the_evaluations_examples(capsys):
     train = build_specs(split, TRAIN, ("like",), ExampleOptions(negatives_per_positive=2))
     assert rows[0]["train/examples"] == len(train.label) > rows[0]["valid/examples"]
     assert rows[2]["train/log_loss"] < rows[2]["valid/log_loss"] and rows[2]["train/auc"] > rows[2]["valid/auc"]
+    # scored in chunks of rows (the training role is large): the chunk size changes nothing
+    from mtrec.bench import prior
+
+    monkeypatch.setattr(prior, "CHUNK", 7)
+    for chunked, whole in zip(prior_rows(split, collab_dim=4, negatives=2), rows, strict=True):
+        assert chunked.keys() == whole.keys() and chunked["prior"] == whole["prior"]
+        assert {k: v for k, v in chunked.items() if k != "prior"} == pytest.approx(
+            {k: v for k, v in whole.items() if k != "prior"}, abs=1e-6)
     assert [r["prior"] for r in prior_rows(split, collab_dim=0)] == ["popularity softmax, no factors"]
     assert bench_main(["prior", "--dataset", "nope"]) == 2
     assert "unknown data set 'nope'" in capsys.readouterr().err
