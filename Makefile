@@ -19,9 +19,9 @@ export TOKENIZERS_PARALLELISM := false
 THREADS ?= $(shell nproc 2>/dev/null || echo 1)
 RUN_DIR ?= runs/quickstart-$(shell date +%Y%m%d-%H%M%S)
 USER_ID ?= 1
-# The training recipe on top of configs/quickstart.yaml: the fastest one the learning bench found to
-# learn (README, "What the extra examples buy"): the bundled MiniLM encoder with its top 2 of 6 layers
-# trained over cached activations, 2 epochs over a fixed, seeded set of batches.
+# The training recipe on top of configs/quickstart.yaml: the fastest CPU recipe of the speed bench, at
+# the 2 epochs that do not overfit its fixed batches (README, "What the extra examples buy"): the
+# bundled MiniLM encoder with its top 2 of 6 layers trained over cached activations.
 # `make run RECIPE=` trains configs/quickstart.yaml as it is (SmolLM2-135M, LoRA on every layer).
 RECIPE ?= model.backbone=bundled:minilm-l6 model.lora_targets=[query,value] model.train_top_layers=2 \
 	train.max_steps=240 train.fixed_batches=120
