@@ -71,7 +71,7 @@ def prior_rows(
         for dim, h in heads.items():
             # in chunks: on implicit data each row's log-odds read a softmax over the whole catalog
             # (the training role has ~100k rows)
-            chunks = [slice(i, i + CHUNK) for i in range(0, len(items), CHUNK)]
+            chunks = [slice(i, i + CHUNK) for i in range(0, max(len(items), 1), CHUNK)]  # one, empty, for no rows
             with torch.no_grad():
                 z = torch.cat([h(torch.zeros(len(items[c]), 1), None, items[c], users[c])["like_logit"]
                                for c in chunks])

@@ -166,7 +166,7 @@ def test_build_heads_with_factors_starts_from_the_fit(split):
 
 
 def test_implicit_like_prior_is_the_softmax_log_odds_and_ranks_held_out_likes():
-    from mtrec.data.splits import TRAIN, VALID
+    from mtrec.data.splits import VALID
     from mtrec.tasks import ExampleOptions, build_specs
 
     split = make_split(load_synthetic(num_users=200, num_items=150, seed=3, explicit=False), "leave_one_out")
@@ -233,9 +233,7 @@ def test_prior_bench_scores_every_prior_on_the_evaluations_examples(capsys, monk
     assert rows[0]["train/examples"] == len(train.label) > rows[0]["valid/examples"]
     assert rows[2]["train/log_loss"] < rows[2]["valid/log_loss"] and rows[2]["train/auc"] > rows[2]["valid/auc"]
     # scored in chunks of rows (the training role is large): the chunk size changes nothing
-    from mtrec.bench import prior
-
-    monkeypatch.setattr(prior, "CHUNK", 7)
+    monkeypatch.setattr("mtrec.bench.prior.CHUNK", 7)
     for chunked, whole in zip(prior_rows(split, collab_dim=4, negatives=2), rows, strict=True):
         assert chunked.keys() == whole.keys() and chunked["prior"] == whole["prior"]
         assert {k: v for k, v in chunked.items() if k != "prior"} == pytest.approx(
