@@ -27,7 +27,7 @@ from safetensors.torch import load_file
 from mtrec import metrics
 from mtrec.bench import intervals
 from mtrec.bench.harness import environment
-from mtrec.bench.recipes import EPOCHS, fixed_run, recipes
+from mtrec.bench.recipes import fixed_batches_for, fixed_run, recipes
 from mtrec.kinds import Kind, NUM_KINDS
 
 FIGURES = ("ndcg@10", "auc", "categories_ndcg@5", "loss")
@@ -239,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     (out / "rows").mkdir(parents=True, exist_ok=True)
     rows = []
     for name, steps in chosen:
-        known = recipes(args.fixed_batches if args.fixed_batches is not None else max(steps // EPOCHS, 1))
+        known = recipes(fixed_batches_for(steps, args.fixed_batches))
         if name not in known:
             parser.error(f"--recipe {name!r}: unknown; choose from {list(known)}")
         path = out / "rows" / f"{name.replace(' ', '-')}-{steps}.json"

@@ -34,6 +34,13 @@ from mtrec.tasks import ExampleOptions, build_specs
 CHUNK = 2048  # rows scored at once
 
 
+def _chunked(score, n: int) -> torch.Tensor:
+    """`score(rows)` over rows 0..n in slices of CHUNK, concatenated, without gradients: on implicit
+    data each row's log-odds read a softmax over the whole catalog (the training role has ~100k rows)."""
+    with torch.no_grad():  # one empty slice when there are no rows
+        return torch.cat([score(slice(i, i + CHUNK)) for i in range(0, max(n, 1), CHUNK)])
+
+
 def prior_rows(
     split: Split, collab_dim: int = 32, negatives: int = 1, like_threshold: float = 4.0, seed: int = 0
 ) -> list[dict]:
@@ -69,17 +76,12 @@ def prior_rows(
         items = torch.as_tensor(specs.item, dtype=torch.long)
         labels = torch.as_tensor(specs.label, dtype=torch.float32)
         for dim, h in heads.items():
-            # in chunks: on implicit data each row's log-odds read a softmax over the whole catalog
-            # (the training role has ~100k rows)
-            chunks = [slice(i, i + CHUNK) for i in range(0, max(len(items), 1), CHUNK)]  # one, empty, for no rows
-            with torch.no_grad():
-                z = torch.cat([h(torch.zeros(len(items[c]), 1), None, items[c], users[c])["like_logit"]
-                               for c in chunks])
-                logits = {names[dim]: z}
-                if dim and not ds.explicit:
-                    factors = {"R": h.rec_user_factors, "T": h.rec_item_factors, "bias": h.item_bias}
-                    logits[raw_name] = torch.cat([softmax_log_odds(factors, users[c], items[c, None], negatives)[:, 0]
-                                                  for c in chunks])
+            logits = {names[dim]: _chunked(lambda c: h(torch.zeros(len(items[c]), 1), None, items[c], users[c])
+                                           ["like_logit"], len(items))}
+            if dim and not ds.explicit:
+                factors = {"R": h.rec_user_factors, "T": h.rec_item_factors, "bias": h.item_bias}
+                logits[raw_name] = _chunked(
+                    lambda c: softmax_log_odds(factors, users[c], items[c, None], negatives)[:, 0], len(items))
             for name, zz in logits.items():
                 row = rows.setdefault(name, {"prior": name})
                 key = ROLE_NAMES[role]

@@ -38,6 +38,11 @@ SMOLLM = "bundled:smollm2-135m"
 # Epochs of the cached recipes over their fixed batches. Five repeat them into overfitting (the learning
 # bench: NDCG@10 −0.0149 and the validation loss above step 0's at 40 minutes); two still learn.
 EPOCHS = 2
+
+
+def fixed_batches_for(steps: int, given: int | None = None) -> int:
+    """`train.fixed_batches` of a cached recipe run for `steps` steps: `given`, else EPOCHS epochs."""
+    return given if given is not None else max(steps // EPOCHS, 1)
 MINILM = ["model.backbone=bundled:minilm-l6", "model.lora_targets=[query,value]"]
 
 
@@ -258,8 +263,7 @@ def table(result: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
-    if args.fixed_batches is None:
-        args.fixed_batches = max(args.steps // EPOCHS, 1)
+    args.fixed_batches = fixed_batches_for(args.steps, args.fixed_batches)
     if args.steps < 1 or args.fixed_batches < 1:
         build_parser().error("--steps and --fixed-batches must be >= 1")
     chosen = recipes(args.fixed_batches)
