@@ -95,6 +95,9 @@ class ModelConfig:
                               "collaborative factors), sequence (a SASRec-shaped network fitted on the training split, "
                               "reading the history in order) or both (summed)")
     sequence_len: int = knob(50, "history items the sequential prior reads (model.ranking_prior sequence or both)")
+    stack_tail: int = knob(0, "stacked priors: fit the priors without each user's newest k training interactions, "
+                           "train only on rows of those (where the priors are out-of-sample, as on validation), "
+                           "serve with the priors fitted on all (mtrec.model.stacking); 0 = off")
     train_top_layers: int | None = knob(None, "train only the top k backbone layers: LoRA there alone, the layers "
                                         "below and the instruction-token rows frozen (backward stops at the cut; "
                                         "with train.activation_cache their output is computed once per batch); "

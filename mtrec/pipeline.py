@@ -226,12 +226,17 @@ def eval_specs(split: Split, kinds: list[str], opts: ExampleOptions, role: int =
 
 
 def train_specs(split: Split, kinds: list[str], opts: ExampleOptions, max_users: int | None = None,
-                seed: int = 0) -> dict[str, Specs]:
-    """Training rows per kind (optionally for a seeded subset of users)."""
+                seed: int = 0, only: np.ndarray | None = None) -> dict[str, Specs]:
+    """Training rows per kind (optionally for a seeded subset of users; with `only`, a bool mask over
+    interactions, the rows of those interactions alone: `model.stack_tail`'s tail. Friends rows, the
+    graph's edges, are all kept)."""
     all_specs = build_specs(split, TRAIN, tuple(kinds), opts)
     if max_users and max_users < split.dataset.num_users:
         users = np.random.default_rng(seed).choice(split.dataset.num_users, size=max_users, replace=False)
         all_specs = all_specs.take(np.flatnonzero(np.isin(split.dataset.user_idx[all_specs.interaction], users)))
+    if only is not None:
+        keep = only[all_specs.interaction] | (all_specs.kind == KIND_IDS["friends"])
+        all_specs = all_specs.take(np.flatnonzero(keep))
     return {k: all_specs.take(np.flatnonzero(all_specs.kind == KIND_IDS[k])) for k in kinds}
 
 

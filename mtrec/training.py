@@ -32,6 +32,7 @@ from mtrec.kinds import KIND_IDS, KIND_NAMES, KIND_TASK, NUM_KINDS
 from mtrec.model.collaborative import FULL_SOFTMAX_ITEMS
 from mtrec.model.layer_cut import ActivationCache, FrozenBottom
 from mtrec.model.multitask import multitask_loss
+from mtrec.model.stacking import MIN_LEFT, StackedPriors, prior_split, tail_mask
 from mtrec.pipeline import (Batcher, Prefetcher, TaskSampler, evaluate, eval_specs, extra_inputs, kinds_for, mixing_probs,
                             train_specs)
 from mtrec.prompts import PromptRenderer, load_prompts, prompt_tasks, render_options
@@ -56,6 +57,9 @@ class Setup:
     example_options: ExampleOptions
     phases: dict[str, float] = field(default_factory=dict)  # seconds per set-up phase (metrics.json)
     bottom: FrozenBottom | None = None  # model.train_top_layers: the frozen part below the cut
+    # model.stack_tail: the tail interactions the model trains on, and the priors' two values
+    tail: np.ndarray | None = None
+    stacking: StackedPriors | None = None
 
 
 @contextmanager
@@ -119,15 +123,25 @@ def build_setup(cfg: Config, accelerator: Accelerator | None = None, split: Spli
     with timed(phases, "item_encoding"):
         table = initial_item_table(split.dataset, cfg.model, backbone, tokenizer, prompts, pooling, hidden,
                                    cfg.run.seed, ref.sha256, bf16)
+    tail = stacked_tail(cfg, split, hybrid)
     with timed(phases, "collaborative_fits"):
-        heads = build_heads(split.dataset, table, split.train, hidden, cfg.data.like_threshold,
-                            collab_dim=cfg.model.collab_dim, split=split, seed=cfg.run.seed,
-                            negatives_per_positive=cfg.data.negatives_per_positive,
-                            friends=wants_friends(cfg, split.dataset), friend_dim=cfg.model.friend_dim,
-                            ranking_prior=cfg.model.ranking_prior, sequence_len=cfg.model.sequence_len,
-                            item_tokens={"embed_rms": token_embedding_rms(backbone)} if hybrid else None)
+        def heads_on(fit: Split):
+            return build_heads(split.dataset, table, fit.train, hidden, cfg.data.like_threshold,
+                               collab_dim=cfg.model.collab_dim, split=fit, seed=cfg.run.seed,
+                               negatives_per_positive=cfg.data.negatives_per_positive,
+                               friends=wants_friends(cfg, split.dataset), friend_dim=cfg.model.friend_dim,
+                               ranking_prior=cfg.model.ranking_prior, sequence_len=cfg.model.sequence_len,
+                               item_tokens={"embed_rms": token_embedding_rms(backbone)} if hybrid else None)
+
+        heads = heads_on(split if tail is None else prior_split(split, tail))
+        full = None if tail is None else heads_on(split)  # the served priors (the fits of a run without stacking)
     with timed(phases, "lora"):
         model = wrap_model(backbone, heads, pooling, lora_config(cfg.model, backbone, token_ids))
+        stacking = None
+        if full is not None:
+            # the model at rest serves the full fits; the training loop switches for its steps
+            stacking = StackedPriors(model.base_model.model.heads.modules_to_save["default"], full)
+            del full
         # model.train_top_layers: everything below the top layers frozen (token rows included), in eval mode
         bottom = FrozenBottom(backbone, cfg.model.train_top_layers) if cfg.model.train_top_layers else None
     opts = example_options(cfg)
@@ -135,7 +149,26 @@ def build_setup(cfg: Config, accelerator: Accelerator | None = None, split: Spli
                               embedded_items(split) if hybrid else None)
     batcher = Batcher(ExampleFactory(split, opts), renderer, prompts, tokenizer.pad_token_id, len(split.dataset.categories))
     weights = torch.tensor([float(cfg.train.task_weights.get(k, 1.0)) for k in sorted(KIND_IDS, key=KIND_IDS.get)])
-    return Setup(cfg, split, kinds, batcher, model, tokenizer, token_ids, ref, weights, opts, phases, bottom)
+    return Setup(cfg, split, kinds, batcher, model, tokenizer, token_ids, ref, weights, opts, phases, bottom,
+                 tail, stacking)
+
+
+def stacked_tail(cfg: Config, split: Split, hybrid: bool) -> np.ndarray | None:
+    """`model.stack_tail`'s tail interactions (`mtrec.model.stacking.tail_mask`), None when off;
+    checks the setting."""
+    k = cfg.model.stack_tail
+    if not k:
+        return None
+    if k < 0:
+        raise ConfigError(f"model.stack_tail: {k} is negative (0 = off)")
+    if hybrid:
+        raise ConfigError("model.stack_tail: hybrid item tokens project the priors' item embeddings, which stacking "
+                          "replaces by another fit's at serving time; use prompt.item_tokens=text with it")
+    tail = tail_mask(split, k)
+    if not tail.any():
+        raise ConfigError(f"model.stack_tail: no user of {split.dataset.name} has {k} training interactions beyond "
+                          f"the {MIN_LEFT} the priors keep; nothing to train on")
+    return tail
 
 
 def choose_mixed_precision(setting: str) -> str:
@@ -247,7 +280,8 @@ class _Loop:
         self.phases = dict(s.phases)
         self.in_loop: dict[str, float] = {}  # evaluation seconds inside the training clock
         with timed(self.phases, "examples"):
-            specs = train_specs(s.split, s.kinds, s.example_options, cfg.data.max_train_users, cfg.run.seed)
+            specs = train_specs(s.split, s.kinds, s.example_options, cfg.data.max_train_users, cfg.run.seed,
+                                only=s.tail)
             self.valid = eval_specs(s.split, s.kinds, s.example_options, VALID, t.eval_users, cfg.run.seed)
         self.sizes = {k: len(v) for k, v in specs.items()}
         self.sampler = TaskSampler(specs, mixing_probs(self.sizes, t.mixing, t.temperature), s.batcher, t.batch_size,
@@ -301,10 +335,19 @@ class _Loop:
         make = lambda draw: self.sampler.batch(draw, self.acc.process_index)  # noqa: E731
         self.batches = Prefetcher(make) if t.prefetch else None
         try:
-            self._steps(bar, began)
+            with self._stacked():
+                self._steps(bar, began)
         finally:
             if self.batches is not None:
                 self.batches.close()
+
+    def _stacked(self):
+        """model.stack_tail: the stacked priors while the steps run (`StackedPriors.training`)."""
+        return self.s.stacking.training() if self.s.stacking is not None else nullcontext()
+
+    def _served(self):
+        """Inside `_stacked`: the served priors (for an evaluation or a checkpoint)."""
+        return self.s.stacking.serving() if self.s.stacking is not None else nullcontext()
 
     def _steps(self, bar, began: float) -> None:
         t, st = self.t, self.state
@@ -325,8 +368,9 @@ class _Loop:
                 stop = self._evaluate(step)
             if t.checkpoint_every and step % t.checkpoint_every == 0 and step < t.max_steps:
                 self._check_finite()
-                save_checkpoint(self.acc, self.run_dir, step, self.model, self.opt, self.sched, st,
-                                self.best_state, t.keep_checkpoints)
+                with self._served():
+                    save_checkpoint(self.acc, self.run_dir, step, self.model, self.opt, self.sched, st,
+                                    self.best_state, t.keep_checkpoints)
             if out_of_time:
                 self.acc.print(f"stopping at step {step}: train.max_minutes={t.max_minutes} reached")
             if stop or out_of_time:
@@ -373,12 +417,12 @@ class _Loop:
         st, t = self.state, self.t
         if self.batches is not None:
             self.batches.wait()  # the prefetch thread and evaluation share the tokenizer
-        with timed(self.in_loop, "evaluation"), timed(self.phases, "evaluation"):
+        with timed(self.in_loop, "evaluation"), timed(self.phases, "evaluation"), self._served():
             st["history"].append(self.log.evaluate(self.model, self.valid, self.weights, step))
-        if _better(st["history"][-1], st["best"], t.early_stopping_metric):
-            st["best"], st["bad_evals"] = st["history"][-1], 0
-            self.best_state = trainable_state(self.acc.unwrap_model(self.model))
-            return False
+            if _better(st["history"][-1], st["best"], t.early_stopping_metric):
+                st["best"], st["bad_evals"] = st["history"][-1], 0
+                self.best_state = trainable_state(self.acc.unwrap_model(self.model))
+                return False
         st["bad_evals"] += 1
         if t.patience and st["bad_evals"] >= t.patience:
             self.acc.print(f"early stopping at step {step}: {t.early_stopping_metric} did not improve "

@@ -36,25 +36,12 @@ from mtrec.data.errors import DataError
 from mtrec.data.local import _open, _read_interactions, _read_items, _read_users
 from mtrec.data.records import RecDataset
 from mtrec.data.splits import TRAIN, Split, user_order
+# head parameters that hold priors (refitted on the grown data; every other one is carried over) and the
+# sequential prior's network (model.ranking_prior, refitted whole)
+from mtrec.model.stacking import PRIOR_MODULES, PRIORS
 from mtrec.run import RunFolderError, check_run_dir, load_catalog
 
 RECORD = "update.json"  # in OUT: what it was updated from, so that --resume rebuilds the same start
-# head parameters that hold priors (refitted on the grown data); every other one is carried over
-PRIORS = (
-    "item_bias",
-    "item_rating_offset",
-    "item_like_offset",
-    "user_rating_offset",
-    "user_like_offset",
-    "user_factors",
-    "item_factors",
-    "rec_user_factors",
-    "rec_item_factors",
-    "like_factor_scale",
-    "rating.bias",
-    "like.bias",
-)
-PRIOR_MODULES = ("sequence.",)  # the sequential prior's network (model.ranking_prior): refitted whole
 PER_ITEM = ("item_table",)
 
 

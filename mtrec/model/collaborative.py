@@ -68,18 +68,21 @@ def as_flat(params: dict[str, torch.Tensor], names: Sequence[str]) -> dict[str, 
     return {k: (v[:, 0].contiguous() if k in names else v) for k, v in params.items()}
 
 
-def newest_per_user(split: Split, train_idx: np.ndarray, min_left: int = 2) -> np.ndarray:
-    """Bool mask over `train_idx`: each user's newest training interaction, for users who keep at
-    least `min_left` others (the early-stopping hold-out of the fits)."""
+def newest_per_user(split: Split, train_idx: np.ndarray, min_left: int = 2, k: int = 1) -> np.ndarray:
+    """Bool mask over `train_idx`: each user's newest `k` training interactions, for users who keep
+    at least `min_left` others (k = 1: the early-stopping hold-out of the fits; larger k: the stacking
+    tail of `mtrec.model.stacking`)."""
     users = split.dataset.user_idx[train_idx]
     pos = split.position[train_idx]
-    order = np.lexsort((pos, users))
-    last = np.ones(len(order), dtype=bool)
-    last[:-1] = users[order][1:] != users[order][:-1]
+    order = np.lexsort((-pos, users))  # each user's newest first
+    su = users[order]
+    first = np.ones(len(order), dtype=bool)
+    first[1:] = su[1:] != su[:-1]
+    start = np.maximum.accumulate(np.where(first, np.arange(len(order)), 0))
     counts = np.bincount(users, minlength=split.dataset.num_users)
     mask = np.zeros(len(train_idx), dtype=bool)
-    mask[order[last]] = True
-    return mask & (counts[users] > min_left)
+    mask[order[np.arange(len(order)) - start < k]] = True
+    return mask & (counts[users] - k >= min_left)
 
 
 # ---- shared by every collaborative fit: the heads' priors and the bench's baselines -------------
