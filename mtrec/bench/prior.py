@@ -11,7 +11,9 @@ shown beside it. No backbone is loaded: the like head reads nothing from the pro
 
 The training split's own like rows (what the heads train on) are scored too: the priors were fit on
 those interactions, so there they are in-sample. The gap between the training and the validation
-column is how much better the prior looks on the rows the heads learn from than on new ones.
+column is how much better the prior looks on the rows the heads learn from than on new ones. With
+`--stack-tail k` the rows stacking trains on are scored too (`model.stack_tail`: each user's newest k
+training interactions, by the priors fitted without them): out-of-sample, like validation.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -28,6 +31,7 @@ from mtrec.data.registry import load_dataset
 from mtrec.data.splits import ROLE_NAMES, TEST, TRAIN, VALID, Split, make_split
 from mtrec.model.build import build_heads
 from mtrec.model.collaborative import softmax_log_odds
+from mtrec.model.stacking import prior_split, tail_mask
 from mtrec.tasks import ExampleOptions, build_specs
 
 
@@ -42,26 +46,23 @@ def _chunked(score, n: int) -> torch.Tensor:
 
 
 def prior_rows(
-    split: Split, collab_dim: int = 32, negatives: int = 1, like_threshold: float = 4.0, seed: int = 0
+    split: Split, collab_dim: int = 32, negatives: int = 1, like_threshold: float = 4.0, seed: int = 0,
+    stack_tail: int = 0,
 ) -> list[dict]:
     """One row per prior (popularity/biases, factors, and on implicit data the raw factor log-odds):
     {"prior", "<role>/auc", "<role>/log_loss", "<role>/examples"} for the training (in-sample: the rows
-    the heads train on), validation and test roles."""
+    the heads train on), validation and test roles; with `stack_tail`, also "tail/…": the tail rows
+    scored by the priors fitted without them (`mtrec.model.stacking`)."""
     ds = split.dataset
     table = torch.zeros(ds.num_items, 1)  # the item table plays no part in the like logit
-    heads = {}
-    for dim in (0, collab_dim) if collab_dim else (0,):
-        heads[dim] = build_heads(
-            ds,
-            table,
-            split.train,
-            1,
-            like_threshold,
-            collab_dim=dim,
-            split=split,
-            seed=seed,
-            negatives_per_positive=negatives,
-        ).eval()
+
+    def heads_on(fit: Split) -> dict:
+        return {dim: build_heads(ds, table, fit.train, 1, like_threshold, collab_dim=dim, split=fit, seed=seed,
+                                 negatives_per_positive=negatives).eval()
+                for dim in ((0, collab_dim) if collab_dim else (0,))}
+
+    heads = heads_on(split)
+    tail = tail_mask(split, stack_tail) if stack_tail else None
     opts = ExampleOptions(like_threshold=like_threshold, negatives_per_positive=negatives, seed=seed)
     plain = "user+item means and popularity" if ds.explicit else "popularity softmax"
     names = {0: f"{plain}, no factors"}
@@ -70,8 +71,12 @@ def prior_rows(
         names[collab_dim] = f"collaborative factors (d={collab_dim}){calibrated}"
     rows = {name: {"prior": name} for name in names.values()}
     raw_name = f"collaborative factors (d={collab_dim}), raw log-odds"
-    for role in (TRAIN, VALID, TEST):
-        specs = build_specs(split, role, ("like",), opts)
+    for role in (TRAIN, VALID, TEST) + (("tail",) if tail is not None else ()):
+        if role == "tail":
+            specs = build_specs(split, TRAIN, ("like",), opts)
+            specs, heads = specs.take(np.flatnonzero(tail[specs.interaction])), heads_on(prior_split(split, tail))
+        else:
+            specs = build_specs(split, role, ("like",), opts)
         users = torch.as_tensor(ds.user_idx[specs.interaction], dtype=torch.long)
         items = torch.as_tensor(specs.item, dtype=torch.long)
         labels = torch.as_tensor(specs.label, dtype=torch.float32)
@@ -84,7 +89,7 @@ def prior_rows(
                     lambda c: softmax_log_odds(factors, users[c], items[c, None], negatives)[:, 0], len(items))
             for name, zz in logits.items():
                 row = rows.setdefault(name, {"prior": name})
-                key = ROLE_NAMES[role]
+                key = ROLE_NAMES.get(role, role)
                 row[f"{key}/auc"] = metrics.auc(zz.numpy(), specs.label)
                 row[f"{key}/log_loss"] = float(F.binary_cross_entropy_with_logits(zz, labels))
                 row[f"{key}/examples"] = len(labels)
@@ -100,12 +105,16 @@ def markdown(rows: list[dict], dataset: str) -> str:
         "examples (train / valid / test) |",
         "|---|---|---|---|---|",
     ]
+    tail = "tail/auc" in rows[0]
+    if tail:  # the stacking column
+        lines[2] = lines[2].replace(" | examples (train", " | stacking's tail rows (priors fit without them) AUC / "
+                                    "log-loss | examples (train").replace("test) |", "test / tail) |")
+        lines[3] += "---|"
     for r in rows:
-        lines.append(
-            f"| {r['prior']} | {r['train/auc']:.3f} / {r['train/log_loss']:.3f} | "
-            f"{r['valid/auc']:.3f} / {r['valid/log_loss']:.3f} | {r['test/auc']:.3f} / {r['test/log_loss']:.3f} | "
-            f"{r['train/examples']:,} / {r['valid/examples']:,} / {r['test/examples']:,} |"
-        )
+        cells = [f"{r[f'{k}/auc']:.3f} / {r[f'{k}/log_loss']:.3f}" for k in ("train", "valid", "test")
+                 + (("tail",) if tail else ())]
+        counts = " / ".join(f"{r[f'{k}/examples']:,}" for k in ("train", "valid", "test") + (("tail",) if tail else ()))
+        lines.append(f"| {r['prior']} | " + " | ".join(cells) + f" | {counts} |")
     return "\n".join(lines)
 
 
@@ -120,15 +129,18 @@ def main(argv: list[str] | None = None) -> int:
         "--like-threshold", type=float, default=4.0, help="explicit data: rating >= this counts as a like"
     )
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--stack-tail", type=int, default=0,
+                   help="also score model.stack_tail's tail rows (each user's newest k training interactions) by "
+                        "the priors fitted without them (0: off)")
     args = p.parse_args(argv)
-    if args.collab_dim < 0 or args.negatives < 1:
-        p.error("--collab-dim must be >= 0 and --negatives >= 1")
+    if args.collab_dim < 0 or args.negatives < 1 or args.stack_tail < 0:
+        p.error("--collab-dim and --stack-tail must be >= 0 and --negatives >= 1")
     try:
         ds = load_dataset(args.dataset)
     except (DataError, KeyError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     split = make_split(ds, "leave_one_out", seed=args.seed)
-    rows = prior_rows(split, args.collab_dim, args.negatives, args.like_threshold, args.seed)
+    rows = prior_rows(split, args.collab_dim, args.negatives, args.like_threshold, args.seed, args.stack_tail)
     print(markdown(rows, ds.name))
     return 0

@@ -239,5 +239,13 @@ def test_prior_bench_scores_every_prior_on_the_evaluations_examples(capsys, monk
         assert {k: v for k, v in chunked.items() if k != "prior"} == pytest.approx(
             {k: v for k, v in whole.items() if k != "prior"}, abs=1e-6)
     assert [r["prior"] for r in prior_rows(split, collab_dim=0)] == ["popularity softmax, no factors"]
+    # --stack-tail: the tail's like rows, scored by priors fitted without them (out-of-sample, as validation)
+    from mtrec.model.stacking import tail_mask
+
+    stacked = prior_rows(split, collab_dim=4, negatives=2, stack_tail=3)
+    tail = tail_mask(split, 3)
+    assert stacked[0]["tail/examples"] == int(tail[train.interaction].sum()) == 3 * int(tail.sum())  # a positive + 2 negatives each
+    assert stacked[2]["tail/log_loss"] > stacked[2]["train/log_loss"] and stacked[2]["tail/auc"] < stacked[2]["train/auc"]
+    assert {k: v for k, v in stacked[2].items() if not k.startswith("tail/")} == rows[2]
     assert bench_main(["prior", "--dataset", "nope"]) == 2
     assert "unknown data set 'nope'" in capsys.readouterr().err
