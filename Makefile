@@ -21,10 +21,11 @@ RUN_DIR ?= runs/quickstart-$(shell date +%Y%m%d-%H%M%S)
 USER_ID ?= 1
 # The training recipe on top of configs/quickstart.yaml: the fastest CPU recipe of the speed bench, at
 # the 2 epochs that do not overfit its fixed batches (README, "What the extra examples buy"): the
-# bundled MiniLM encoder with its top 2 of 6 layers trained over cached activations.
-# `make run RECIPE=` trains configs/quickstart.yaml as it is (SmolLM2-135M, LoRA on every layer).
+# bundled MiniLM encoder with its top 2 of 6 layers trained over cached activations, with stacked priors
+# (trained on each user's newest 5 training interactions, which the priors were fitted without: README,
+# "Stacked priors"). `make run RECIPE=` trains configs/quickstart.yaml as it is (SmolLM2-135M, LoRA on every layer).
 RECIPE ?= model.backbone=bundled:minilm-l6 model.lora_targets=[query,value] model.train_top_layers=2 \
-	train.max_steps=240 train.fixed_batches=120
+	train.max_steps=240 train.fixed_batches=120 model.stack_tail=5
 PYTEST_ARGS ?=
 
 .PHONY: setup run test clean-venv
