@@ -364,7 +364,8 @@ KEY_NEUTRAL = {("model", "train_top_layers"): None, ("train", "fixed_batches"): 
                ("train", "activation_cache"): True, ("train", "activation_cache_dir"): None,
                ("train", "activation_cache_gb"): 4.0, ("train", "keep"): "best",
                ("model", "ranking_prior"): "factors", ("model", "sequence_len"): 50,
-               ("prompt", "item_tokens"): "text", ("prompt", "item_token_curriculum"): 0}
+               ("prompt", "item_tokens"): "text", ("prompt", "item_token_curriculum"): 0,
+               ("model", "stack_tail"): 0}
 
 
 def row_key(result: dict, args: argparse.Namespace) -> dict:
