@@ -109,6 +109,7 @@ def build_setup(cfg: Config, accelerator: Accelerator | None = None, split: Spli
         raise ConfigError(f"train.tasks: {list(cfg.train.tasks)} has nothing to train on {split.dataset.name} "
                           f"(rating needs ratings, friends a social graph)")
     hybrid = hybrid_item_tokens(cfg)
+    tail = stacked_tail(cfg, split, hybrid)  # before anything expensive
     prompts = load_prompts(cfg.prompt.prompts_dir, prompt_tasks(cfg.train.tasks))
     with timed(phases, "backbone"):
         if accelerator is not None:
@@ -123,7 +124,6 @@ def build_setup(cfg: Config, accelerator: Accelerator | None = None, split: Spli
     with timed(phases, "item_encoding"):
         table = initial_item_table(split.dataset, cfg.model, backbone, tokenizer, prompts, pooling, hidden,
                                    cfg.run.seed, ref.sha256, bf16)
-    tail = stacked_tail(cfg, split, hybrid)
     with timed(phases, "collaborative_fits"):
         def heads_on(fit: Split):
             return build_heads(split.dataset, table, fit.train, hidden, cfg.data.like_threshold,

@@ -72,7 +72,7 @@ def prior_rows(
     rows = {name: {"prior": name} for name in names.values()}
     raw_name = f"collaborative factors (d={collab_dim}), raw log-odds"
     for role in (TRAIN, VALID, TEST) + (("tail",) if tail is not None else ()):
-        if role == "tail":
+        if role == "tail":  # last: the stacked priors replace the others from here on
             specs = build_specs(split, TRAIN, ("like",), opts)
             specs, heads = specs.take(np.flatnonzero(tail[specs.interaction])), heads_on(prior_split(split, tail))
         else:
@@ -110,10 +110,10 @@ def markdown(rows: list[dict], dataset: str) -> str:
         lines[2] = lines[2].replace(" | examples (train", " | stacking's tail rows (priors fit without them) AUC / "
                                     "log-loss | examples (train").replace("test) |", "test / tail) |")
         lines[3] += "---|"
+    roles = ("train", "valid", "test") + (("tail",) if tail else ())
     for r in rows:
-        cells = [f"{r[f'{k}/auc']:.3f} / {r[f'{k}/log_loss']:.3f}" for k in ("train", "valid", "test")
-                 + (("tail",) if tail else ())]
-        counts = " / ".join(f"{r[f'{k}/examples']:,}" for k in ("train", "valid", "test") + (("tail",) if tail else ()))
+        cells = [f"{r[f'{k}/auc']:.3f} / {r[f'{k}/log_loss']:.3f}" for k in roles]
+        counts = " / ".join(f"{r[f'{k}/examples']:,}" for k in roles)
         lines.append(f"| {r['prior']} | " + " | ".join(cells) + f" | {counts} |")
     return "\n".join(lines)
 
