@@ -55,6 +55,8 @@ def recipes(fixed: int) -> dict[str, list[str]]:
         "top-2 uncached": [*cached(2), "train.activation_cache=false"],
         "minilm": MINILM,
         "minilm top-2 cached": [*MINILM, *cached(2)],
+        # one token per history item (issue #16's hybrid item tokens); trained at the input, so uncached
+        "hybrid tokens": ["prompt.item_tokens=hybrid"],
     }
 
 

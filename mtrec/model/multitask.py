@@ -117,7 +117,8 @@ class TaskHeads(nn.Module):
         self.has_item_tokens = item_tokens is not None
         if self.has_item_tokens:
             self.token_source = "sequence" if self.has_sequence else "factors" if collab_dim else "table"
-            width = {"sequence": self.sequence.item.embedding_dim, "factors": collab_dim, "table": item_dim}[self.token_source]
+            width = (self.sequence.item.embedding_dim if self.has_sequence  # (only then is there a network)
+                     else {"factors": collab_dim, "table": item_dim}[self.token_source])
             self.item_projector = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, hidden), nn.GELU(),
                                                 nn.Linear(hidden, hidden))
             self.register_buffer("token_rms", torch.tensor(float(item_tokens.get("embed_rms", 1.0))))
