@@ -36,9 +36,8 @@ from mtrec.data.errors import DataError
 from mtrec.data.local import _open, _read_interactions, _read_items, _read_users
 from mtrec.data.records import RecDataset
 from mtrec.data.splits import TRAIN, Split, user_order
-# head parameters that hold priors (refitted on the grown data; every other one is carried over) and the
-# sequential prior's network (model.ranking_prior, refitted whole)
-from mtrec.model.stacking import PRIOR_MODULES, PRIORS
+# head parameters that hold priors are refitted on the grown data; every other one is carried over
+from mtrec.model.stacking import is_prior
 from mtrec.run import RunFolderError, check_run_dir, load_catalog
 
 RECORD = "update.json"  # in OUT: what it was updated from, so that --resume rebuilds the same start
@@ -218,7 +217,7 @@ def write_interactions(folder: str | Path, ds: RecDataset, rows: np.ndarray) -> 
 # ---- the model ------------------------------------------------------------------------------------
 def carry_over(model, run_dir: Path, old: Split, grown: Split) -> dict[str, int]:
     """Load RUN's trained weights into `model` (built for `grown`): LoRA and token rows as they are;
-    of the heads, every learned parameter except the priors (`PRIORS`, refitted), with per-item and
+    of the heads, every learned parameter except the priors (`mtrec.model.stacking.is_prior`, refitted), with per-item and
     per-category rows moved to the items' and categories' places in the grown catalog.
 
     Returns:
@@ -246,7 +245,7 @@ def carry_over(model, run_dir: Path, old: Split, grown: Split) -> dict[str, int]
     with torch.no_grad():
         for key, value in state.items():
             name = key.removeprefix(prefix)
-            if not key.startswith(prefix) or name in PRIORS or name.startswith(PRIOR_MODULES) or name not in params:
+            if not key.startswith(prefix) or is_prior(name) or name not in params:
                 continue
             target = params[name]
             if name in PER_ITEM:

@@ -12,7 +12,8 @@ from safetensors.torch import load_file
 from mtrec.data.errors import DataError
 from mtrec.data.splits import TEST, TRAIN, VALID
 from mtrec.run import load_catalog
-from mtrec.update import PRIORS, grow_split, main, update, write_interactions
+from mtrec.model.stacking import PRIORS
+from mtrec.update import grow_split, main, update, write_interactions
 
 
 @pytest.fixture(scope="module")

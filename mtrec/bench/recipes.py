@@ -43,6 +43,8 @@ EPOCHS = 2
 def fixed_batches_for(steps: int, given: int | None = None) -> int:
     """`train.fixed_batches` of a cached recipe run for `steps` steps: `given`, else EPOCHS epochs."""
     return given if given is not None else max(steps // EPOCHS, 1)
+
+
 MINILM = ["model.backbone=bundled:minilm-l6", "model.lora_targets=[query,value]"]
 
 

@@ -62,9 +62,9 @@ def prior_split(split: Split, tail: np.ndarray) -> Split:
     return dataclasses.replace(split, role=role)
 
 
-def prior_names(named: dict[str, torch.Tensor]) -> list[str]:
-    """The names in `named` (a heads module's parameters) that hold priors."""
-    return [n for n in named if n in PRIORS or n.startswith(PRIOR_MODULES)]
+def is_prior(name: str) -> bool:
+    """Does the heads parameter `name` hold a prior (`PRIORS`, or the sequential prior's network)?"""
+    return name in PRIORS or name.startswith(PRIOR_MODULES)
 
 
 class StackedPriors:
@@ -82,7 +82,7 @@ class StackedPriors:
 
     def __init__(self, heads: torch.nn.Module, full: torch.nn.Module) -> None:
         mine, theirs = dict(heads.named_parameters()), dict(full.named_parameters())
-        self.params = {n: mine[n] for n in prior_names(mine)}
+        self.params = {n: p for n, p in mine.items() if is_prior(n)}
         self.shift, self.both = {}, {}
         for n, p in self.params.items():
             if n in FACTOR_TABLES:
@@ -104,19 +104,17 @@ class StackedPriors:
                 p.add_(self.shift[n].to(p.device), alpha=1 if served else -1)
 
     @contextmanager
+    def _switched(self, inside: bool):
+        self._set(inside)
+        try:
+            yield
+        finally:
+            self._set(not inside)
+
     def training(self):
         """The stacked values for the body (the training steps), the served ones again after."""
-        self._set(False)
-        try:
-            yield
-        finally:
-            self._set(True)
+        return self._switched(False)
 
-    @contextmanager
     def serving(self):
         """Inside `training`: the served values for the body (an evaluation, a checkpoint)."""
-        self._set(True)
-        try:
-            yield
-        finally:
-            self._set(False)
+        return self._switched(True)
