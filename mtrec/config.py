@@ -98,6 +98,9 @@ class ModelConfig:
     stack_tail: int = knob(0, "stacked priors: fit the priors without each user's newest k training interactions, "
                            "train only on rows of those (where the priors are out-of-sample, as on validation), "
                            "serve with the priors fitted on all (mtrec.model.stacking); 0 = off")
+    stack_ranking: bool = knob(False, "with model.stack_tail: stack the recommendation head's priors too (popularity "
+                               "bias, ranking factors, the sequential prior); off: they are the fits on all "
+                               "training data in training as in serving")
     train_top_layers: int | None = knob(None, "train only the top k backbone layers: LoRA there alone, the layers "
                                         "below and the instruction-token rows frozen (backward stops at the cut; "
                                         "with train.activation_cache their output is computed once per batch); "

@@ -140,7 +140,8 @@ def build_setup(cfg: Config, accelerator: Accelerator | None = None, split: Spli
         stacking = None
         if full is not None:
             # the model at rest serves the full fits; the training loop switches for its steps
-            stacking = StackedPriors(model.base_model.model.heads.modules_to_save["default"], full)
+            stacking = StackedPriors(model.base_model.model.heads.modules_to_save["default"], full,
+                                     ranking=cfg.model.stack_ranking)
             del full
         # model.train_top_layers: everything below the top layers frozen (token rows included), in eval mode
         bottom = FrozenBottom(backbone, cfg.model.train_top_layers) if cfg.model.train_top_layers else None

@@ -360,12 +360,14 @@ def run(args: argparse.Namespace) -> dict:
 
 # Config knobs added after rows were first stored, at the value that computes what those rows were
 # computed with: left out of the row key at that value, so adding a knob does not orphan finished rows.
+# model.stack_ranking's default (off) is not what stored stacked rows did (they stacked the ranking
+# priors), so its neutral value is on; without stacking it means nothing and leaves the key.
 KEY_NEUTRAL = {("model", "train_top_layers"): None, ("train", "fixed_batches"): 0,
                ("train", "activation_cache"): True, ("train", "activation_cache_dir"): None,
                ("train", "activation_cache_gb"): 4.0, ("train", "keep"): "best",
                ("model", "ranking_prior"): "factors", ("model", "sequence_len"): 50,
                ("prompt", "item_tokens"): "text", ("prompt", "item_token_curriculum"): 0,
-               ("model", "stack_tail"): 0}
+               ("model", "stack_tail"): 0, ("model", "stack_ranking"): True}
 
 
 def row_key(result: dict, args: argparse.Namespace) -> dict:
@@ -373,6 +375,8 @@ def row_key(result: dict, args: argparse.Namespace) -> dict:
     line's spelling and the row set), the split, seed and data set."""
     settings = {k: v for k, v in result["settings"].items() if k not in ("cli_overrides", "lm_rows")}
     config = {sec: dict(values) for sec, values in settings["base_config"].items()}
+    if not config.get("model", {}).get("stack_tail"):  # means nothing without stacking
+        config.get("model", {}).pop("stack_ranking", None)
     for (sec, name), neutral in KEY_NEUTRAL.items():
         if config.get(sec, {}).get(name, neutral) == neutral:
             config.get(sec, {}).pop(name, None)

@@ -18,6 +18,12 @@ each user's newest interactions as the second level's data:
    would mean nothing on the other) and so are served as the full fit's; the sequential prior's
    network is frozen anyway.
 
+The recommendation head's priors (popularity bias, its factors, the sequential prior) are stacked only
+with `model.stack_ranking`: without it they hold the fits on all of the training split in training as
+in serving, as in a run without stacking. Measured on MovieLens-100K (README, "Stacked priors"), stacking
+them made ranking worse than its prior alone: a SASRec-shaped prior fitted without each user's newest
+items is a weaker prior than the one served, and what the heads learn against it does not carry over.
+
 The model at rest (built, evaluated, checkpointed, saved) holds the served values; the training loop
 shifts to the stacked values for its steps only (`StackedPriors.training`). Adding and removing the
 shift is exact up to float rounding (one ulp of the prior, well below any effect on a score).
@@ -40,6 +46,8 @@ PRIORS = ("item_bias", "item_rating_offset", "item_like_offset", "user_rating_of
           "rating.bias", "like.bias")
 PRIOR_MODULES = ("sequence.",)  # the sequential prior's network (model.ranking_prior)
 FACTOR_TABLES = ("user_factors", "item_factors", "rec_user_factors", "rec_item_factors")  # frozen while stacking
+# the recommendation head's priors (with the sequential prior's network): stacked only with model.stack_ranking
+RANKING_PRIORS = ("item_bias", "rec_user_factors", "rec_item_factors")
 
 
 def tail_mask(split: Split, k: int) -> np.ndarray:
@@ -67,12 +75,19 @@ def is_prior(name: str) -> bool:
     return name in PRIORS or name.startswith(PRIOR_MODULES)
 
 
+def is_ranking_prior(name: str) -> bool:
+    """Is `name` one of the recommendation head's priors (`RANKING_PRIORS`, the sequential prior)?"""
+    return name in RANKING_PRIORS or name.startswith(PRIOR_MODULES)
+
+
 class StackedPriors:
     """Both values of every prior parameter of a heads module, and the switch between them.
 
     Args:
         heads: the trained heads module (in the wrapped model), holding the *stacked* priors.
         full: a heads module of the same shapes holding the priors fitted on all of the training split.
+        ranking: stack the recommendation head's priors too (`model.stack_ranking`); without, they
+            hold the full fits in training as in serving (and train from there, unshifted).
 
     The factor tables are frozen here; frozen priors (those and the sequential prior's network) keep
     both values and are copied, the trained ones are moved by the shift ``full - stacked``. Built,
@@ -80,9 +95,13 @@ class StackedPriors:
     switches for its steps).
     """
 
-    def __init__(self, heads: torch.nn.Module, full: torch.nn.Module) -> None:
+    def __init__(self, heads: torch.nn.Module, full: torch.nn.Module, ranking: bool = True) -> None:
         mine, theirs = dict(heads.named_parameters()), dict(full.named_parameters())
-        self.params = {n: p for n, p in mine.items() if is_prior(n)}
+        self.params = {n: p for n, p in mine.items() if is_prior(n) and (ranking or not is_ranking_prior(n))}
+        with torch.no_grad():
+            for n, p in mine.items():
+                if is_prior(n) and n not in self.params:  # not stacked: the full fit, always
+                    p.copy_(theirs[n])
         self.shift, self.both = {}, {}
         for n, p in self.params.items():
             if n in FACTOR_TABLES:

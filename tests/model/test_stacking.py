@@ -10,11 +10,11 @@ from mtrec.config import ConfigError
 from mtrec.data.splits import TRAIN, VALID, make_split
 from mtrec.data.synthetic import load_synthetic
 from mtrec.inference import Recommender
-from mtrec.model.stacking import FACTOR_TABLES, MIN_LEFT, prior_split, tail_mask
+from mtrec.model.stacking import FACTOR_TABLES, MIN_LEFT, StackedPriors, is_prior, is_ranking_prior, prior_split, tail_mask
 from mtrec.pipeline import eval_specs, evaluate_rows, train_specs
 from mtrec.training import build_setup, train
 
-STACK = ["model.stack_tail=2", "model.ranking_prior=both", "model.sequence_len=6", "model.collab_dim=4",
+STACK = ["model.stack_tail=2", "model.stack_ranking=true", "model.ranking_prior=both", "model.sequence_len=6", "model.collab_dim=4",
          "train.max_steps=6", "train.eval_every=3", "train.checkpoint_every=3"]
 
 
@@ -46,7 +46,7 @@ def stacked(tiny_backbone_dir, tmp_path_factory):
     cfg = tiny_config(*STACK)
     set_seed(cfg.run.seed)
     setup = build_setup(cfg)
-    plain = build_setup(tiny_config(*STACK[1:]))  # the same run without stacking: the priors fitted on all
+    plain = build_setup(tiny_config(*STACK[2:]))  # the same run without stacking: the priors fitted on all
     heads = lambda s: dict(s.model.base_model.model.heads.modules_to_save["default"].named_parameters())  # noqa: E731
     built = {n: p.detach().clone() for n, p in heads(setup).items()}
     run_dir = tmp_path_factory.mktemp("runs") / "stacked"
@@ -108,6 +108,36 @@ def test_stacked_fits_do_not_read_the_tail(tiny_config):
     for n, v in first.items():
         if n != "item_table":
             assert torch.equal(v, second[n]), n
+
+
+def test_without_stack_ranking_the_ranking_priors_are_the_full_fits_throughout():
+    """model.stack_ranking off (the default): the recommendation head's priors hold the fits on all
+    training data in training as in serving, trainable as without stacking; the others switch."""
+    from mtrec.model.build import build_heads
+
+    split = make_split(load_synthetic(num_users=30, num_items=40), "leave_one_out", seed=0)
+    table = torch.zeros(split.dataset.num_items, 8)
+
+    def heads(fit):
+        return build_heads(split.dataset, table, fit.train, 8, 4.0, collab_dim=4, split=fit, ranking_prior="both",
+                           sequence_len=6)
+
+    mine, full = heads(prior_split(split, tail_mask(split, 2))), heads(split)
+    stacked = {n: p.detach().clone() for n, p in mine.named_parameters()}
+    stacking = StackedPriors(mine, full, ranking=False)
+    served, theirs = dict(mine.named_parameters()), dict(full.named_parameters())
+    ranking = {n for n in served if is_ranking_prior(n)}
+    assert {"item_bias", "rec_item_factors", "sequence.item.weight"} <= ranking
+    assert ranking.isdisjoint(stacking.params) and set(stacking.params) == {n for n in served if is_prior(n)} - ranking
+    assert served["rec_item_factors"].requires_grad and not served["user_factors"].requires_grad
+    with stacking.training():
+        for n in ranking:
+            assert torch.equal(served[n], theirs[n]), n  # the full fit while training too
+        for n in ("user_factors", "item_like_offset"):
+            assert torch.allclose(served[n], stacked[n], atol=1e-6) and not torch.equal(served[n], theirs[n]), n
+    for n in ("user_factors", *ranking):
+        assert torch.equal(served[n], theirs[n]), n
+    assert torch.allclose(served["item_like_offset"], theirs["item_like_offset"], atol=1e-6)  # shifted back (an ulp)
 
 
 def test_checkpoints_and_the_run_folder_hold_the_served_priors(stacked):
