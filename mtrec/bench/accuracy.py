@@ -3,7 +3,7 @@
     python -m mtrec.bench accuracy --dataset movielens-100k|lastfm-2k|ciao [--quick] [--seed 0]
         [--out results/] [--backbone SPEC] [--repeat-check] [--test-users N]
         [--protocol warm|cold-items|short-history] [--lm-rows all|controls|multi|tasks] [--text-control SPEC]
-        [--set section.key=value ...]
+        [--recipe cpu] [--set section.key=value ...]
 
 Everything is built from one base config (the library defaults, the profile's overrides, then
 `--set`), so the baselines and every mtrec variant see the same split (checked by fingerprint).
@@ -29,6 +29,13 @@ the language-model rows; the README records
 its measured wall time per data set. The quick profile stops nothing by the clock (steps and epochs
 only), so a second run with the same seed gives the same numbers; FULL keeps a time budget per
 baseline fit as a guard, and a fit it cuts is marked in the table.
+
+`--recipe cpu` (with ``--quick``): the CPU profile of the language-model rows, ``RECIPES["cpu"]``: the
+fastest CPU recipe (the bundled MiniLM, top 2 of 6 layers over cached activations, 2 epochs over
+fixed batches) with stacked priors and the data set's ranking prior; under 90 minutes per data set
+with ``--lm-rows controls`` on 2 cores (README). Its overrides come after the profile's and before
+``--set``; the rows' keys read the resulting config only, so the same settings spelled with ``--set``
+find the same rows.
 """
 
 from __future__ import annotations
@@ -177,6 +184,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--text-control", default=mtrec_suite.TEXT_CONTROL, metavar="SPEC",
                    help="backbone of the item-text control row (default: the bundled all-MiniLM-L6-v2; "
                         "none: no such row)")
+    p.add_argument("--recipe", choices=sorted(RECIPES),
+                   help="with --quick: the language-model rows' CPU profile (the fastest CPU recipe with stacked "
+                        "priors; under 90 min per data set with --lm-rows controls on 2 cores)")
     p.add_argument(
         "--set",
         dest="overrides",
@@ -185,8 +195,20 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         metavar="SECTION.KEY=VALUE",
         help="extra config override for every mtrec variant and the split (repeatable)",
     )
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.recipe and not args.quick:
+        p.error(f"--recipe {args.recipe} is a CPU recipe: it goes with --quick")
+    return args
 
+
+# --recipe -> (overrides after the profile's and the protocol's, per-data-set overrides after those)
+RECIPES = {
+    "cpu": (("model.backbone=bundled:minilm-l6", "model.lora_targets=[query,value]", "model.train_top_layers=2",
+             "train.max_steps=1772", "train.fixed_batches=886", "train.eval_users=200", "model.stack_tail=5"),
+            # the sequential prior only where the split has an order to read (Last.fm's has none: README)
+            {"movielens-100k": ("model.ranking_prior=both",), "lastfm-2k": ("model.ranking_prior=factors",),
+             "ciao": ("model.ranking_prior=factors",)}),
+}
 
 # protocol -> (overrides after the profile's, what the table says about it)
 PROTOCOLS = {
@@ -215,6 +237,10 @@ def base_overrides(args: argparse.Namespace, profile: Profile) -> list[str]:
     out = [f"data.dataset={args.dataset}", f"run.seed={args.seed}", f"run.name=bench-{args.dataset}"]
     out += list(profile.mtrec_overrides) + list(profile.dataset_overrides.get(args.dataset, ()))
     out += list(PROTOCOLS[getattr(args, "protocol", "warm")][0])
+    recipe = getattr(args, "recipe", None)
+    if recipe:
+        common, per_dataset = RECIPES[recipe]
+        out += list(common) + list(per_dataset.get(args.dataset, ()))
     if args.backbone:
         out.append(f"model.backbone={args.backbone}")
     return out + list(args.overrides)
@@ -298,6 +324,7 @@ def run(args: argparse.Namespace) -> dict:
             "test_users": args.test_users,  # smoke runs only; None: the protocol below
             "lm_users": lm_users,
             "cli_overrides": list(args.overrides),
+            "recipe": args.recipe,
             "lm_rows": lm_rows,
             "base_config": base.to_dict(),
         },
@@ -373,7 +400,7 @@ KEY_NEUTRAL = {("model", "train_top_layers"): None, ("train", "fixed_batches"): 
 def row_key(result: dict, args: argparse.Namespace) -> dict:
     """What a stored row must have been computed with to be reused: the settings (less the command
     line's spelling and the row set), the split, seed and data set."""
-    settings = {k: v for k, v in result["settings"].items() if k not in ("cli_overrides", "lm_rows")}
+    settings = {k: v for k, v in result["settings"].items() if k not in ("cli_overrides", "recipe", "lm_rows")}
     config = {sec: dict(values) for sec, values in settings["base_config"].items()}
     if not config.get("model", {}).get("stack_tail"):  # means nothing without stacking
         config.get("model", {}).pop("stack_ranking", None)
@@ -390,7 +417,7 @@ def baseline_key(result: dict, args: argparse.Namespace, base) -> dict:
     settings — and not the rest of the base config, so a run with another backbone, prompt or
     training knob reuses the fitted baselines of the same split."""
     settings = {k: v for k, v in result["settings"].items()
-                if k not in ("cli_overrides", "lm_rows", "lm_users", "base_config")}
+                if k not in ("cli_overrides", "recipe", "lm_rows", "lm_users", "base_config")}
     split = {k: v for k, v in result["split"].items() if not k.startswith("lm_users")}
     return {"settings": settings | {"examples": asdict(example_options(base)), "prior": prior_settings(base)},
             "split": split, "seed": args.seed, "dataset": args.dataset}

@@ -3,6 +3,8 @@ computed again when the settings change."""
 
 import math
 
+import pytest
+
 from mtrec.bench.resume import RowStore
 
 
@@ -128,3 +130,25 @@ def test_baseline_rows_are_keyed_by_what_they_read():
     assert key("data.like_threshold=3.0") != plain
     assert key("model.ranking_prior=both") != plain   # the prior alone reads it
     assert key("model.collab_dim=16") != plain
+
+
+def test_the_cpu_recipe_is_its_overrides_and_keys_rows_like_them(capsys):
+    """`--recipe cpu` builds the config its overrides spelled with --set build (so both find the same
+    rows), with the data set's ranking prior; it goes with --quick only."""
+    from mtrec.bench.accuracy import QUICK, RECIPES, base_overrides, parse_args
+    from mtrec.config import load_config
+
+    def config(*argv):
+        return load_config(None, base_overrides(parse_args(["--quick", *argv]), QUICK)).to_dict()
+
+    common, per_dataset = RECIPES["cpu"]
+    spelled = [a for o in (*common, *per_dataset["lastfm-2k"]) for a in ("--set", o)]
+    lastfm = config("--dataset", "lastfm-2k", "--recipe", "cpu")
+    assert lastfm == config("--dataset", "lastfm-2k", *spelled)
+    assert lastfm["model"]["stack_tail"] == 5 and lastfm["model"]["ranking_prior"] == "factors"
+    assert lastfm["model"]["item_dim"] == 128  # the profile's data-set override kept
+    movielens = config("--dataset", "movielens-100k", "--recipe", "cpu", "--set", "train.max_steps=10")
+    assert movielens["model"]["ranking_prior"] == "both" and movielens["train"]["max_steps"] == 10  # --set wins
+    with pytest.raises(SystemExit):
+        parse_args(["--dataset", "movielens-100k", "--recipe", "cpu"])
+    assert "goes with --quick" in capsys.readouterr().err
