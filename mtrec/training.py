@@ -26,8 +26,10 @@ from mtrec.data import load_dataset
 from mtrec.data.friends import hold_out_friends
 from mtrec.data.splits import VALID, Split, make_split
 from mtrec.model.backbone import BackboneRef, resolve_backbone
+from mtrec.model.blend import tune_rank_blend
 from mtrec.model.build import (build_backbone, build_heads, build_optimizer, count_parameters, embedded_items,
-                               initial_item_table, lora_config, token_embedding_rms, wants_friends, wrap_model)
+                               heads_of, initial_item_table, lora_config, token_embedding_rms, wants_friends,
+                               wrap_model)
 from mtrec.kinds import KIND_IDS, KIND_NAMES, KIND_TASK, NUM_KINDS
 from mtrec.model.collaborative import FULL_SOFTMAX_ITEMS
 from mtrec.model.layer_cut import ActivationCache, FrozenBottom
@@ -140,7 +142,7 @@ def build_setup(cfg: Config, accelerator: Accelerator | None = None, split: Spli
         stacking = None
         if full is not None:
             # the model at rest serves the full fits; the training loop switches for its steps
-            stacking = StackedPriors(model.base_model.model.heads.modules_to_save["default"], full,
+            stacking = StackedPriors(heads_of(model), full,
                                      ranking=cfg.model.stack_ranking)
             del full
         # model.train_top_layers: everything below the top layers frozen (token rows included), in eval mode
@@ -435,6 +437,14 @@ class _Loop:
         st, t, model = self.state, self.t, self.model
         if t.keep == "best":
             load_trainable_state(self.acc.unwrap_model(model), self.best_state)
+        blend = None
+        if t.rank_blend and "recommendation" in self.s.kinds:
+            with timed(self.phases, "evaluation"):
+                blend = tune_rank_blend(model, heads_of(self.acc.unwrap_model(model)), self.s.batcher, self.valid,
+                                        self.s.split, VALID, self.acc, t.eval_batch_size)
+            if blend is not None:
+                self.acc.print(f"ranking blend (validation NDCG@10, {blend['rows']} rows): backbone term "
+                               f"x{blend['text']:g}, sequential prior weight {blend['sequence']}")
         final = None
         if t.final_eval_users is not None and t.final_eval_users != t.eval_users:
             kinds = [k for k in self.s.kinds if k in (t.final_eval_kinds or self.s.kinds)]
@@ -443,7 +453,7 @@ class _Loop:
                 final = self.log.evaluate(model, specs, self.weights, step=st["best"]["step"],
                                           label="final validation (best weights)")
         seconds = st["elapsed"]
-        return {"best": st["best"], "final": final, "history": st["history"], "steps": st["step"],
+        return {"best": st["best"], "final": final, "rank_blend": blend, "history": st["history"], "steps": st["step"],
                 "seconds": round(seconds, 1), "examples_per_process": st["examples"],
                 "examples_per_kind": {KIND_NAMES[k]: n for k, n in enumerate(st["examples_per_kind"]) if n},
                 # per prompt kind: examples per second of the training clock and mean prompt length (tokens)

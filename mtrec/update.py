@@ -37,6 +37,7 @@ from mtrec.data.local import _open, _read_interactions, _read_items, _read_users
 from mtrec.data.records import RecDataset
 from mtrec.data.splits import TRAIN, Split, user_order
 # head parameters that hold priors are refitted on the grown data; every other one is carried over
+from mtrec.model.build import heads_of
 from mtrec.model.stacking import is_prior
 from mtrec.run import RunFolderError, check_run_dir, load_catalog
 
@@ -237,7 +238,7 @@ def carry_over(model, run_dir: Path, old: Split, grown: Split) -> dict[str, int]
             f"(e.g. {foreign[0]}); was the backbone changed?"
         )
     set_peft_model_state_dict(model, mine | backbone)
-    heads = model.base_model.model.heads.modules_to_save["default"]
+    heads = heads_of(model)
     params = dict(heads.named_parameters())
     item_rows = _rows(old.dataset.items, grown.dataset.item_index)
     cat_rows = _rows(old.dataset.categories, grown.dataset.category_index)

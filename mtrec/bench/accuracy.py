@@ -388,13 +388,14 @@ def run(args: argparse.Namespace) -> dict:
 # Config knobs added after rows were first stored, at the value that computes what those rows were
 # computed with: left out of the row key at that value, so adding a knob does not orphan finished rows.
 # model.stack_ranking's default (off) is not what stored stacked rows did (they stacked the ranking
-# priors), so its neutral value is on; without stacking it means nothing and leaves the key.
+# priors), so its neutral value is on; without stacking it means nothing and leaves the key. Likewise
+# train.rank_blend: on by default, off in every stored row.
 KEY_NEUTRAL = {("model", "train_top_layers"): None, ("train", "fixed_batches"): 0,
                ("train", "activation_cache"): True, ("train", "activation_cache_dir"): None,
                ("train", "activation_cache_gb"): 4.0, ("train", "keep"): "best",
                ("model", "ranking_prior"): "factors", ("model", "sequence_len"): 50,
                ("prompt", "item_tokens"): "text", ("prompt", "item_token_curriculum"): 0,
-               ("model", "stack_tail"): 0, ("model", "stack_ranking"): True}
+               ("model", "stack_tail"): 0, ("model", "stack_ranking"): True, ("train", "rank_blend"): False}
 
 
 def row_key(result: dict, args: argparse.Namespace) -> dict:

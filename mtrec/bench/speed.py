@@ -620,10 +620,12 @@ def _free(device: torch.device) -> None:
 
 def mtrec_phases(args, config, folder, tokenizer, batches, rank_texts, seen, rng, device) -> dict:
     """Build mtrec's model; time its step (eager, compiled), the padding runs and its ranking."""
+    from mtrec.model.build import heads_of
+
     base = build_base(config, folder, False, device, args.seed)
     counts = {"backbone_matmul": matmul_params(base)}
     model = build_mtrec(base, args, device)
-    heads = model.base_model.model.heads.modules_to_save["default"]
+    heads = heads_of(model)
     counts |= {"lora": lora_params(model), "heads_matmul": matmul_params(heads) + heads.item_table.numel(),
                "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad)}
     batches = [_to(b, device) for b in batches]

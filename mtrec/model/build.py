@@ -404,6 +404,11 @@ def wrap_model(backbone, heads: TaskHeads, pooling: str, lcfg: LoraConfig) -> Pe
     return release_original_heads(get_peft_model(RecModel(backbone, heads, pooling), lcfg))
 
 
+def heads_of(model: PeftModel) -> TaskHeads:
+    """The trained `TaskHeads` of a `wrap_model` model (peft's copy of them: the one that runs)."""
+    return model.base_model.model.heads.modules_to_save["default"]
+
+
 def release_original_heads(model: PeftModel) -> PeftModel:
     """Free the heads peft keeps beside the trained copy.
 
