@@ -1,0 +1,69 @@
+"""The ranking blend (`train.rank_blend`): the backbone term's share and the sequential prior's weight,
+chosen by validation NDCG@10 after training."""
+
+import math
+
+import torch
+from accelerate.utils import set_seed
+
+from mtrec.data.splits import VALID
+from mtrec.kinds import KIND_IDS
+from mtrec.model.blend import OFF, tune_rank_blend
+from mtrec.model.build import heads_of
+from mtrec.pipeline import eval_specs, evaluate_rows
+from mtrec.training import build_setup, train
+
+BLEND = ["model.ranking_prior=both", "model.sequence_len=6", "model.collab_dim=4", "train.eval_users=0"]
+
+
+def _ndcg(setup, specs) -> float:
+    rank = evaluate_rows(setup.model, setup.batcher, specs, setup.split, VALID)["rank"].float()
+    rank = rank[rank >= 0]
+    return float(torch.where(rank < 10, 1 / torch.log2(rank + 2), torch.zeros_like(rank)).mean())
+
+
+def test_the_blend_picks_the_best_validation_setting_and_sets_it(tiny_config):
+    """A backbone term made loud and random (a scale of 400 on an untrained query) hurts the priors'
+    ranking: the blend scores every setting as evaluating the model with it would, picks the best,
+    and leaves the model scoring exactly that."""
+    set_seed(0)
+    setup = build_setup(tiny_config(*BLEND))
+    heads = heads_of(setup.model)
+    specs = eval_specs(setup.split, setup.kinds, setup.example_options, VALID, 0, 0)
+    with torch.no_grad():
+        heads.log_scale.fill_(math.log(400.0))
+        heads.sequence_weight.fill_(0.5)
+    loud = _ndcg(setup, specs)
+    out = tune_rank_blend(setup.model, heads, setup.batcher, specs, setup.split, VALID)
+    table = out["ndcg@10"]
+    assert len(table) == 8 and out["rows"] == int((specs.kind == KIND_IDS["recommendation"]).sum())
+    assert math.isclose(table["text x1, sequence 0.5"], loud, abs_tol=1e-4)  # the decomposition is exact
+    best = max(table.values())
+    assert best > loud  # the loud term hurt, and the blend turned it down
+    assert out["text"] < 1.0
+    assert math.isclose(_ndcg(setup, specs), best, abs_tol=1e-4)  # what it picked is what the model now scores
+    chosen = math.log(400.0) + math.log(out["text"]) if out["text"] > 0 else OFF
+    assert math.isclose(float(heads.log_scale), chosen, abs_tol=1e-5)
+    assert float(heads.sequence_weight) == out["sequence"]
+
+
+def test_a_trained_run_records_its_blend_and_serves_it(tiny_config, tmp_path):
+    """Training ends with the blend (recorded in the result); the run folder reloads to the blended
+    scores; with the knob off, nothing is chosen."""
+    from mtrec.inference import Recommender
+
+    cfg = tiny_config(*BLEND)
+    set_seed(cfg.run.seed)
+    setup = build_setup(cfg)
+    result = train(cfg, tmp_path / "run", setup=setup)
+    blend = result["rank_blend"]
+    assert blend["text"] in (0.0, 0.25, 0.5, 1.0) and blend["rows"] > 0
+    heads = heads_of(setup.model)
+    assert float(heads.sequence_weight) == blend["sequence"]
+    specs = eval_specs(setup.split, ["recommendation"], setup.example_options, VALID, 0, 0)
+    want = evaluate_rows(setup.model, setup.batcher, specs, setup.split, VALID)["rank"]
+    rec = Recommender.from_run(tmp_path / "run", device="cpu", merge=False)
+    assert torch.equal(evaluate_rows(rec.model, setup.batcher, specs, setup.split, VALID)["rank"], want)
+    assert math.isclose(max(blend["ndcg@10"].values()), _ndcg(setup, specs), abs_tol=1e-4)
+    off = tiny_config(*BLEND, "train.rank_blend=false", "train.max_steps=2")
+    assert train(off, tmp_path / "off")["rank_blend"] is None
