@@ -1,4 +1,4 @@
-"""`python -m mtrec.bench {accuracy,speed,learning,compare,pairs,prior,export,update,serve,explain,friends} [options]`: dispatch to the benchmark's own `main(argv)`.
+"""`python -m mtrec.bench {accuracy,speed,learning,compare,pairs,prior,categories,export,update,serve,explain,friends} [options]`: dispatch to the benchmark's own `main(argv)`.
 
 Each benchmark is imported only when asked for, so one that is missing or broken (or needs
 optional packages) never stops the other from running."""
@@ -17,6 +17,7 @@ BENCHMARKS = {
     "compare": ("mtrec.bench.compare", "two accuracy JSONs cell by cell: did a rerun give the same numbers?"),
     "pairs": ("mtrec.bench.pairs", "paired intervals between rows of two accuracy JSONs of the same split"),
     "prior": ("mtrec.bench.prior", "the like head's prior before training: AUC and log-loss on every user"),
+    "categories": ("mtrec.bench.categories", "category preference of run folders against counting the history's categories"),
     "export": ("mtrec.bench.export", "the merged export against its run; int8 / bf16 speed and accuracy"),
     "update": ("mtrec.bench.update", "stale / priors-refit-only / updated models on the test split, with intervals"),
     "serve": ("mtrec.bench.serve", "a load test of the HTTP server: requests/s and latency at 1, 8, 32 clients"),
@@ -27,7 +28,7 @@ BENCHMARKS = {
 
 def usage() -> str:
     lines = [
-        "usage: python -m mtrec.bench {accuracy,speed,learning,compare,pairs,prior,export,update,serve,explain,friends} [options]   (--help after the name for its options)",
+        "usage: python -m mtrec.bench {accuracy,speed,learning,compare,pairs,prior,categories,export,update,serve,explain,friends} [options]   (--help after the name for its options)",
         "",
     ]
     lines += [f"  {name:<9} {text}" for name, (_, text) in BENCHMARKS.items()]
