@@ -205,7 +205,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 RECIPES = {
     "cpu": (("model.backbone=bundled:minilm-l6", "model.lora_targets=[query,value]", "model.train_top_layers=2",
              "train.max_steps=1772", "train.fixed_batches=886", "train.eval_users=200", "model.stack_tail=5"),
-            # the sequential prior only where the split has an order to read (Last.fm's has none: README)
+            # the sequential prior where the split has an order to read (Last.fm's has none: README; Ciao unmeasured)
             {"movielens-100k": ("model.ranking_prior=both",), "lastfm-2k": ("model.ranking_prior=factors",),
              "ciao": ("model.ranking_prior=factors",)}),
 }

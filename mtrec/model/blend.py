@@ -10,7 +10,8 @@ weight) pushed the prior's good top ranks down (README, "Ranking blend").
 
 After training (best weights loaded), this picks the multiplier of the backbone's term from `TEXT`
 and the sequential prior's weight from {trained, 1 (the prior as fitted)} by validation NDCG@10 on
-the run's validation recommendation rows, and writes them into `log_scale` and `sequence_weight` (a
+the run's validation recommendation rows (ranked as its evaluation ranks them: among the held-out
+items on the cold-items protocol), and writes them into `log_scale` and `sequence_weight` (a
 multiplier 0 sets `log_scale` to `OFF`: the term is below a float's resolution). Ties keep the trained
 values. The second level of a stacked model, as the weights of a blend are chosen on held-out data.
 """
@@ -30,8 +31,9 @@ OFF = -30.0  # log_scale for "no backbone term": exp(-30) ~ 1e-13 times a cosine
 MAX_ROWS = 500  # validation rows the choice reads at most (their full-catalog scores are held thrice)
 
 
-def _ndcg(scores: torch.Tensor, items: torch.Tensor, users: torch.Tensor, seen: ranking.Seen, k: int) -> float:
-    rank = ranking.ranks(scores, items, users, seen).float()
+def _ndcg(scores: torch.Tensor, items: torch.Tensor, users: torch.Tensor, seen: ranking.Seen, k: int,
+          candidates: torch.Tensor | None = None) -> float:
+    rank = ranking.ranks(scores, items, users, seen, candidates).float()
     return float(torch.where(rank < k, 1.0 / torch.log2(rank + 2), torch.zeros_like(rank)).mean())
 
 
@@ -77,12 +79,14 @@ def tune_rank_blend(model, heads, batcher, specs, split, role: int, accelerator=
     text = full["item_logits"] - no_text
     items, users = full["item"].long(), full["user"].long()
     seen = ranking.Seen.before(split, role, dense=False)
+    # cold-items protocol: ranked among the held-out items, as its evaluation ranks them
+    cold = None if split.heldout_items is None else torch.as_tensor(np.flatnonzero(split.heldout_items))
     weights = [trained_w] if seq is None else [trained_w, 1.0]
     table, best, best_score = {}, (1.0, trained_w), -1.0
     for w in weights:
         for m in sorted(TEXT, reverse=True):  # the trained setting first: a tie keeps it
             s = base + m * text + (0.0 if seq is None else w * seq)
-            value = _ndcg(s, items, users, seen, k)
+            value = _ndcg(s, items, users, seen, k, cold)
             table[f"text x{m:g}" + ("" if w is None else f", sequence {w:.3g}")] = round(value, 5)
             if value > best_score + 1e-12:
                 best, best_score = (m, w), value
