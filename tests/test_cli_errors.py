@@ -115,7 +115,7 @@ def test_bench_unknown_names(capsys):
     from mtrec.bench.__main__ import main
 
     line = _fails(main, ["nope"], capsys)
-    assert line == "error: unknown benchmark 'nope'; choose from: accuracy, speed, learning, compare, pairs, prior, export, update, serve, explain, friends"
+    assert line == "error: unknown benchmark 'nope'; choose from: accuracy, speed, learning, compare, pairs, prior, categories, export, update, serve, explain, friends"
     line = _fails(main, ["accuracy", "--dataset", "nope"], capsys)
     assert "invalid choice: 'nope'" in line and "movielens-100k" in line
 
