@@ -26,6 +26,7 @@ from mtrec.data import load_dataset
 from mtrec.data.friends import hold_out_friends
 from mtrec.data.splits import VALID, Split, make_split
 from mtrec.model.backbone import BackboneRef, resolve_backbone
+from mtrec.model.blend import MIN_USERS as BLEND_USERS
 from mtrec.model.blend import tune_rank_blend
 from mtrec.model.build import (build_backbone, build_heads, build_optimizer, count_parameters, embedded_items,
                                heads_of, initial_item_table, lora_config, token_embedding_rms, wants_friends,
@@ -439,8 +440,10 @@ class _Loop:
             load_trainable_state(self.acc.unwrap_model(model), self.best_state)
         blend = None
         if t.rank_blend and "recommendation" in self.s.kinds:
+            users = 0 if not t.eval_users else max(t.eval_users, BLEND_USERS)
+            specs = eval_specs(self.s.split, ["recommendation"], self.s.example_options, VALID, users, self.cfg.run.seed)
             with timed(self.phases, "evaluation"):
-                blend = tune_rank_blend(model, heads_of(self.acc.unwrap_model(model)), self.s.batcher, self.valid,
+                blend = tune_rank_blend(model, heads_of(self.acc.unwrap_model(model)), self.s.batcher, specs,
                                         self.s.split, VALID, self.acc, t.eval_batch_size)
             if blend is not None:
                 self.acc.print(f"ranking blend (validation NDCG@10, {blend['rows']} rows): backbone term "

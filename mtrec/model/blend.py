@@ -10,8 +10,9 @@ weight) pushed the prior's good top ranks down (README, "Ranking blend").
 
 After training (best weights loaded), this picks the multiplier of the backbone's term from `TEXT`
 and the sequential prior's weight from {trained, 1 (the prior as fitted)} by validation NDCG@10 on
-the run's validation recommendation rows (ranked as its evaluation ranks them: among the held-out
-items on the cold-items protocol), and writes them into `log_scale` and `sequence_weight` (a
+the validation recommendation rows of at least `MIN_USERS` seeded users (more where the run validates
+on more; a choice on the 30 users a quick run validates on is noise), ranked as its evaluation ranks
+them (among the held-out items on the cold-items protocol), and writes them into `log_scale` and `sequence_weight` (a
 multiplier 0 sets `log_scale` to `OFF`: the term is below a float's resolution). Ties keep the trained
 values. The second level of a stacked model, as the weights of a blend are chosen on held-out data.
 """
@@ -28,6 +29,7 @@ from mtrec.kinds import KIND_IDS
 
 TEXT = (0.0, 0.25, 0.5, 1.0)  # multipliers of the backbone's ranking term (1: as trained)
 OFF = -30.0  # log_scale for "no backbone term": exp(-30) ~ 1e-13 times a cosine
+MIN_USERS = 200  # validation users the choice reads at least (train.eval_users if more; 0: all)
 MAX_ROWS = 500  # validation rows the choice reads at most (their full-catalog scores are held thrice)
 
 

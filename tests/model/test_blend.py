@@ -67,3 +67,6 @@ def test_a_trained_run_records_its_blend_and_serves_it(tiny_config, tmp_path):
     assert math.isclose(max(blend["ndcg@10"].values()), _ndcg(setup, specs), abs_tol=1e-4)
     off = tiny_config(*BLEND, "train.rank_blend=false", "train.max_steps=2")
     assert train(off, tmp_path / "off")["rank_blend"] is None
+    # validating on 5 users, the blend still reads at least MIN_USERS (here: all 30)
+    few = tiny_config(*BLEND, "train.eval_users=5", "train.max_steps=2")
+    assert train(few, tmp_path / "few")["rank_blend"]["rows"] == len(specs)
