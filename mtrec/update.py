@@ -37,6 +37,7 @@ from mtrec.data.local import _open, _read_interactions, _read_items, _read_users
 from mtrec.data.records import RecDataset
 from mtrec.data.splits import TRAIN, Split, user_order
 # head parameters that hold priors are refitted on the grown data; every other one is carried over
+from mtrec.model.blend import OFF
 from mtrec.model.build import heads_of
 from mtrec.model.stacking import is_prior
 from mtrec.run import RunFolderError, check_run_dir, load_catalog
@@ -256,6 +257,11 @@ def carry_over(model, run_dir: Path, old: Split, grown: Split) -> dict[str, int]
             else:
                 target.copy_(value)
             carried += 1
+        # a ranking blend that switched the backbone's ranking term off (`mtrec.model.blend.OFF`) would
+        # leave it without a gradient for good: the update trains it from its initial scale, and its
+        # own blend decides again
+        if float(heads.log_scale) <= OFF + 1:
+            heads.log_scale.zero_()
     return {"backbone_tensors": len(backbone), "head_tensors": carried}
 
 

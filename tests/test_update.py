@@ -175,3 +175,26 @@ def test_the_pinned_check_scores_three_models_on_the_same_test_rows(run_dir, tmp
     assert rows["priors refit only"]["rmse"] != rows["stale"]["rmse"]  # the refit moved the rating prior
     assert report["intervals"]["updated - stale"]["rmse"]["diff"] == pytest.approx(
         rows["updated"]["rmse"] - rows["stale"]["rmse"])
+
+
+def test_a_blended_off_ranking_term_is_trained_afresh(run_dir, tmp_path):
+    """A run whose ranking blend switched the backbone's term off (log_scale at the blend's OFF) is
+    updated with the term back at its initial scale, so that training can move it again."""
+    import shutil
+
+    from safetensors.torch import save_file
+
+    from mtrec.model.blend import OFF
+
+    off_run = tmp_path / "off-run"
+    shutil.copytree(run_dir, off_run)
+    path = off_run / "adapter" / "adapter_model.safetensors"
+    state = load_file(str(path))
+    key = next(k for k in state if k.endswith("heads.log_scale"))
+    state[key] = torch.tensor(OFF)
+    save_file(state, str(path))
+    out = tmp_path / "updated"
+    assert main(["--run", str(off_run), "--data", str(_new_data(tmp_path / "new", load_catalog(run_dir / "catalog"))),
+                 "--out", str(out), "--steps", "0"]) == 0
+    assert float(load_file(str(out / "adapter/adapter_model.safetensors"))[key]) == 0.0
+
