@@ -12,8 +12,9 @@ After training (best weights loaded), this picks the multiplier of the backbone'
 and the sequential prior's weight from {trained, 1 (the prior as fitted)} by validation NDCG@10 on
 the validation recommendation rows of at least `MIN_USERS` seeded users (more where the run validates
 on more; a choice on the 30 users a quick run validates on is noise), ranked as its evaluation ranks
-them (among the held-out items on the cold-items protocol), and writes them into `log_scale` and `sequence_weight` (a
-multiplier 0 sets `log_scale` to `OFF`: the term is below a float's resolution). Ties keep the trained
+them (among the held-out items on the cold-items protocol), and writes them into `log_scale` and
+`sequence_weight` (a multiplier 0 sets `log_scale` to `OFF`: the term is below a float's resolution;
+`mtrec.update` restores the initial scale before training such a run further). Ties keep the trained
 values. The second level of a stacked model, as the weights of a blend are chosen on held-out data.
 """
 
