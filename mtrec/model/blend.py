@@ -48,7 +48,7 @@ def tune_rank_blend(model, heads, batcher, specs, split, role: int, accelerator=
     Args:
         model: the trained model (evaluated as it is: the served priors).
         heads: its `TaskHeads` (the module whose `log_scale` and `sequence_weight` are set).
-        specs: validation rows; their recommendation rows (at most `MAX_ROWS`) are read.
+        specs: validation rows; their recommendation rows (a seeded `MAX_ROWS` of them at most) are read.
 
     Returns:
         {"text": multiplier, "sequence": weight or None, "ndcg@10": {setting: value}, "rows": n}, or
@@ -56,7 +56,9 @@ def tune_rank_blend(model, heads, batcher, specs, split, role: int, accelerator=
     """
     from mtrec.pipeline import evaluate_rows
 
-    rows = np.flatnonzero(specs.kind == KIND_IDS["recommendation"])[:MAX_ROWS]
+    rows = np.flatnonzero(specs.kind == KIND_IDS["recommendation"])
+    if len(rows) > MAX_ROWS:  # a seeded sample, not the first users by index
+        rows = np.sort(np.random.default_rng(0).choice(rows, MAX_ROWS, replace=False))
     if not len(rows):
         return None
     rec = specs.take(rows)

@@ -45,6 +45,15 @@ def test_the_blend_picks_the_best_validation_setting_and_sets_it(tiny_config):
     chosen = math.log(400.0) + math.log(out["text"]) if out["text"] > 0 else OFF
     assert math.isclose(float(heads.log_scale), chosen, abs_tol=1e-5)
     assert float(heads.sequence_weight) == out["sequence"]
+    # more rows than MAX_ROWS: that many of them are read
+    import mtrec.model.blend as blend
+
+    few = blend.MAX_ROWS
+    try:
+        blend.MAX_ROWS = 7
+        assert tune_rank_blend(setup.model, heads, setup.batcher, specs, setup.split, VALID)["rows"] == 7
+    finally:
+        blend.MAX_ROWS = few
 
 
 def test_a_trained_run_records_its_blend_and_serves_it(tiny_config, tmp_path):
