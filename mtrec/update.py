@@ -36,9 +36,9 @@ from mtrec.data.errors import DataError
 from mtrec.data.local import _open, _read_interactions, _read_items, _read_users
 from mtrec.data.records import RecDataset
 from mtrec.data.splits import TRAIN, Split, user_order
-# head parameters that hold priors are refitted on the grown data; every other one is carried over
 from mtrec.model.blend import OFF
 from mtrec.model.build import heads_of
+# head parameters that hold priors are refitted on the grown data; every other one is carried over
 from mtrec.model.stacking import is_prior
 from mtrec.run import RunFolderError, check_run_dir, load_catalog
 

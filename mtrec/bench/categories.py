@@ -65,7 +65,7 @@ def score_runs(runs: list[Path], users: int, seed: int | None = None) -> dict:
     from mtrec.tasks import ExampleFactory
     from mtrec.training import example_options
 
-    rows, fingerprint, specs, base = {}, None, None, None
+    rows, fingerprint, specs, base, target = {}, None, None, None, None
     for run in runs:
         rec = Recommender.from_run(run, device="cpu", merge=False)
         split, opts = rec.split, example_options(rec.cfg)
@@ -80,7 +80,8 @@ def score_runs(runs: list[Path], users: int, seed: int | None = None) -> dict:
         batcher = Batcher(ExampleFactory(split, opts), rec.renderer, rec.prompts, rec.tokenizer.pad_token_id,
                           len(split.dataset.categories))
         out = evaluate_rows(rec.model, batcher, specs, split, TEST)
-        target = (out["cat_target"] > 0).float()
+        if target is None:  # the same rows for every run
+            target = (out["cat_target"] > 0).float()
         rows[str(run)] = per_row_ndcg(out["cat_logits"], target)
         del rec
     users_of = base.dataset.user_idx[specs.interaction]

@@ -25,7 +25,7 @@ import math
 import numpy as np
 import torch
 
-from mtrec import ranking
+from mtrec import metrics, ranking
 from mtrec.kinds import KIND_IDS
 
 TEXT = (0.0, 0.25, 0.5, 1.0)  # multipliers of the backbone's ranking term (1: as trained)
@@ -36,8 +36,7 @@ MAX_ROWS = 500  # validation rows the choice reads at most (their full-catalog s
 
 def _ndcg(scores: torch.Tensor, items: torch.Tensor, users: torch.Tensor, seen: ranking.Seen, k: int,
           candidates: torch.Tensor | None = None) -> float:
-    rank = ranking.ranks(scores, items, users, seen, candidates).float()
-    return float(torch.where(rank < k, 1.0 / torch.log2(rank + 2), torch.zeros_like(rank)).mean())
+    return metrics.ndcg(ranking.ranks(scores, items, users, seen, candidates), k)
 
 
 @torch.no_grad()

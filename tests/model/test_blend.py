@@ -6,6 +6,7 @@ import math
 import torch
 from accelerate.utils import set_seed
 
+from mtrec import metrics
 from mtrec.data.splits import VALID
 from mtrec.kinds import KIND_IDS
 from mtrec.model.blend import OFF, tune_rank_blend
@@ -17,12 +18,11 @@ BLEND = ["model.ranking_prior=both", "model.sequence_len=6", "model.collab_dim=4
 
 
 def _ndcg(setup, specs) -> float:
-    rank = evaluate_rows(setup.model, setup.batcher, specs, setup.split, VALID)["rank"].float()
-    rank = rank[rank >= 0]
-    return float(torch.where(rank < 10, 1 / torch.log2(rank + 2), torch.zeros_like(rank)).mean())
+    rank = evaluate_rows(setup.model, setup.batcher, specs, setup.split, VALID)["rank"]
+    return metrics.ndcg(rank[rank >= 0], 10)  # (other kinds' rows have rank -1)
 
 
-def test_the_blend_picks_the_best_validation_setting_and_sets_it(tiny_config):
+def test_the_blend_picks_the_best_validation_setting_and_sets_it(tiny_config, monkeypatch):
     """A backbone term made loud and random (a scale of 400 on an untrained query) hurts the priors'
     ranking: the blend scores every setting as evaluating the model with it would, picks the best,
     and leaves the model scoring exactly that."""
@@ -46,14 +46,8 @@ def test_the_blend_picks_the_best_validation_setting_and_sets_it(tiny_config):
     assert math.isclose(float(heads.log_scale), chosen, abs_tol=1e-5)
     assert float(heads.sequence_weight) == out["sequence"]
     # more rows than MAX_ROWS: that many of them are read
-    import mtrec.model.blend as blend
-
-    few = blend.MAX_ROWS
-    try:
-        blend.MAX_ROWS = 7
-        assert tune_rank_blend(setup.model, heads, setup.batcher, specs, setup.split, VALID)["rows"] == 7
-    finally:
-        blend.MAX_ROWS = few
+    monkeypatch.setattr("mtrec.model.blend.MAX_ROWS", 7)
+    assert tune_rank_blend(setup.model, heads, setup.batcher, specs, setup.split, VALID)["rows"] == 7
 
 
 def test_a_trained_run_records_its_blend_and_serves_it(tiny_config, tmp_path):
