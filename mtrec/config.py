@@ -95,6 +95,9 @@ class ModelConfig:
                               "collaborative factors), sequence (a SASRec-shaped network fitted on the training split, "
                               "reading the history in order) or both (summed)")
     sequence_len: int = knob(50, "history items the sequential prior reads (model.ranking_prior sequence or both)")
+    like_text: int = knob(0, "like head: add s * the mean cosine of the backbone's encodings of the newest k history "
+                          "items' texts with the named item's (the item table's starting encodings, frozen); s is "
+                          "fitted on validation after training (mtrec.model.blend.fit_like_text); 0 = off")
     stack_tail: int = knob(0, "stacked priors: fit the priors without each user's newest k training interactions, "
                            "train only on rows of those (where the priors are out-of-sample, as on validation), "
                            "serve with the priors fitted on all (mtrec.model.stacking); 0 = off")
@@ -221,6 +224,9 @@ def check(cfg: Config) -> None:
         raise ConfigError(f"model.friend_dim: must be >= 0 or null (= model.collab_dim), got {cfg.model.friend_dim}")
     if cfg.model.collab_dim < 0:
         raise ConfigError(f"model.collab_dim: must be >= 0 (0 = no collaborative factors), got {cfg.model.collab_dim}")
+    if cfg.model.like_text < 0:
+        raise ConfigError(f"model.like_text: must be >= 0 (history items the like text term reads; 0 = off), "
+                          f"got {cfg.model.like_text}")
     if cfg.model.train_top_layers is not None and cfg.model.train_top_layers < 1:
         raise ConfigError(f"model.train_top_layers: must be >= 1 or null (= every layer), got {cfg.model.train_top_layers}")
     if t.fixed_batches < 0:

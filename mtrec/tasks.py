@@ -73,7 +73,7 @@ class _UserContext:
     interaction: int = hidden()
     user_index: int = hidden()
     role: str = hidden()
-    # the history's item indices, newest first, at most `ExampleOptions.sequence_len` (the sequential prior's input)
+    # the history's item indices, newest first, at most `ExampleOptions.sequence_len` (what the heads read)
     history_items: tuple[int, ...] = hidden(default=(), kw_only=True)
 
 
@@ -141,7 +141,7 @@ class ExampleOptions:
     max_history: int = 50
     max_social: int = 20
     seed: int = 0
-    sequence_len: int = 0  # history item ids kept on each example for the sequential prior (0: none)
+    sequence_len: int = 0  # history item ids kept on each example for the heads (`history_width`; 0: none)
 
 
 @dataclass(frozen=True)
@@ -279,7 +279,13 @@ def example_options(cfg) -> ExampleOptions:
     m = cfg.model
     return ExampleOptions(d.like_threshold, d.negatives_per_positive, d.max_history,
                           d.max_social if cfg.prompt.social else 0, cfg.run.seed,
-                          m.sequence_len if m.ranking_prior != "factors" else 0)
+                          history_width(m))
+
+
+def history_width(model_cfg) -> int:
+    """History item ids each batch carries for the heads (`history_ids`): the sequential prior's
+    `sequence_len` where it is in use, the like head's text term's `like_text`; 0: none."""
+    return max(model_cfg.sequence_len if model_cfg.ranking_prior != "factors" else 0, model_cfg.like_text)
 
 
 class ExampleFactory:

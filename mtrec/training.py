@@ -27,9 +27,9 @@ from mtrec.data.friends import hold_out_friends
 from mtrec.data.splits import VALID, Split, make_split
 from mtrec.model.backbone import BackboneRef, resolve_backbone
 from mtrec.model.blend import MIN_USERS as BLEND_USERS
-from mtrec.model.blend import tune_rank_blend
+from mtrec.model.blend import fit_like_text, tune_rank_blend
 from mtrec.model.build import (build_backbone, build_heads, build_optimizer, count_parameters, embedded_items,
-                               heads_of, initial_item_table, lora_config, token_embedding_rms, wants_friends,
+                               heads_of, initial_item_table, item_text_encodings, lora_config, token_embedding_rms, wants_friends,
                                wrap_model)
 from mtrec.kinds import KIND_IDS, KIND_NAMES, KIND_TASK, NUM_KINDS
 from mtrec.model.collaborative import FULL_SOFTMAX_ITEMS
@@ -127,6 +127,10 @@ def build_setup(cfg: Config, accelerator: Accelerator | None = None, split: Spli
     with timed(phases, "item_encoding"):
         table = initial_item_table(split.dataset, cfg.model, backbone, tokenizer, prompts, pooling, hidden,
                                    cfg.run.seed, ref.sha256, bf16)
+        like_text = None
+        if cfg.model.like_text:  # the like head's text term reads the items' encodings (cached: encoded once)
+            like_text = {"table": item_text_encodings(split.dataset, cfg.model, backbone, tokenizer, prompts, pooling,
+                                                      cfg.run.seed, ref.sha256, bf16), "len": cfg.model.like_text}
     with timed(phases, "collaborative_fits"):
         def heads_on(fit: Split):
             return build_heads(split.dataset, table, fit.train, hidden, cfg.data.like_threshold,
@@ -134,7 +138,8 @@ def build_setup(cfg: Config, accelerator: Accelerator | None = None, split: Spli
                                negatives_per_positive=cfg.data.negatives_per_positive,
                                friends=wants_friends(cfg, split.dataset), friend_dim=cfg.model.friend_dim,
                                ranking_prior=cfg.model.ranking_prior, sequence_len=cfg.model.sequence_len,
-                               item_tokens={"embed_rms": token_embedding_rms(backbone)} if hybrid else None)
+                               item_tokens={"embed_rms": token_embedding_rms(backbone)} if hybrid else None,
+                               like_text=like_text)
 
         heads = heads_on(split if tail is None else prior_split(split, tail))
         full = None if tail is None else heads_on(split)  # the served priors (the fits of a run without stacking)
@@ -448,6 +453,18 @@ class _Loop:
             if blend is not None:
                 self.acc.print(f"ranking blend (validation NDCG@10, {blend['rows']} rows): backbone term "
                                f"x{blend['text']:g}, sequential prior weight {blend['sequence']}")
+        like_text = None
+        heads = heads_of(self.acc.unwrap_model(model))
+        if heads.has_like_text and "like" in self.s.kinds:
+            users = 0 if not t.eval_users else max(t.eval_users, BLEND_USERS)
+            specs = eval_specs(self.s.split, ["like"], self.s.example_options, VALID, users, self.cfg.run.seed)
+            with timed(self.phases, "evaluation"):
+                like_text = fit_like_text(model, heads, self.s.batcher, specs, self.s.split, VALID, self.acc,
+                                          t.eval_batch_size)
+            if like_text is not None:
+                self.acc.print(f"like text term (validation, {like_text['rows']} rows): scale {like_text['scale']:g} "
+                               f"(trained {like_text['trained']:g}); AUC {like_text['auc']['without']:.4f} without, "
+                               f"{like_text['auc']['fitted']:.4f} fitted")
         final = None
         if t.final_eval_users is not None and t.final_eval_users != t.eval_users:
             kinds = [k for k in self.s.kinds if k in (t.final_eval_kinds or self.s.kinds)]
@@ -456,7 +473,7 @@ class _Loop:
                 final = self.log.evaluate(model, specs, self.weights, step=st["best"]["step"],
                                           label="final validation (best weights)")
         seconds = st["elapsed"]
-        return {"best": st["best"], "final": final, "rank_blend": blend, "history": st["history"], "steps": st["step"],
+        return {"best": st["best"], "final": final, "rank_blend": blend, "like_text": like_text, "history": st["history"], "steps": st["step"],
                 "seconds": round(seconds, 1), "examples_per_process": st["examples"],
                 "examples_per_kind": {KIND_NAMES[k]: n for k, n in enumerate(st["examples_per_kind"]) if n},
                 # per prompt kind: examples per second of the training clock and mean prompt length (tokens)

@@ -1,4 +1,5 @@
-"""The ranking blend (`train.rank_blend`): how much of the backbone's ranking term to keep, chosen on validation.
+"""The blends after training, chosen on validation: the backbone's share of the ranking score
+(`train.rank_blend`) and the scale of the like head's text term (`model.like_text`, `fit_like_text`).
 
 The recommendation head's score of an item is the sum of its priors (popularity bias, collaborative
 factors, the sequential prior times `sequence_weight`) and the backbone's term
@@ -99,3 +100,61 @@ def tune_rank_blend(model, heads, batcher, specs, split, role: int, accelerator=
     if w is not None:
         heads.sequence_weight.fill_(w)
     return {"text": m, "sequence": w, "trained_sequence": trained_w, f"ndcg@{k}": table, "rows": len(rows)}
+
+
+SCALE_BOUND = 100.0  # |s| of the like text term at most (the cosine feature lies in [-1, 1])
+
+
+def logistic_scale(base: torch.Tensor, feature: torch.Tensor, labels: torch.Tensor, steps: int = 50) -> float:
+    """The `s` of the largest likelihood of ``labels ~ Bernoulli(sigmoid(base + s * feature))``: a
+    one-parameter logistic regression with `base` as offset (Newton's method on a concave function,
+    from 0, clipped to ±`SCALE_BOUND`; 0 where `feature` is 0 everywhere)."""
+    base, feature, labels = (t.double() for t in (base, feature, labels))
+    s = torch.zeros((), dtype=torch.float64)
+    for _ in range(steps):
+        p = torch.sigmoid(base + s * feature)
+        grad = (feature * (labels - p)).sum()
+        curvature = (feature.square() * p * (1 - p)).sum()
+        if float(curvature) <= 1e-12:
+            break
+        step = grad / curvature
+        s = (s + step).clamp(-SCALE_BOUND, SCALE_BOUND)
+        if abs(float(step)) < 1e-6:
+            break
+    return float(s)
+
+
+@torch.no_grad()
+def fit_like_text(model, heads, batcher, specs, split, role: int, accelerator=None, batch_size: int = 32) -> dict | None:
+    """Fit the like head's text-term scale (`model.like_text`) on the validation like rows of `specs`
+    and set it: the log-likelihood of the model's like logits with the term's scale as the one free
+    parameter (`logistic_scale`; the rest of the logit as trained). The second level of a stacked
+    model, as the rank blend.
+
+    Returns:
+        {"scale", "trained", "rows", "auc": {"without", "trained", "fitted"}, "log_loss": {…}}, or None
+        where there is no like row.
+    """
+    from mtrec.pipeline import evaluate_rows
+
+    rows = np.flatnonzero(specs.kind == KIND_IDS["like"])
+    if not len(rows):
+        return None
+    like = specs.take(rows)
+    trained = float(heads.like_text_scale)
+    try:
+        heads.like_text_scale.zero_()
+        out = evaluate_rows(model, batcher, like, split, role, batch_size, accelerator)
+        heads.like_text_scale.fill_(1.0)
+        feature = evaluate_rows(model, batcher, like, split, role, batch_size, accelerator)["like_logit"] - out["like_logit"]
+    finally:
+        heads.like_text_scale.fill_(trained)
+    base, labels = out["like_logit"], out["like"]
+    scale = logistic_scale(base, feature, labels)
+    heads.like_text_scale.fill_(scale)
+    settings = {"without": 0.0, "trained": trained, "fitted": scale}
+    logits = {k: base + v * feature for k, v in settings.items()}
+    return {"scale": round(scale, 4), "trained": round(trained, 4), "rows": len(rows),
+            "auc": {k: round(metrics.auc(z.numpy(), labels.numpy()), 5) for k, z in logits.items()},
+            "log_loss": {k: round(float(torch.nn.functional.binary_cross_entropy_with_logits(z, labels)), 5)
+                         for k, z in logits.items()}}

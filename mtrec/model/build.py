@@ -118,15 +118,25 @@ def item_texts(ds: RecDataset, prompts: dict[str, TaskPrompts]) -> tuple[list[st
 def initial_item_table(ds: RecDataset, cfg: ModelConfig, backbone, tokenizer, prompts: dict[str, TaskPrompts],
                        pooling: str, hidden: int, seed: int, backbone_hash: str | None = None,
                        bf16: bool = False) -> torch.Tensor:
-    """The item table's starting rows: the backbone's encoding of each item's text (`item_texts`:
-    each distinct text encoded once; an undescribed item's row is the mean of its categories'
-    encodings, zeros without categories), standardised, projected to `item_dim` when it differs
-    from the hidden size, plus a small per-item random part (so items that share their text start
-    apart)."""
+    """The item table's starting rows: `item_text_encodings` (``model.item_init=backbone``), projected to
+    `item_dim` when it differs from the hidden size, plus a small per-item random part (so items that
+    share their text start apart); random rows with ``model.item_init=random``."""
     gen = torch.Generator().manual_seed(seed)
     dim = cfg.item_dim or hidden
     if cfg.item_init == "random":
         return torch.randn(ds.num_items, dim, generator=gen)
+    rows = item_text_encodings(ds, cfg, backbone, tokenizer, prompts, pooling, seed, backbone_hash, bf16)
+    if dim != hidden:
+        proj = torch.linalg.qr(torch.randn(hidden, dim, generator=gen))[0]  # orthonormal columns
+        rows = rows @ proj
+    return rows + cfg.item_noise * rows.std() * torch.randn(rows.shape, generator=gen)
+
+
+def item_text_encodings(ds: RecDataset, cfg: ModelConfig, backbone, tokenizer, prompts: dict[str, TaskPrompts],
+                        pooling: str, seed: int, backbone_hash: str | None = None, bf16: bool = False) -> torch.Tensor:
+    """[items, hidden] the backbone's encoding of each item's text (`item_texts`: each distinct text
+    encoded once, cached by the backbone's hash and the texts; an undescribed item's row is the mean
+    of its categories' encodings, zeros without categories), each row standardised."""
     texts, pair_item, pair_text = item_texts(ds, prompts)
     def compute():
         return encode_texts(backbone, tokenizer, texts, pooling, cfg.encode_batch_size, bf16=bf16)
@@ -144,17 +154,14 @@ def initial_item_table(ds: RecDataset, cfg: ModelConfig, backbone, tokenizer, pr
         counts = np.bincount(pair_item, minlength=ds.num_items).astype(np.float32)
         rows = torch.zeros(ds.num_items, enc.shape[1]).index_add_(0, torch.as_tensor(pair_item), enc[torch.as_tensor(pair_text)])
         rows = rows / torch.as_tensor(counts).clamp(min=1)[:, None]
-    if dim != hidden:
-        proj = torch.linalg.qr(torch.randn(hidden, dim, generator=gen))[0]  # orthonormal columns
-        rows = rows @ proj
-    return rows + cfg.item_noise * rows.std() * torch.randn(rows.shape, generator=gen)
+    return rows
 
 
 def build_heads(ds: RecDataset, item_table: torch.Tensor, train_idx: np.ndarray, hidden: int,
                 like_threshold: float, shrinkage: float = 10.0, collab_dim: int = 0, split: Split | None = None,
                 seed: int = 0, negatives_per_positive: int = 1, friends: bool = False,
                 friend_dim: int | None = None, ranking_prior: str = "factors", sequence_len: int = 50,
-                item_tokens: dict | None = None) -> TaskHeads:
+                item_tokens: dict | None = None, like_text: dict | None = None) -> TaskHeads:
     """Heads for `ds`, with priors from the *training* interactions only, all trained further.
 
     Without collaborative factors (`collab_dim` 0) the recommendation bias starts at centred log
@@ -167,7 +174,9 @@ def build_heads(ds: RecDataset, item_table: torch.Tensor, train_idx: np.ndarray,
 
     `ranking_prior` is what the recommendation head starts from: ``factors`` (the bias and factors
     above), ``sequence`` (the sequential prior alone: `sequence_prior`, reading `sequence_len` history
-    items; the bias and factors of the ranking head start at zero) or ``both`` (summed)."""
+    items; the bias and factors of the ranking head start at zero) or ``both`` (summed).
+
+    `like_text` ({"table": `item_text_encodings`, "len": `model.like_text`}): the like head's text term."""
     if ranking_prior not in RANKING_PRIORS:
         raise ValueError(f"model.ranking_prior: {ranking_prior!r} is not one of {', '.join(RANKING_PRIORS)}")
     friend_dim = collab_dim if friend_dim is None else friend_dim
@@ -222,7 +231,7 @@ def build_heads(ds: RecDataset, item_table: torch.Tensor, train_idx: np.ndarray,
                       collab_dim=collab_dim, collab=collab,
                       friends=friend_head_start(ds, item_table, train_idx, friend_dim, seed) if friends else None,
                       sequence=sequence_prior(split, sequence_len, seed) if ranking_prior != "factors" else None,
-                      item_tokens=item_tokens)
+                      item_tokens=item_tokens, like_text=like_text)
     with torch.no_grad():
         for name, value in head_bias.items():
             getattr(heads, name).bias.fill_(value)
@@ -298,10 +307,11 @@ def empty_heads(ds: RecDataset, cfg: ModelConfig, hidden: int, friends: bool = F
     sequence = None
     if cfg.ranking_prior != "factors":
         sequence = {"shape": dict(num_items=ds.num_items, max_len=cfg.sequence_len, **SEQUENCE_NET)}
+    like_text = {"table": torch.zeros(ds.num_items, hidden), "len": cfg.like_text} if cfg.like_text else None
     return TaskHeads(hidden, len(ds.categories), torch.zeros(ds.num_items, dim), torch.zeros(ds.num_items),
                      ds.rating_scale, rating_mean_of(ds, np.arange(len(ds.values))), num_users=ds.num_users,
                      collab_dim=cfg.collab_dim, friends=zero_friends, sequence=sequence,
-                     item_tokens={"embed_rms": 1.0} if item_tokens else None)
+                     item_tokens={"embed_rms": 1.0} if item_tokens else None, like_text=like_text)
 
 
 def embedded_items(split: Split) -> np.ndarray:

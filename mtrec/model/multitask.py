@@ -19,6 +19,10 @@ Heads (all in one `TaskHeads` module, which peft keeps trainable via ``modules_t
   collaborative embedding (the sequential prior's item row, else its ranking factors, else its table
   row) to one input embedding of the backbone, written where the prompt has `ITEM_TOKEN`
   (`RecModel.encode`). Its output has the norm of a typical token embedding.
+- like text term (optional, `like_text` given): ``s * mean_h cos(e_h, e_i)``, the mean cosine of the
+  backbone's encodings of the row's newest k history items' texts with the named item's (frozen, in
+  the ``item_text`` buffer; centred over the catalog before normalising), added to the like logit.
+  ``s`` starts at 0 and is fitted on validation after training (`mtrec.model.blend.fit_like_text`).
 - friends (only where the run trains the task): a query ``W_f h`` scored against a user table (one
   row per user, starting from the mean item-table row of the user's training items) by cosine
   times a learned scale, plus the friend prior: a per-user bias and ``<s_u, d_v>`` from the
@@ -59,7 +63,8 @@ class TaskHeads(nn.Module):
                  item_rating_offset: torch.Tensor | None = None, item_like_offset: torch.Tensor | None = None,
                  user_offsets: tuple[torch.Tensor, torch.Tensor] | None = None, num_users: int = 0,
                  collab_dim: int = 0, collab: dict | None = None, friends: dict | None = None,
-                 sequence: dict | None = None, item_tokens: dict | None = None) -> None:
+                 sequence: dict | None = None, item_tokens: dict | None = None,
+                 like_text: dict | None = None) -> None:
         super().__init__()
         item_dim = item_table.shape[1]
         self.norm = nn.LayerNorm(hidden)
@@ -122,6 +127,14 @@ class TaskHeads(nn.Module):
             self.item_projector = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, hidden), nn.GELU(),
                                                 nn.Linear(hidden, hidden))
             self.register_buffer("token_rms", torch.tensor(float(item_tokens.get("embed_rms", 1.0))))
+        # Like text term: {"table": [items, hidden] the items' text encodings, "len": history items read}
+        # (`empty_heads`: zeros of that shape, the saved buffer fills it in).
+        self.has_like_text = like_text is not None
+        if self.has_like_text:
+            enc = torch.as_tensor(like_text["table"]).detach().float()
+            self.register_buffer("item_text", F.normalize(enc - enc.mean(0), dim=-1))
+            self.like_text_len = int(like_text["len"])
+            self.like_text_scale = nn.Parameter(torch.tensor(0.0))
         # log variances for uncertainty weighting (Kendall et al. 2018); unused with fixed weights
         self.log_vars = nn.Parameter(torch.zeros(NUM_KINDS))
         lo, hi = rating_scale or (0.0, 1.0)
@@ -191,8 +204,10 @@ class TaskHeads(nn.Module):
                        * self.item_factors.index_select(0, items.clamp(min=0))).sum(-1)
                 rating_z = rating_z + dot
                 like_z = like_z + self.like_factor_scale * dot
+        if self.has_like_text and history is not None and items is not None:
+            like_z = like_z + self.like_text_scale * self.like_text_similarity(history, items)
         if self.has_sequence and history is not None:
-            seq = self.sequence_weight * self.sequence_scores(history, item_subset)
+            seq = self.sequence_weight * self.sequence_scores(history[:, -self.sequence.pos.num_embeddings:], item_subset)
             item_logits = item_logits + seq
             if with_prior:
                 item_prior = item_prior + seq
@@ -227,6 +242,16 @@ class TaskHeads(nn.Module):
         table = net.catalog() if item_subset is None else net.catalog().index_select(0, item_subset)
         state = net(history)[:, -1]
         return ((history > 0).any(1, keepdim=True).float() * state) @ table.T
+
+    def like_text_similarity(self, history: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        """[B] the mean cosine of the row's newest `like_text_len` history items' text encodings with its
+        item's (0 without history or item; `history` as in ``forward``, `items` -1 for none)."""
+        recent = history[:, -self.like_text_len:]
+        real = (recent > 0).float()
+        enc = self.item_text.index_select(0, (recent - 1).clamp(min=0).reshape(-1)).view(*recent.shape, -1)
+        profile = (real[..., None] * enc).sum(1) / real.sum(1, keepdim=True).clamp(min=1)
+        target = self.item_text.index_select(0, items.clamp(min=0))
+        return (items >= 0).float() * (profile * target).sum(-1)
 
     def item_token_embeddings(self, items: torch.Tensor) -> torch.Tensor:
         """[n, hidden] the input embeddings of hybrid item tokens for `items` (see the module docstring)."""
