@@ -462,9 +462,10 @@ class _Loop:
                 like_text = fit_like_text(model, heads, self.s.batcher, specs, self.s.split, VALID, self.acc,
                                           t.eval_batch_size)
             if like_text is not None:
-                self.acc.print(f"like text term (validation, {like_text['rows']} rows): scale {like_text['scale']:g} "
-                               f"(trained {like_text['trained']:g}); AUC {like_text['auc']['without']:.4f} without, "
-                               f"{like_text['auc']['fitted']:.4f} fitted")
+                f = like_text["fitted"]
+                self.acc.print(f"like text term (validation, {like_text['rows']} rows): {f['a']:g} * like logit + "
+                               f"{f['s']:g} * text similarity + {f['b']:g}; AUC {like_text['auc']['no text']:.4f} "
+                               f"without the term, {like_text['auc']['fitted']:.4f} fitted")
         final = None
         if t.final_eval_users is not None and t.final_eval_users != t.eval_users:
             kinds = [k for k in self.s.kinds if k in (t.final_eval_kinds or self.s.kinds)]

@@ -102,38 +102,34 @@ def tune_rank_blend(model, heads, batcher, specs, split, role: int, accelerator=
     return {"text": m, "sequence": w, "trained_sequence": trained_w, f"ndcg@{k}": table, "rows": len(rows)}
 
 
-SCALE_BOUND = 100.0  # |s| of the like text term at most (the cosine feature lies in [-1, 1])
-
-
-def logistic_scale(base: torch.Tensor, feature: torch.Tensor, labels: torch.Tensor, steps: int = 50) -> float:
-    """The `s` of the largest likelihood of ``labels ~ Bernoulli(sigmoid(base + s * feature))``: a
-    one-parameter logistic regression with `base` as offset (Newton's method on a concave function,
-    from 0, clipped to ±`SCALE_BOUND`; 0 where `feature` is 0 everywhere)."""
-    base, feature, labels = (t.double() for t in (base, feature, labels))
-    s = torch.zeros((), dtype=torch.float64)
+def logistic_fit(columns: torch.Tensor, labels: torch.Tensor, steps: int = 50, ridge: float = 1e-6) -> torch.Tensor:
+    """[k] the weights of the largest likelihood of ``labels ~ Bernoulli(sigmoid(columns @ w))``
+    (`columns` [n, k]): logistic regression by Newton's method from 0 (a concave likelihood; `ridge`
+    keeps a column that is 0 everywhere at weight 0)."""
+    x, y = columns.double(), labels.double()
+    w = torch.zeros(x.shape[1], dtype=torch.float64)
+    eye = torch.eye(x.shape[1], dtype=torch.float64)
     for _ in range(steps):
-        p = torch.sigmoid(base + s * feature)
-        grad = (feature * (labels - p)).sum()
-        curvature = (feature.square() * p * (1 - p)).sum()
-        if float(curvature) <= 1e-12:
+        p = torch.sigmoid(x @ w)
+        grad = x.T @ (y - p) - ridge * w
+        hessian = (x * (p * (1 - p))[:, None]).T @ x + ridge * eye
+        step = torch.linalg.solve(hessian, grad)
+        w = w + step
+        if float(step.abs().max()) < 1e-8:
             break
-        step = grad / curvature
-        s = (s + step).clamp(-SCALE_BOUND, SCALE_BOUND)
-        if abs(float(step)) < 1e-6:
-            break
-    return float(s)
+    return w
 
 
 @torch.no_grad()
 def fit_like_text(model, heads, batcher, specs, split, role: int, accelerator=None, batch_size: int = 32) -> dict | None:
-    """Fit the like head's text-term scale (`model.like_text`) on the validation like rows of `specs`
-    and set it: the log-likelihood of the model's like logits with the term's scale as the one free
-    parameter (`logistic_scale`; the rest of the logit as trained). The second level of a stacked
+    """Fit the like head's text term (`model.like_text`: ``a * z + s * t + b``) on the validation like
+    rows of `specs` and set it: a logistic regression of the labels on the model's like logit ``z``
+    (the text term off) and the text similarity ``t`` (`logistic_fit`). The second level of a stacked
     model, as the rank blend.
 
     Returns:
-        {"scale", "trained", "rows", "auc": {"without", "trained", "fitted"}, "log_loss": {…}}, or None
-        where there is no like row.
+        {"fitted": {"a", "s", "b"}, "trained": {…}, "rows", "auc": {"no text", "trained", "fitted"},
+        "log_loss": {…}}, or None where there is no like row.
     """
     from mtrec.pipeline import evaluate_rows
 
@@ -141,20 +137,30 @@ def fit_like_text(model, heads, batcher, specs, split, role: int, accelerator=No
     if not len(rows):
         return None
     like = specs.take(rows)
-    trained = float(heads.like_text_scale)
+    params = {"a": heads.like_base_scale, "s": heads.like_text_scale, "b": heads.like_text_bias}
+    trained = {k: float(p) for k, p in params.items()}
+
+    def rows_at(a: float, s: float, b: float) -> dict:
+        for p, v in zip(params.values(), (a, s, b)):
+            p.fill_(v)
+        return evaluate_rows(model, batcher, like, split, role, batch_size, accelerator)
+
     try:
-        heads.like_text_scale.zero_()
-        out = evaluate_rows(model, batcher, like, split, role, batch_size, accelerator)
-        heads.like_text_scale.fill_(1.0)
-        feature = evaluate_rows(model, batcher, like, split, role, batch_size, accelerator)["like_logit"] - out["like_logit"]
+        out = rows_at(1.0, 0.0, 0.0)
+        z, labels = out["like_logit"], out["like"]
+        t = rows_at(1.0, 1.0, 0.0)["like_logit"] - z
     finally:
-        heads.like_text_scale.fill_(trained)
-    base, labels = out["like_logit"], out["like"]
-    scale = logistic_scale(base, feature, labels)
-    heads.like_text_scale.fill_(scale)
-    settings = {"without": 0.0, "trained": trained, "fitted": scale}
-    logits = {k: base + v * feature for k, v in settings.items()}
-    return {"scale": round(scale, 4), "trained": round(trained, 4), "rows": len(rows),
-            "auc": {k: round(metrics.auc(z.numpy(), labels.numpy()), 5) for k, z in logits.items()},
-            "log_loss": {k: round(float(torch.nn.functional.binary_cross_entropy_with_logits(z, labels)), 5)
-                         for k, z in logits.items()}}
+        for k, p in params.items():
+            p.fill_(trained[k])
+    w = logistic_fit(torch.stack([z, t, torch.ones_like(z)], 1), labels)
+    fitted = dict(zip(("a", "s", "b"), (float(v) for v in w)))
+    for k, p in params.items():
+        p.fill_(fitted[k])
+    settings = {"no text": (trained["a"], 0.0, trained["b"]), "trained": tuple(trained.values()),
+                "fitted": tuple(fitted.values())}
+    scores = {k: a * z + s * t + b for k, (a, s, b) in settings.items()}
+    return {"fitted": {k: round(v, 4) for k, v in fitted.items()}, "trained": {k: round(v, 4) for k, v in trained.items()},
+            "rows": len(rows),
+            "auc": {k: round(metrics.auc(v.numpy(), labels.numpy()), 5) for k, v in scores.items()},
+            "log_loss": {k: round(float(torch.nn.functional.binary_cross_entropy_with_logits(v.float(), labels)), 5)
+                         for k, v in scores.items()}}

@@ -132,6 +132,7 @@ def test_baseline_rows_are_keyed_by_what_they_read():
                "model.train_top_layers=2") == plain
     assert key("data.like_threshold=3.0") != plain
     assert key("model.ranking_prior=both") != plain   # the prior alone reads it
+    assert key("model.like_text=10") == plain         # a term of the language-model rows only
     assert key("model.collab_dim=16") != plain
 
 
@@ -150,8 +151,10 @@ def test_the_cpu_recipe_is_its_overrides_and_keys_rows_like_them(capsys):
     assert lastfm == config("--dataset", "lastfm-2k", *spelled)
     assert lastfm["model"]["stack_tail"] == 5 and lastfm["model"]["ranking_prior"] == "factors"
     assert lastfm["model"]["item_dim"] == 128  # the profile's data-set override kept
+    assert lastfm["model"]["like_text"] == 10
     movielens = config("--dataset", "movielens-100k", "--recipe", "cpu", "--set", "train.max_steps=10")
     assert movielens["model"]["ranking_prior"] == "both" and movielens["train"]["max_steps"] == 10  # --set wins
+    assert movielens["model"]["like_text"] == 0
     with pytest.raises(SystemExit):
         parse_args(["--dataset", "movielens-100k", "--recipe", "cpu"])
     assert "goes with --quick" in capsys.readouterr().err
