@@ -1,6 +1,7 @@
 """What the like head knows before any training: AUC and log-loss of its prior on every user.
 
     python -m mtrec.bench prior --dataset lastfm-2k [--collab-dim 32] [--negatives 1] [--seed 0]
+                                [--text bundled:minilm-l6 [--text-len 10] [--random-init]]
 
 The heads are built exactly as training builds them (`mtrec.model.build.build_heads`, leave-one-out
 split, the training interactions only), with and without collaborative factors, and scored on every
@@ -14,6 +15,14 @@ those interactions, so there they are in-sample. The gap between the training an
 column is how much better the prior looks on the rows the heads learn from than on new ones. With
 `--stack-tail k` the rows stacking trains on are scored too (`model.stack_tail`: each user's newest k
 training interactions, by the priors fitted without them): out-of-sample, like validation.
+
+`--text SPEC` loads that backbone and adds the like head's text term (`model.like_text`) to the factor
+prior with no training at all: ``a * prior + s * t + b``, ``t`` the mean cosine of the backbone's
+encodings of the newest `--text-len` history items' texts with the item's, ``(a, s, b)`` fitted on the
+validation rows (`mtrec.model.blend.logistic_fit`, as training's fit) and scored on test, with a paired
+interval against the prior alone over test users. `--random-init` encodes with the backbone's
+architecture at random weights (the control). What the pretrained encoder's text alone adds, before
+any fine-tuning.
 """
 
 from __future__ import annotations
@@ -97,6 +106,79 @@ def prior_rows(
     return [rows[n] for n in order if n in rows]
 
 
+def text_rows(split: Split, encodings: torch.Tensor, length: int, collab_dim: int = 32, negatives: int = 1,
+              like_threshold: float = 4.0, seed: int = 0) -> dict:
+    """The factor like prior with the text term fitted on validation (see the module docstring):
+    {"weights": [a, s, b], "valid"/"test": {"prior auc", "prior log_loss", "with text auc", …, "examples"},
+    "test interval": paired bootstrap of with-text minus prior AUC over test users}."""
+    from mtrec.model.blend import logistic_fit
+    from mtrec.model.multitask import text_similarity, unit_text_rows
+    from mtrec.tasks import ExampleFactory, history_ids
+
+    ds = split.dataset
+    heads = build_heads(ds, torch.zeros(ds.num_items, 1), split.train, 1, like_threshold, collab_dim=collab_dim,
+                        split=split, seed=seed, negatives_per_positive=negatives).eval()
+    unit = unit_text_rows(encodings)
+    opts = ExampleOptions(like_threshold=like_threshold, negatives_per_positive=negatives, max_history=length,
+                          seed=seed, sequence_len=length)
+    factory = ExampleFactory(split, opts)
+    parts = {}
+    for role in (VALID, TEST):
+        specs = build_specs(split, role, ("like",), opts)
+        users = torch.as_tensor(ds.user_idx[specs.interaction], dtype=torch.long)
+        items = torch.as_tensor(specs.item, dtype=torch.long)
+        examples = [factory.make("like", int(i), int(j), float(y)) for i, j, y in
+                    zip(specs.interaction, specs.item, specs.label)]
+        with torch.no_grad():
+            z = heads(torch.zeros(len(items), 1), None, items, users)["like_logit"]
+            t = text_similarity(unit, history_ids(examples, length), items)
+        parts[role] = (z, t, torch.as_tensor(specs.label, dtype=torch.float32), users.numpy())
+    z, t, y, _ = parts[VALID]
+    w = logistic_fit(torch.stack([z, t, torch.ones_like(z)], 1), y).float()
+    out: dict = {"weights": [round(float(v), 4) for v in w]}
+    for role, (z, t, y, users) in parts.items():
+        mixed = w[0] * z + w[1] * t + w[2]
+        out[ROLE_NAMES[role]] = {
+            "prior auc": metrics.auc(z.numpy(), y.numpy()), "with text auc": metrics.auc(mixed.numpy(), y.numpy()),
+            "prior log_loss": float(F.binary_cross_entropy_with_logits(z, y)),
+            "with text log_loss": float(F.binary_cross_entropy_with_logits(mixed, y)), "examples": len(y)}
+        if role == TEST:
+            out["test interval"] = metrics.paired_bootstrap_groups(metrics.auc, mixed.numpy(), z.numpy(), y.numpy(),
+                                                                   users)
+    return out
+
+
+def text_markdown(result: dict, spec: str, length: int) -> str:
+    a, s, b = result["weights"]
+    lines = [f"The factor like prior with the text term of {spec} (newest {length} history items), no training; "
+             f"fitted on validation: {a:g} * prior + {s:g} * text similarity + {b:g}", "",
+             "| role | prior AUC / log-loss | prior + text term AUC / log-loss | examples |", "|---|---|---|---|"]
+    for role in ("valid", "test"):
+        r = result[role]
+        lines.append(f"| {role} | {r['prior auc']:.4f} / {r['prior log_loss']:.4f} | {r['with text auc']:.4f} / "
+                     f"{r['with text log_loss']:.4f} | {r['examples']:,} |")
+    i = result["test interval"]
+    lines += ["", f"Test AUC, with the text term minus the prior alone: {i['diff']:+.4f} [{i['low']:+.4f}, "
+                  f"{i['high']:+.4f}] (paired 95% bootstrap over {i['n']:,} users)"]
+    return "\n".join(lines)
+
+
+def item_encodings(dataset: str, spec: str, random_init: bool = False, seed: int = 0) -> torch.Tensor:
+    """[items, hidden] `spec`'s encodings of `dataset`'s item texts, as training computes them (cached)."""
+    from mtrec.config import load_config
+    from mtrec.model.backbone import resolve_backbone
+    from mtrec.model.build import build_backbone, item_text_encodings
+    from mtrec.prompts import load_prompts, prompt_tasks
+
+    cfg = load_config(None, [f"data.dataset={dataset}", f"model.backbone={spec}", f"run.seed={seed}",
+                             f"model.random_init={str(random_init).lower()}"])
+    prompts = load_prompts(cfg.prompt.prompts_dir, prompt_tasks(cfg.train.tasks))
+    ref = resolve_backbone(spec)
+    backbone, tokenizer, _, pooling = build_backbone(cfg.model, prompts, ref, seed)
+    return item_text_encodings(load_dataset(dataset), cfg.model, backbone, tokenizer, prompts, pooling, seed,
+                               ref.sha256)
+
+
 def markdown(rows: list[dict], dataset: str) -> str:
     lines = [
         f"Like prior on {dataset}, before any training (every user; AUC / log-loss):",
@@ -132,9 +214,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--stack-tail", type=int, default=0,
                    help="also score model.stack_tail's tail rows (each user's newest k training interactions) by "
                         "the priors fitted without them (0: off)")
+    p.add_argument("--text", metavar="SPEC", help="also the like text term from this backbone's item encodings "
+                                                  "(e.g. bundled:minilm-l6), fitted on validation, no training")
+    p.add_argument("--text-len", type=int, default=10, help="history items the text term reads (model.like_text)")
+    p.add_argument("--random-init", action="store_true", help="with --text: the backbone at random weights")
     args = p.parse_args(argv)
     if args.collab_dim < 0 or args.negatives < 1 or args.stack_tail < 0:
         p.error("--collab-dim and --stack-tail must be >= 0 and --negatives >= 1")
+    if args.text_len < 1 or (args.random_init and not args.text):
+        p.error("--text-len must be >= 1; --random-init goes with --text")
     try:
         ds = load_dataset(args.dataset)
     except (DataError, KeyError, ValueError) as e:
@@ -143,4 +231,11 @@ def main(argv: list[str] | None = None) -> int:
     split = make_split(ds, "leave_one_out", seed=args.seed)
     rows = prior_rows(split, args.collab_dim, args.negatives, args.like_threshold, args.seed, args.stack_tail)
     print(markdown(rows, ds.name))
+    if args.text:
+        if not args.collab_dim:
+            p.error("--text stacks on the factor prior: --collab-dim must be > 0")
+        enc = item_encodings(args.dataset, args.text, args.random_init, args.seed)
+        result = text_rows(split, enc, args.text_len, args.collab_dim, args.negatives, args.like_threshold, args.seed)
+        print()
+        print(text_markdown(result, args.text + (" at random weights" if args.random_init else ""), args.text_len))
     return 0

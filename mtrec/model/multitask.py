@@ -134,8 +134,7 @@ class TaskHeads(nn.Module):
         # (`empty_heads`: zeros of that shape, the saved buffer fills it in).
         self.has_like_text = like_text is not None
         if self.has_like_text:
-            enc = torch.as_tensor(like_text["table"]).detach().float()
-            self.register_buffer("item_text", F.normalize(enc - enc.mean(0), dim=-1))
+            self.register_buffer("item_text", unit_text_rows(like_text["table"]))
             self.like_text_len = int(like_text["len"])
             self.like_text_scale = nn.Parameter(torch.tensor(0.0))  # s
             self.like_base_scale = nn.Parameter(torch.tensor(1.0))  # a
@@ -250,14 +249,8 @@ class TaskHeads(nn.Module):
         return ((history > 0).any(1, keepdim=True).float() * state) @ table.T
 
     def like_text_similarity(self, history: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
-        """[B] the mean cosine of the row's newest `like_text_len` history items' text encodings with its
-        item's (0 without history or item; `history` as in ``forward``, `items` -1 for none)."""
-        recent = history[:, -self.like_text_len:]
-        real = (recent > 0).float()
-        enc = self.item_text.index_select(0, (recent - 1).clamp(min=0).reshape(-1)).view(*recent.shape, -1)
-        profile = (real[..., None] * enc).sum(1) / real.sum(1, keepdim=True).clamp(min=1)
-        target = self.item_text.index_select(0, items.clamp(min=0))
-        return (items >= 0).float() * (profile * target).sum(-1)
+        """[B] `text_similarity` of each row's newest `like_text_len` history items with its item."""
+        return text_similarity(self.item_text, history[:, -self.like_text_len:], items)
 
     def item_token_embeddings(self, items: torch.Tensor) -> torch.Tensor:
         """[n, hidden] the input embeddings of hybrid item tokens for `items` (see the module docstring)."""
@@ -281,6 +274,22 @@ class TaskHeads(nn.Module):
             old = state_dict[key]
             state_dict[key] = torch.cat([old, old.new_zeros(NUM_KINDS - old.shape[0])])
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+
+def text_similarity(unit: torch.Tensor, history: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+    """[B] the mean cosine of each row's history items with its item, from `unit` [items, d] unit rows
+    (`history` [B, L] item ids + 1, 0 for padding; `items` [B], -1 for none); 0 without history or item."""
+    real = (history > 0).float()
+    enc = unit.index_select(0, (history - 1).clamp(min=0).reshape(-1)).view(*history.shape, -1)
+    profile = (real[..., None] * enc).sum(1) / real.sum(1, keepdim=True).clamp(min=1)
+    target = unit.index_select(0, items.clamp(min=0))
+    return (items >= 0).float() * (profile * target).sum(-1)
+
+
+def unit_text_rows(encodings: torch.Tensor) -> torch.Tensor:
+    """The like text term's item rows: `encodings` centred over the catalog, then unit length."""
+    enc = torch.as_tensor(encodings).detach().float()
+    return F.normalize(enc - enc.mean(0), dim=-1)
 
 
 def freeze_sequence(model: nn.Module) -> nn.Module:

@@ -249,3 +249,28 @@ def test_prior_bench_scores_every_prior_on_the_evaluations_examples(capsys, monk
     assert {k: v for k, v in stacked[2].items() if not k.startswith("tail/")} == rows[2]
     assert bench_main(["prior", "--dataset", "nope"]) == 2
     assert "unknown data set 'nope'" in capsys.readouterr().err
+
+
+def test_prior_bench_text_term_fits_on_validation_and_scores_test(capsys):
+    """`bench prior --text`: the like prior with the text term stacked on it, fitted on validation. With
+    the items' categories as their "encodings" (synthetic users pick items by category taste), the
+    term is weighted up and improves on the prior; --random-init needs --text."""
+    from mtrec.bench.__main__ import main as bench_main
+    from mtrec.bench.prior import text_rows
+
+    split = make_split(load_synthetic(num_users=200, num_items=150, seed=3, explicit=False), "leave_one_out")
+    ds = split.dataset
+    enc = torch.zeros(ds.num_items, len(ds.categories))
+    for i, item in enumerate(ds.items):
+        enc[i, [ds.category_index[c] for c in item.categories]] = 1.0
+    out = text_rows(split, enc, length=5, collab_dim=4, negatives=2)
+    assert out["valid"]["examples"] == out["test"]["examples"] == 3 * 200
+    assert out["weights"][1] > 0  # same-category history predicts the held-out item
+    # fitted on validation by likelihood, (1, 0, 0) among the candidates: no worse there than the prior
+    assert out["valid"]["with text log_loss"] <= out["valid"]["prior log_loss"] + 1e-9
+    assert out["test"]["with text auc"] > out["test"]["prior auc"]
+    i = out["test interval"]
+    assert i["low"] <= i["diff"] <= i["high"] and i["n"] == 200
+    with pytest.raises(SystemExit):
+        bench_main(["prior", "--dataset", "synthetic", "--random-init"])
+    assert "--random-init goes with --text" in capsys.readouterr().err

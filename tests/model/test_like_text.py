@@ -81,7 +81,8 @@ def test_the_fit_recovers_the_generating_weights_at_the_likelihood_maximum():
 
 def test_a_run_fits_records_serves_and_updates_the_term(tiny_config, tmp_path):
     """Training ends with the fit (recorded; the model is left at it); the encodings never train; the
-    run folder reloads to identical like logits; an update encodes the grown catalog and carries the scale."""
+    run folder reloads to identical like logits, its export to the same preferences; an update encodes
+    the grown catalog and carries the fitted weights."""
     from mtrec.inference import Recommender
     from mtrec.run import load_catalog
     from mtrec.update import update, write_interactions
@@ -104,6 +105,16 @@ def test_a_run_fits_records_serves_and_updates_the_term(tiny_config, tmp_path):
     want = evaluate_rows(setup.model, setup.batcher, specs, setup.split, VALID)["like_logit"]
     rec = Recommender.from_run(tmp_path / "run", device="cpu", merge=False)
     assert torch.equal(evaluate_rows(rec.model, setup.batcher, specs, setup.split, VALID)["like_logit"], want)
+    # an export (LoRA merged) serves the same preferences, the term included
+    from mtrec.export import export_run
+
+    export_run(tmp_path / "run", tmp_path / "export")
+    merged = Recommender.from_run(tmp_path / "export", device="cpu")
+    users, items = [u.id for u in rec.dataset.users[:6]], [it.id for it in rec.dataset.items[:3]]
+    assert merged.prefer(users, items[0]) == pytest.approx(rec.prefer(users, items[0]), abs=1e-5)
+    with torch.no_grad():
+        heads_of(rec.model).like_text_scale.zero_()
+    assert rec.prefer(users, items[0]) != pytest.approx(merged.prefer(users, items[0]), abs=1e-5)  # the term is live
     # an update: one new item, encoded into the grown buffer; the fitted scale carried over
     from safetensors.torch import load_file
 
