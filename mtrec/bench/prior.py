@@ -19,7 +19,7 @@ training interactions, by the priors fitted without them): out-of-sample, like v
 `--text SPEC` loads that backbone and adds the like head's text term (`model.like_text`) to the factor
 prior with no training at all: ``a * prior + s * t + b``, ``t`` the mean cosine of the backbone's
 encodings of the newest `--text-len` history items' texts with the item's, ``(a, s, b)`` fitted on the
-validation rows (`mtrec.model.blend.logistic_fit`, as training's fit) and scored on test, with a paired
+validation rows (`mtrec.model.collaborative.logistic_fit`, as training's fit) and scored on test, with a paired
 interval against the prior alone over test users. `--random-init` encodes with the backbone's
 architecture at random weights (the control). What the pretrained encoder's text alone adds, before
 any fine-tuning.
@@ -111,7 +111,7 @@ def text_rows(split: Split, encodings: torch.Tensor, length: int, collab_dim: in
     """The factor like prior with the text term fitted on validation (see the module docstring):
     {"weights": [a, s, b], "valid"/"test": {"prior auc", "prior log_loss", "with text auc", …, "examples"},
     "test interval": paired bootstrap of with-text minus prior AUC over test users}."""
-    from mtrec.model.blend import logistic_fit
+    from mtrec.model.collaborative import logistic_fit
     from mtrec.model.multitask import text_similarity, unit_text_rows
     from mtrec.tasks import ExampleFactory, history_ids
 
@@ -134,7 +134,7 @@ def text_rows(split: Split, encodings: torch.Tensor, length: int, collab_dim: in
             t = text_similarity(unit, history_ids(examples, length), items)
         parts[role] = (z, t, torch.as_tensor(specs.label, dtype=torch.float32), users.numpy())
     z, t, y, _ = parts[VALID]
-    w = logistic_fit(torch.stack([z, t, torch.ones_like(z)], 1), y).float()
+    w = torch.as_tensor(logistic_fit(torch.stack([z, t, torch.ones_like(z)], 1), y)).float()
     out: dict = {"weights": [round(float(v), 4) for v in w]}
     for role, (z, t, y, users) in parts.items():
         mixed = w[0] * z + w[1] * t + w[2]

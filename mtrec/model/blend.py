@@ -1,5 +1,5 @@
 """The blends after training, chosen on validation: the backbone's share of the ranking score
-(`train.rank_blend`) and the scale of the like head's text term (`model.like_text`, `fit_like_text`).
+(`train.rank_blend`) and the weights of the like head's text term (`model.like_text`, `fit_like_text`).
 
 The recommendation head's score of an item is the sum of its priors (popularity bias, collaborative
 factors, the sequential prior times `sequence_weight`) and the backbone's term
@@ -28,6 +28,7 @@ import torch
 
 from mtrec import metrics, ranking
 from mtrec.kinds import KIND_IDS
+from mtrec.model.collaborative import logistic_fit
 
 TEXT = (0.0, 0.25, 0.5, 1.0)  # multipliers of the backbone's ranking term (1: as trained)
 OFF = -30.0  # log_scale for "no backbone term": exp(-30) ~ 1e-13 times a cosine
@@ -102,30 +103,12 @@ def tune_rank_blend(model, heads, batcher, specs, split, role: int, accelerator=
     return {"text": m, "sequence": w, "trained_sequence": trained_w, f"ndcg@{k}": table, "rows": len(rows)}
 
 
-def logistic_fit(columns: torch.Tensor, labels: torch.Tensor, steps: int = 50, ridge: float = 1e-6) -> torch.Tensor:
-    """[k] the weights of the largest likelihood of ``labels ~ Bernoulli(sigmoid(columns @ w))``
-    (`columns` [n, k]): logistic regression by Newton's method from 0 (a concave likelihood; `ridge`
-    keeps a column that is 0 everywhere at weight 0)."""
-    x, y = columns.double(), labels.double()
-    w = torch.zeros(x.shape[1], dtype=torch.float64)
-    eye = torch.eye(x.shape[1], dtype=torch.float64)
-    for _ in range(steps):
-        p = torch.sigmoid(x @ w)
-        grad = x.T @ (y - p) - ridge * w
-        hessian = (x * (p * (1 - p))[:, None]).T @ x + ridge * eye
-        step = torch.linalg.solve(hessian, grad)
-        w = w + step
-        if float(step.abs().max()) < 1e-8:
-            break
-    return w
-
-
 @torch.no_grad()
 def fit_like_text(model, heads, batcher, specs, split, role: int, accelerator=None, batch_size: int = 32) -> dict | None:
     """Fit the like head's text term (`model.like_text`: ``a * z + s * t + b``) on the validation like
     rows of `specs` and set it: a logistic regression of the labels on the model's like logit ``z``
-    (the text term off) and the text similarity ``t`` (`logistic_fit`). The second level of a stacked
-    model, as the rank blend.
+    (the text term off) and the text similarity ``t`` (`mtrec.model.collaborative.logistic_fit`). The
+    second level of a stacked model, as the rank blend.
 
     Returns:
         {"fitted": {"a", "s", "b"}, "trained": {…}, "rows", "auc": {"no text", "trained", "fitted"},
@@ -153,7 +136,8 @@ def fit_like_text(model, heads, batcher, specs, split, role: int, accelerator=No
         for k, p in params.items():
             p.fill_(trained[k])
     w = logistic_fit(torch.stack([z, t, torch.ones_like(z)], 1), labels)
-    fitted = dict(zip(("a", "s", "b"), (float(v) for v in w)))
+    # diverged (the validation labels separable): keep the trained values
+    fitted = dict(zip(("a", "s", "b"), (float(v) for v in w))) if np.isfinite(w).all() else dict(trained)
     for k, p in params.items():
         p.fill_(fitted[k])
     settings = {"no text": (trained["a"], 0.0, trained["b"]), "trained": tuple(trained.values()),

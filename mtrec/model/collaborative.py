@@ -175,20 +175,27 @@ def early_stopping(
     }
 
 
-def platt(z: ArrayLike, y: ArrayLike, iters: int = 30, ridge: float = 1e-6) -> tuple[float, float]:
-    """(a, c) minimising the log-loss of ``sigmoid(a z + c)`` against labels `y`: Newton's method on
-    a convex problem, in float64. The `ridge` on the Hessian only keeps it invertible when `z` is
-    constant (it does not move the optimum). (1, 0) if it does not converge to finite values."""
-    z = z.detach().double().cpu().numpy() if torch.is_tensor(z) else np.asarray(z, np.float64)
+def logistic_fit(columns: ArrayLike, y: ArrayLike, iters: int = 30, ridge: float = 1e-6) -> np.ndarray:
+    """[k] weights ``w`` minimising the log-loss of ``sigmoid(columns @ w)`` against labels `y`
+    (`columns` [n, k]): Newton's method from 0 on a convex problem, in float64. The `ridge` on the
+    Hessian only keeps it invertible when a column is constant or 0 (it does not move the optimum; a
+    column that is 0 everywhere keeps weight 0). Non-finite where it diverges (separable labels)."""
+    x = columns.detach().double().cpu().numpy() if torch.is_tensor(columns) else np.asarray(columns, np.float64)
     t = y.detach().double().cpu().numpy() if torch.is_tensor(y) else np.asarray(y, np.float64)
-    x = np.stack([z, np.ones_like(z)], 1)
-    w = np.zeros(2)
+    w = np.zeros(x.shape[1])
     with np.errstate(over="ignore"):
         for _ in range(iters):
             p = 1.0 / (1.0 + np.exp(-x @ w))
-            hess = x.T @ (x * (p * (1 - p))[:, None]) + ridge * np.eye(2)
+            hess = x.T @ (x * (p * (1 - p))[:, None]) + ridge * np.eye(x.shape[1])
             w -= np.linalg.solve(hess, x.T @ (p - t))
-    a, c = float(w[0]), float(w[1])
+    return w
+
+
+def platt(z: ArrayLike, y: ArrayLike, iters: int = 30, ridge: float = 1e-6) -> tuple[float, float]:
+    """(a, c) minimising the log-loss of ``sigmoid(a z + c)`` against labels `y` (`logistic_fit` of
+    ``[z, 1]``). (1, 0) if it does not converge to finite values."""
+    z = z.detach().double().cpu().numpy() if torch.is_tensor(z) else np.asarray(z, np.float64)
+    a, c = (float(v) for v in logistic_fit(np.stack([z, np.ones_like(z)], 1), y, iters, ridge))
     return (a, c) if np.isfinite(a) and np.isfinite(c) else (1.0, 0.0)
 
 
