@@ -95,10 +95,10 @@ class ModelConfig:
                               "collaborative factors), sequence (a SASRec-shaped network fitted on the training split, "
                               "reading the history in order) or both (summed)")
     sequence_len: int = knob(50, "history items the sequential prior reads (model.ranking_prior sequence or both)")
-    like_text: int = knob(0, "like head's text term: the like logit becomes a * logit + s * t + b, t the mean cosine "
-                          "of the backbone's encodings of the newest k history items' texts with the named item's "
-                          "(frozen); (a, s, b) fitted on validation after training (mtrec.model.blend.fit_like_text); "
-                          "0 = off")
+    like_text: int = knob(0, "like head's text term: the like logit becomes a * prior + c * head + s * t + b, t the "
+                          "mean cosine of the backbone's encodings of the newest k history items' texts with the named "
+                          "item's (frozen); (a, c, s, b) fitted on validation after training "
+                          "(mtrec.model.blend.fit_like_text); 0 = off")
     stack_tail: int = knob(0, "stacked priors: fit the priors without each user's newest k training interactions, "
                            "train only on rows of those (where the priors are out-of-sample, as on validation), "
                            "serve with the priors fitted on all (mtrec.model.stacking); 0 = off")

@@ -463,9 +463,9 @@ class _Loop:
                                           t.eval_batch_size)
             if like_text is not None:
                 f = like_text["fitted"]
-                self.acc.print(f"like text term (validation, {like_text['rows']} rows): {f['a']:g} * like logit + "
-                               f"{f['s']:g} * text similarity + {f['b']:g}; AUC {like_text['auc']['no text']:.4f} "
-                               f"without the term, {like_text['auc']['fitted']:.4f} fitted")
+                self.acc.print(f"like text term (validation, {like_text['rows']} rows): {f['a']:g} * prior + "
+                               f"{f['c']:g} * head + {f['s']:g} * text similarity + {f['b']:g}; AUC "
+                               f"{like_text['auc']['no text']:.4f} without the term, {like_text['auc']['fitted']:.4f} fitted")
         final = None
         if t.final_eval_users is not None and t.final_eval_users != t.eval_users:
             kinds = [k for k in self.s.kinds if k in (t.final_eval_kinds or self.s.kinds)]

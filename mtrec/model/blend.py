@@ -103,15 +103,22 @@ def tune_rank_blend(model, heads, batcher, specs, split, role: int, accelerator=
     return {"text": m, "sequence": w, "trained_sequence": trained_w, f"ndcg@{k}": table, "rows": len(rows)}
 
 
+# nats per unit squared of a weight's distance from (1, 1, 0, 0) in `fit_like_text`: far below the
+# curvature of any column that varies (on 400 rows a cosine column's is ~1), far above that of a
+# near-constant one
+LIKE_PENALTY = 1e-2
+
+
 @torch.no_grad()
 def fit_like_text(model, heads, batcher, specs, split, role: int, accelerator=None, batch_size: int = 32) -> dict | None:
-    """Fit the like head's text term (`model.like_text`: ``a * z + s * t + b``) on the validation like
-    rows of `specs` and set it: a logistic regression of the labels on the model's like logit ``z``
-    (the text term off) and the text similarity ``t`` (`mtrec.model.collaborative.logistic_fit`). The
-    second level of a stacked model, as the rank blend.
+    """Fit the like head's text term (`model.like_text`: ``a * p + c * h + s * t + b``) on the
+    validation like rows of `specs` and set it: a logistic regression of the labels on the like prior
+    ``p``, the like head's reading of the prompt ``h`` and the text similarity ``t``
+    (`mtrec.model.collaborative.logistic_fit`; three forward passes give the three columns). The second
+    level of a stacked model, as the rank blend; ``c`` says how much the fine-tuned head is worth.
 
     Returns:
-        {"fitted": {"a", "s", "b"}, "trained": {…}, "rows", "auc": {"no text", "trained", "fitted"},
+        {"fitted": {"a", "c", "s", "b"}, "trained": {…}, "rows", "auc": {"no text", "trained", "fitted"},
         "log_loss": {…}}, or None where there is no like row.
     """
     from mtrec.pipeline import evaluate_rows
@@ -120,31 +127,34 @@ def fit_like_text(model, heads, batcher, specs, split, role: int, accelerator=No
     if not len(rows):
         return None
     like = specs.take(rows)
-    params = {"a": heads.like_base_scale, "s": heads.like_text_scale, "b": heads.like_text_bias}
+    params = {"a": heads.like_prior_scale, "c": heads.like_head_scale, "s": heads.like_text_scale,
+              "b": heads.like_text_bias}
     trained = {k: float(p) for k, p in params.items()}
 
-    def rows_at(a: float, s: float, b: float) -> dict:
-        for p, v in zip(params.values(), (a, s, b)):
+    def rows_at(*values: float) -> dict:
+        for p, v in zip(params.values(), values):
             p.fill_(v)
         return evaluate_rows(model, batcher, like, split, role, batch_size, accelerator)
 
     try:
-        out = rows_at(1.0, 0.0, 0.0)
-        z, labels = out["like_logit"], out["like"]
-        t = rows_at(1.0, 1.0, 0.0)["like_logit"] - z
+        out = rows_at(1.0, 0.0, 0.0, 0.0)
+        p_, labels = out["like_logit"], out["like"]
+        h = rows_at(0.0, 1.0, 0.0, 0.0)["like_logit"]
+        t = rows_at(0.0, 0.0, 1.0, 0.0)["like_logit"]
     finally:
         for k, p in params.items():
             p.fill_(trained[k])
-    w = logistic_fit(torch.stack([z, t, torch.ones_like(z)], 1), labels)
+    columns = torch.stack([p_, h, t, torch.ones_like(p_)], 1)
+    # the head's reading may be near-constant (little trained): the penalty keeps it and the bias at rest
+    w = logistic_fit(columns, labels, penalty=LIKE_PENALTY, center=(1.0, 1.0, 0.0, 0.0))
     # diverged (the validation labels separable): keep the trained values
-    fitted = dict(zip(("a", "s", "b"), (float(v) for v in w))) if np.isfinite(w).all() else dict(trained)
+    fitted = dict(zip(params, (float(v) for v in w))) if np.isfinite(w).all() else dict(trained)
     for k, p in params.items():
         p.fill_(fitted[k])
-    settings = {"no text": (trained["a"], 0.0, trained["b"]), "trained": tuple(trained.values()),
-                "fitted": tuple(fitted.values())}
-    scores = {k: a * z + s * t + b for k, (a, s, b) in settings.items()}
+    settings = {"no text": {**trained, "s": 0.0}, "trained": trained, "fitted": fitted}
+    scores = {k: columns @ torch.tensor([v["a"], v["c"], v["s"], v["b"]]) for k, v in settings.items()}
     return {"fitted": {k: round(v, 4) for k, v in fitted.items()}, "trained": {k: round(v, 4) for k, v in trained.items()},
             "rows": len(rows),
             "auc": {k: round(metrics.auc(v.numpy(), labels.numpy()), 5) for k, v in scores.items()},
-            "log_loss": {k: round(float(torch.nn.functional.binary_cross_entropy_with_logits(v.float(), labels)), 5)
+            "log_loss": {k: round(float(torch.nn.functional.binary_cross_entropy_with_logits(v, labels)), 5)
                          for k, v in scores.items()}}

@@ -175,19 +175,26 @@ def early_stopping(
     }
 
 
-def logistic_fit(columns: ArrayLike, y: ArrayLike, iters: int = 30, ridge: float = 1e-6) -> np.ndarray:
-    """[k] weights ``w`` minimising the log-loss of ``sigmoid(columns @ w)`` against labels `y`
-    (`columns` [n, k]): Newton's method from 0 on a convex problem, in float64. The `ridge` on the
-    Hessian only keeps it invertible when a column is constant or 0 (it does not move the optimum; a
-    column that is 0 everywhere keeps weight 0). Non-finite where it diverges (separable labels)."""
+def logistic_fit(columns: ArrayLike, y: ArrayLike, iters: int = 30, ridge: float = 1e-6, penalty: float = 0.0,
+                 center: ArrayLike | None = None) -> np.ndarray:
+    """[k] weights ``w`` minimising the summed log-loss of ``sigmoid(columns @ w)`` against labels `y`
+    (`columns` [n, k]) plus ``penalty / 2 * |w - center|^2``: Newton's method from 0 on a convex
+    problem, in float64. The `ridge` on the Hessian only keeps it invertible when a column is constant
+    or 0 (it does not move the optimum; a column that is 0 everywhere keeps weight 0); the `penalty`
+    pins directions the data do not determine (two columns that differ by a near-constant) at
+    `center`. Non-finite where it diverges (separable labels, no penalty)."""
     x = columns.detach().double().cpu().numpy() if torch.is_tensor(columns) else np.asarray(columns, np.float64)
     t = y.detach().double().cpu().numpy() if torch.is_tensor(y) else np.asarray(y, np.float64)
     w = np.zeros(x.shape[1])
+    c = np.zeros(x.shape[1]) if center is None else np.asarray(center, np.float64)
     with np.errstate(over="ignore"):
         for _ in range(iters):
             p = 1.0 / (1.0 + np.exp(-x @ w))
             hess = x.T @ (x * (p * (1 - p))[:, None]) + ridge * np.eye(x.shape[1])
-            w -= np.linalg.solve(hess, x.T @ (p - t))
+            grad = x.T @ (p - t)
+            if penalty:
+                hess, grad = hess + penalty * np.eye(x.shape[1]), grad + penalty * (w - c)
+            w -= np.linalg.solve(hess, grad)
     return w
 
 

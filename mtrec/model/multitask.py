@@ -19,13 +19,14 @@ Heads (all in one `TaskHeads` module, which peft keeps trainable via ``modules_t
   collaborative embedding (the sequential prior's item row, else its ranking factors, else its table
   row) to one input embedding of the backbone, written where the prompt has `ITEM_TOKEN`
   (`RecModel.encode`). Its output has the norm of a typical token embedding.
-- like text term (optional, `like_text` given): the like logit becomes ``a * z + s * t + b``, where
-  ``z`` is the like logit above and ``t = mean_h cos(e_h, e_i)`` the mean cosine of the backbone's
-  encodings of the row's newest k history items' texts with the named item's (frozen, in the
-  ``item_text`` buffer; centred over the catalog before normalising). ``(a, s, b)`` start at (1, 0, 0)
-  and are fitted on validation after training (`mtrec.model.blend.fit_like_text`): a logistic
-  regression stacked on the like head, as the priors' combination cannot be fixed in advance (the
-  like prior alone is calibrated; beside the text term it is over-confident).
+- like text term (optional, `like_text` given): the like logit becomes ``a * p + c * h + s * t + b``,
+  where ``p`` is the like prior above (offsets and factors), ``h`` the like head's reading of the
+  prompt (``w.x``) and ``t = mean_h cos(e_h, e_i)`` the mean cosine of the backbone's encodings of the
+  row's newest k history items' texts with the named item's (frozen, in the ``item_text`` buffer;
+  centred over the catalog before normalising). ``(a, c, s, b)`` start at (1, 1, 0, 0) and are fitted
+  on validation after training (`mtrec.model.blend.fit_like_text`): a logistic regression stacked on
+  the like head's three sources, whose combination cannot be fixed in advance (the like prior alone
+  is calibrated; beside the text term it is over-confident).
 - friends (only where the run trains the task): a query ``W_f h`` scored against a user table (one
   row per user, starting from the mean item-table row of the user's training items) by cosine
   times a learned scale, plus the friend prior: a per-user bias and ``<s_u, d_v>`` from the
@@ -136,8 +137,9 @@ class TaskHeads(nn.Module):
         if self.has_like_text:
             self.register_buffer("item_text", unit_text_rows(like_text["table"]))
             self.like_text_len = int(like_text["len"])
+            self.like_prior_scale = nn.Parameter(torch.tensor(1.0))  # a
+            self.like_head_scale = nn.Parameter(torch.tensor(1.0))  # c
             self.like_text_scale = nn.Parameter(torch.tensor(0.0))  # s
-            self.like_base_scale = nn.Parameter(torch.tensor(1.0))  # a
             self.like_text_bias = nn.Parameter(torch.tensor(0.0))  # b
         # log variances for uncertainty weighting (Kendall et al. 2018); unused with fixed weights
         self.log_vars = nn.Parameter(torch.zeros(NUM_KINDS))
@@ -182,6 +184,7 @@ class TaskHeads(nn.Module):
         # its logit by about lr * sqrt(hidden) instead of lr * hidden (small, noisy batches stay gentle)
         x = self.norm(pooled.float()) * self.feature_scale
         rating_z, like_z = self.rating(x).squeeze(-1), self.like(x).squeeze(-1)
+        like_head = like_z
         for index, rating_off, like_off in ((items, self.item_rating_offset, self.item_like_offset),
                                             (users, self.user_rating_offset, self.user_like_offset)):
             if index is not None and len(rating_off):
@@ -209,8 +212,8 @@ class TaskHeads(nn.Module):
                 rating_z = rating_z + dot
                 like_z = like_z + self.like_factor_scale * dot
         if self.has_like_text and history is not None and items is not None:
-            like_z = (self.like_base_scale * like_z + self.like_text_scale * self.like_text_similarity(history, items)
-                      + self.like_text_bias)
+            like_z = (self.like_prior_scale * (like_z - like_head) + self.like_head_scale * like_head
+                      + self.like_text_scale * self.like_text_similarity(history, items) + self.like_text_bias)
         if self.has_sequence and history is not None:
             seq = self.sequence_weight * self.sequence_scores(history[:, -self.sequence.pos.num_embeddings:], item_subset)
             item_logits = item_logits + seq

@@ -1,6 +1,6 @@
-"""The like head's text term (`model.like_text`): the like logit becomes ``a * z + s * t + b`` with ``t`` the
-mean cosine of the backbone's encodings of the newest history items' texts with the item's, ``(a, s, b)``
-fitted on validation after training (`fit_like_text`)."""
+"""The like head's text term (`model.like_text`): the like logit becomes ``a * p + c * h + s * t + b`` (prior,
+the head's reading of the prompt, and ``t`` the mean cosine of the backbone's encodings of the newest history
+items' texts with the item's), ``(a, c, s, b)`` fitted on validation after training (`fit_like_text`)."""
 
 import math
 
@@ -37,13 +37,18 @@ def test_the_term_is_the_mean_cosine_of_the_newest_history_items_with_the_item()
     assert torch.allclose(heads.like_text_similarity(history, items), want, atol=1e-6)
     pooled = torch.randn(4, 4)
     with torch.no_grad():
+        heads.item_like_offset.copy_(torch.tensor([0.1, -0.2, 0.3, -0.4, 0.5]))  # the prior p of each item
+        heads.like.bias.fill_(0.25)  # the head's reading h (zero weights: its bias alone)
         z = heads(pooled, items=items, history=history)["like_logit"]
-        assert torch.equal(z, heads(pooled, items=items)["like_logit"])  # (1, 0, 0): the like logit as without it
+        # (1, 1, 0, 0): the like logit as without the term
+        assert torch.allclose(z, heads(pooled, items=items)["like_logit"], atol=1e-6)
+        heads.like_prior_scale.fill_(0.5)
+        heads.like_head_scale.fill_(2.0)
         heads.like_text_scale.fill_(7.0)
-        heads.like_base_scale.fill_(0.5)
         heads.like_text_bias.fill_(0.3)
         mixed = heads(pooled, items=items, history=history)["like_logit"]
-    assert torch.allclose(mixed, 0.5 * z + 7.0 * want + 0.3, atol=1e-5)
+    prior = torch.tensor([0.5, 0.1, -0.4, 0.0])  # row 3 names no item: no offset
+    assert torch.allclose(mixed, 0.5 * prior + 2.0 * 0.25 + 7.0 * want + 0.3, atol=1e-5)
     assert "item_text" not in dict(heads.named_parameters())  # a frozen buffer, saved with the heads
     assert "item_text" in heads.state_dict()
 
@@ -97,7 +102,8 @@ def test_a_run_fits_records_serves_and_updates_the_term(tiny_config, tmp_path):
     assert float(heads.like_text_scale.detach()) == 0.0 and setup.example_options.sequence_len == 4
     result = train(cfg, tmp_path / "run", setup=setup)
     fit = result["like_text"]
-    now = {"a": heads.like_base_scale, "s": heads.like_text_scale, "b": heads.like_text_bias}
+    now = {"a": heads.like_prior_scale, "c": heads.like_head_scale, "s": heads.like_text_scale,
+           "b": heads.like_text_bias}
     assert fit["rows"] > 0 and all(math.isclose(float(p.detach()), fit["fitted"][k], abs_tol=1e-4) for k, p in now.items())
     assert fit["log_loss"]["fitted"] <= min(fit["log_loss"]["no text"], fit["log_loss"]["trained"]) + 1e-6
     assert torch.equal(heads.item_text, start)  # frozen
