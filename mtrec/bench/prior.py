@@ -1,7 +1,8 @@
 """What the like head knows before any training: AUC and log-loss of its prior on every user.
 
     python -m mtrec.bench prior --dataset lastfm-2k [--collab-dim 32] [--negatives 1] [--seed 0]
-                                [--text bundled:minilm-l6 [--text-len 10] [--random-init]]
+                                [--text bundled:minilm-l6 [--text-len 10] [--random-init]
+                                 [--against RESULT.json:ROW ...]]
 
 The heads are built exactly as training builds them (`mtrec.model.build.build_heads`, leave-one-out
 split, the training interactions only), with and without collaborative factors, and scored on every
@@ -22,7 +23,9 @@ encodings of the newest `--text-len` history items' texts with the item's, ``(a,
 validation rows (`mtrec.model.collaborative.logistic_fit`, as training's fit) and scored on test, with a paired
 interval against the prior alone over test users. `--random-init` encodes with the backbone's
 architecture at random weights (the control). What the pretrained encoder's text alone adds, before
-any fine-tuning.
+any fine-tuning. `--against RESULT.json:ROW` (an accuracy-bench result file of the same split and a
+row label, as `bench pairs` takes them) also compares that row's like AUC with the prior + text term
+on the test rows both scored (paired, over users): does a fine-tuned model add to the frozen text?
 """
 
 from __future__ import annotations
@@ -132,11 +135,11 @@ def text_rows(split: Split, encodings: torch.Tensor, length: int, collab_dim: in
         with torch.no_grad():
             z = heads(torch.zeros(len(items), 1), None, items, users)["like_logit"]
             t = text_similarity(unit, history_ids(examples, length), items)
-        parts[role] = (z, t, torch.as_tensor(specs.label, dtype=torch.float32), users.numpy())
-    z, t, y, _ = parts[VALID]
+        parts[role] = (z, t, torch.as_tensor(specs.label, dtype=torch.float32), users.numpy(), specs.item)
+    z, t, y, _, _ = parts[VALID]
     w = torch.as_tensor(logistic_fit(torch.stack([z, t, torch.ones_like(z)], 1), y)).float()
     out: dict = {"weights": [round(float(v), 4) for v in w]}
-    for role, (z, t, y, users) in parts.items():
+    for role, (z, t, y, users, item) in parts.items():
         mixed = w[0] * z + w[1] * t + w[2]
         out[ROLE_NAMES[role]] = {
             "prior auc": metrics.auc(z.numpy(), y.numpy()), "with text auc": metrics.auc(mixed.numpy(), y.numpy()),
@@ -145,7 +148,26 @@ def text_rows(split: Split, encodings: torch.Tensor, length: int, collab_dim: in
         if role == TEST:
             out["test interval"] = metrics.paired_bootstrap_groups(metrics.auc, mixed.numpy(), z.numpy(), y.numpy(),
                                                                    users)
+            out["test records"] = {"like_user": users, "like_item": np.asarray(item), "like_score": mixed.numpy(),
+                                   "like_label": y.numpy()}
     return out
+
+
+def against(result: dict, specs: list[str]) -> list[str]:
+    """Lines: each accuracy-bench row of `specs` (RESULT.json:ROW) against the prior + text term, like
+    AUC on the test rows both scored (`mtrec.bench.intervals.compare`)."""
+    from mtrec.bench import intervals
+    from mtrec.bench.pairs import load_row, parse_row
+
+    lines = []
+    for spec in specs:
+        records, _ = load_row(*parse_row(spec))
+        c = intervals.compare(records, result["test records"], "auc")
+        if c is None:
+            raise ValueError(f"{spec}: no like row in common with the prior + text term (another split?)")
+        lines.append(f"{spec}, like AUC minus the prior + text term: {c['diff']:+.4f} [{c['low']:+.4f}, "
+                     f"{c['high']:+.4f}] (paired 95% bootstrap over {c['n']:,} users)")
+    return lines
 
 
 def text_markdown(result: dict, spec: str, length: int) -> str:
@@ -218,11 +240,13 @@ def main(argv: list[str] | None = None) -> int:
                                                   "(e.g. bundled:minilm-l6), fitted on validation, no training")
     p.add_argument("--text-len", type=int, default=10, help="history items the text term reads (model.like_text)")
     p.add_argument("--random-init", action="store_true", help="with --text: the backbone at random weights")
+    p.add_argument("--against", nargs="+", default=[], metavar="RESULT.json:ROW",
+                   help="with --text: accuracy-bench rows compared with the prior + text term (like AUC, paired)")
     args = p.parse_args(argv)
     if args.collab_dim < 0 or args.negatives < 1 or args.stack_tail < 0:
         p.error("--collab-dim and --stack-tail must be >= 0 and --negatives >= 1")
-    if args.text_len < 1 or (args.random_init and not args.text):
-        p.error("--text-len must be >= 1; --random-init goes with --text")
+    if args.text_len < 1 or ((args.random_init or args.against) and not args.text):
+        p.error("--text-len must be >= 1; --random-init and --against go with --text")
     try:
         ds = load_dataset(args.dataset)
     except (DataError, KeyError, ValueError) as e:
@@ -238,4 +262,11 @@ def main(argv: list[str] | None = None) -> int:
         result = text_rows(split, enc, args.text_len, args.collab_dim, args.negatives, args.like_threshold, args.seed)
         print()
         print(text_markdown(result, args.text + (" at random weights" if args.random_init else ""), args.text_len))
+        try:
+            lines = against(result, args.against)
+        except (FileNotFoundError, KeyError, ValueError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        if lines:
+            print("\n".join([""] + lines))
     return 0

@@ -251,7 +251,7 @@ def test_prior_bench_scores_every_prior_on_the_evaluations_examples(capsys, monk
     assert "unknown data set 'nope'" in capsys.readouterr().err
 
 
-def test_prior_bench_text_term_fits_on_validation_and_scores_test(capsys):
+def test_prior_bench_text_term_fits_on_validation_and_scores_test(capsys, tmp_path):
     """`bench prior --text`: the like prior with the text term stacked on it, fitted on validation. With
     the items' categories as their "encodings" (synthetic users pick items by category taste), the
     term is weighted up and improves on the prior; --random-init needs --text."""
@@ -271,6 +271,21 @@ def test_prior_bench_text_term_fits_on_validation_and_scores_test(capsys):
     assert out["test"]["with text auc"] > out["test"]["prior auc"]
     i = out["test interval"]
     assert i["low"] <= i["diff"] <= i["high"] and i["n"] == 200
+    # --against: a bench row holding the prior + text term's own scores differs by 0, one holding them
+    # negated by 1 - 2 * AUC (its AUC is 1 - AUC)
+    import json
+
+    from mtrec.bench.prior import against
+
+    rec = {k: np.asarray(v).tolist() for k, v in out["test records"].items()}
+    flipped = dict(rec, like_score=(-out["test records"]["like_score"]).tolist())
+    path = tmp_path / "result.json"
+    path.write_text(json.dumps({"split": {}, "baselines": {"same": {"records": rec}, "flipped": {"records": flipped}},
+                                "mtrec": {}}))
+    same, flip = against(out, [f"{path}:same", f"{path}:flipped"])
+    assert "+0.0000 [+0.0000, +0.0000]" in same and "over 200 users" in same
+    # (rows are matched by user and item: a negative drawn twice for a user counts once there)
+    assert float(flip.split("term: ")[1].split(" ")[0]) == pytest.approx(1 - 2 * out["test"]["with text auc"], abs=2e-3)
     with pytest.raises(SystemExit):
         bench_main(["prior", "--dataset", "synthetic", "--random-init"])
-    assert "--random-init goes with --text" in capsys.readouterr().err
+    assert "--random-init and --against go with --text" in capsys.readouterr().err
