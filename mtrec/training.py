@@ -29,8 +29,8 @@ from mtrec.model.backbone import BackboneRef, resolve_backbone
 from mtrec.model.blend import MIN_USERS as BLEND_USERS
 from mtrec.model.blend import fit_like_text, tune_rank_blend
 from mtrec.model.build import (build_backbone, build_heads, build_optimizer, count_parameters, embedded_items,
-                               heads_of, initial_item_table, item_text_encodings, lora_config, token_embedding_rms, wants_friends,
-                               wrap_model)
+                               heads_of, initial_item_table, item_text_encodings, lora_config, token_embedding_rms,
+                               wants_friends, wrap_model)
 from mtrec.kinds import KIND_IDS, KIND_NAMES, KIND_TASK, NUM_KINDS
 from mtrec.model.collaborative import FULL_SOFTMAX_ITEMS
 from mtrec.model.layer_cut import ActivationCache, FrozenBottom
@@ -465,7 +465,8 @@ class _Loop:
                 f = like_text["fitted"]
                 self.acc.print(f"like text term (validation, {like_text['rows']} rows): {f['a']:g} * prior + "
                                f"{f['c']:g} * head + {f['s']:g} * text similarity + {f['b']:g}; AUC "
-                               f"{like_text['auc']['no text']:.4f} without the term, {like_text['auc']['fitted']:.4f} fitted")
+                               f"{like_text['auc']['no text']:.4f} without the term, "
+                               f"{like_text['auc']['fitted']:.4f} fitted")
         final = None
         if t.final_eval_users is not None and t.final_eval_users != t.eval_users:
             kinds = [k for k in self.s.kinds if k in (t.final_eval_kinds or self.s.kinds)]
@@ -474,7 +475,8 @@ class _Loop:
                 final = self.log.evaluate(model, specs, self.weights, step=st["best"]["step"],
                                           label="final validation (best weights)")
         seconds = st["elapsed"]
-        return {"best": st["best"], "final": final, "rank_blend": blend, "like_text": like_text, "history": st["history"], "steps": st["step"],
+        return {"best": st["best"], "final": final, "rank_blend": blend, "like_text": like_text,
+                "history": st["history"], "steps": st["step"],
                 "seconds": round(seconds, 1), "examples_per_process": st["examples"],
                 "examples_per_kind": {KIND_NAMES[k]: n for k, n in enumerate(st["examples_per_kind"]) if n},
                 # per prompt kind: examples per second of the training clock and mean prompt length (tokens)

@@ -215,7 +215,8 @@ class TaskHeads(nn.Module):
             like_z = (self.like_prior_scale * (like_z - like_head) + self.like_head_scale * like_head
                       + self.like_text_scale * self.like_text_similarity(history, items) + self.like_text_bias)
         if self.has_sequence and history is not None:
-            seq = self.sequence_weight * self.sequence_scores(history[:, -self.sequence.pos.num_embeddings:], item_subset)
+            own = history[:, -self.sequence.pos.num_embeddings:]  # its width of a wider history
+            seq = self.sequence_weight * self.sequence_scores(own, item_subset)
             item_logits = item_logits + seq
             if with_prior:
                 item_prior = item_prior + seq
