@@ -32,7 +32,8 @@ baseline fit as a guard, and a fit it cuts is marked in the table.
 
 `--recipe cpu` (with ``--quick``): the CPU profile of the language-model rows, ``RECIPES["cpu"]``: the
 fastest CPU recipe (the bundled MiniLM, top 2 of 6 layers over cached activations, 2 epochs over
-fixed batches) with stacked priors and the data set's ranking prior; under 90 minutes per data set
+fixed batches) with stacked priors, the data set's ranking prior and, on Last.fm-2k, the like head's
+text term (``model.like_text``); under 90 minutes per data set
 with ``--lm-rows controls`` on 2 cores (README). Its overrides come after the profile's and before
 ``--set``; the rows' keys read the resulting config only, so the same settings spelled with ``--set``
 find the same rows.
