@@ -443,18 +443,18 @@ class _Loop:
         st, t, model = self.state, self.t, self.model
         if t.keep == "best":
             load_trainable_state(self.acc.unwrap_model(model), self.best_state)
+        heads = heads_of(self.acc.unwrap_model(model))
         blend = None
         if t.rank_blend and "recommendation" in self.s.kinds:
             users = 0 if not t.eval_users else max(t.eval_users, BLEND_USERS)
             specs = eval_specs(self.s.split, ["recommendation"], self.s.example_options, VALID, users, self.cfg.run.seed)
             with timed(self.phases, "evaluation"):
-                blend = tune_rank_blend(model, heads_of(self.acc.unwrap_model(model)), self.s.batcher, specs,
+                blend = tune_rank_blend(model, heads, self.s.batcher, specs,
                                         self.s.split, VALID, self.acc, t.eval_batch_size)
             if blend is not None:
                 self.acc.print(f"ranking blend (validation NDCG@10, {blend['rows']} rows): backbone term "
                                f"x{blend['text']:g}, sequential prior weight {blend['sequence']}")
         like_text = None
-        heads = heads_of(self.acc.unwrap_model(model))
         if heads.has_like_text and "like" in self.s.kinds:
             users = 0 if not t.eval_users else max(t.eval_users, BLEND_USERS)
             specs = eval_specs(self.s.split, ["like"], self.s.example_options, VALID, users, self.cfg.run.seed)

@@ -13,7 +13,8 @@ from mtrec.data.errors import DataError
 from mtrec.data.splits import TEST, TRAIN, VALID
 from mtrec.run import load_catalog
 from mtrec.model.stacking import PRIORS
-from mtrec.update import grow_split, main, update, write_interactions
+from mtrec.update import grow_split, main, update
+from new_data import new_data
 
 
 @pytest.fixture(scope="module")
@@ -24,14 +25,10 @@ def run_dir(tiny_run):
 
 def _new_data(folder, split):
     """Every validation interaction, one new item for user 3, and a new user who took two items."""
-    ds = split.dataset
-    write_interactions(folder, ds, split.valid)
-    t = int(ds.timestamps.max()) + 100
+    new_data(folder, split, [("3", 5.0), ("newcomer", 4.0)], categories="jazz|rock")
+    t = int(split.dataset.timestamps.max()) + 102
     with open(folder / "interactions.csv", "a", encoding="utf-8") as f:
-        f.write(f"3,new-1,5.0,{t}\nnewcomer,new-1,4.0,{t + 1}\nnewcomer,7,2.0,{t + 2}\n")
-    (folder / "items.csv").write_text(
-        "item_id,title,text,categories\nnew-1,A new record,Fresh.,jazz|rock\n", encoding="utf-8"
-    )
+        f.write(f"newcomer,7,2.0,{t}\n")
     return folder
 
 

@@ -90,7 +90,8 @@ def test_a_run_fits_records_serves_and_updates_the_term(tiny_config, tmp_path):
     the grown catalog and carries the fitted weights."""
     from mtrec.inference import Recommender
     from mtrec.run import load_catalog
-    from mtrec.update import update, write_interactions
+    from mtrec.update import update
+    from new_data import new_data
 
     with pytest.raises(ConfigError, match="model.like_text"):
         tiny_config("model.like_text=-1")
@@ -124,13 +125,7 @@ def test_a_run_fits_records_serves_and_updates_the_term(tiny_config, tmp_path):
     # an update: one new item, encoded into the grown buffer; the fitted scale carried over
     from safetensors.torch import load_file
 
-    old = load_catalog(tmp_path / "run" / "catalog")
-    new = tmp_path / "new"
-    write_interactions(new, old.dataset, old.valid)
-    t = int(old.dataset.timestamps.max()) + 100
-    with open(new / "interactions.csv", "a", encoding="utf-8") as f:
-        f.write(f"3,new-1,5.0,{t}\n")
-    (new / "items.csv").write_text("item_id,title,text,categories\nnew-1,A new record,Fresh.,jazz\n", encoding="utf-8")
+    new = new_data(tmp_path / "new", load_catalog(tmp_path / "run" / "catalog"), [("3", 5.0)])
     update(tmp_path / "run", new, tmp_path / "out", steps=0)
     a, b = (load_file(str(d / "adapter/adapter_model.safetensors")) for d in (tmp_path / "run", tmp_path / "out"))
     key = "base_model.model.heads.item_text"

@@ -145,16 +145,11 @@ def test_an_update_refits_the_sequential_prior_on_the_grown_catalog(run, tmp_pat
     from safetensors.torch import load_file
 
     from mtrec.run import load_catalog
-    from mtrec.update import update, write_interactions
+    from mtrec.update import update
+    from new_data import new_data
 
     _, _, _, run_dir = run
-    old = load_catalog(run_dir / "catalog")
-    new = tmp_path / "new"
-    write_interactions(new, old.dataset, old.valid)
-    t = int(old.dataset.timestamps.max()) + 100
-    with open(new / "interactions.csv", "a", encoding="utf-8") as f:
-        f.write(f"3,new-1,5.0,{t}\n4,new-1,4.0,{t + 1}\n")
-    (new / "items.csv").write_text("item_id,title,text,categories\nnew-1,A new record,Fresh.,jazz\n", encoding="utf-8")
+    new = new_data(tmp_path / "new", load_catalog(run_dir / "catalog"), [("3", 5.0), ("4", 4.0)])
     update(run_dir, new, tmp_path / "out", steps=0)
     a, b = (load_file(str(d / "adapter/adapter_model.safetensors")) for d in (run_dir, tmp_path / "out"))
     key = "base_model.model.heads.sequence.item.weight"
