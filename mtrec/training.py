@@ -452,8 +452,12 @@ class _Loop:
                 blend = tune_rank_blend(model, heads, self.s.batcher, specs,
                                         self.s.split, VALID, self.acc, t.eval_batch_size)
             if blend is not None:
+                iv = blend["against_prior"]
+                why = ("no setting beats the priors alone" if iv is None else
+                       f"best {blend['best']} against the priors alone {iv['diff']:+.4f} "
+                       f"[{iv['low']:+.4f}, {iv['high']:+.4f}]")
                 self.acc.print(f"ranking blend (validation NDCG@10, {blend['rows']} rows): backbone term "
-                               f"x{blend['text']:g}, sequential prior weight {blend['sequence']}")
+                               f"x{blend['text']:g}, sequential prior weight {blend['sequence']} ({why})")
         like_text = None
         if heads.has_like_text and "like" in self.s.kinds:
             users = 0 if not t.eval_users else max(t.eval_users, BLEND_USERS)

@@ -9,7 +9,7 @@ from accelerate.utils import set_seed
 from mtrec import metrics
 from mtrec.data.splits import VALID
 from mtrec.kinds import KIND_IDS
-from mtrec.model.blend import OFF, tune_rank_blend
+from mtrec.model.blend import OFF, choose, tune_rank_blend
 from mtrec.model.build import heads_of
 from mtrec.pipeline import eval_specs, evaluate_rows
 from mtrec.training import build_setup, train
@@ -23,8 +23,9 @@ def _ndcg(setup, specs) -> float:
 
 
 def test_the_blend_picks_the_best_validation_setting_and_sets_it(tiny_config, monkeypatch):
-    """A backbone term made loud and random (a scale of 400 on an untrained query) hurts the priors'
-    ranking: the blend scores every setting as evaluating the model with it would, picks the best,
+    """A backbone term made loud and random (a scale of 400 on an untrained query): the blend scores
+    every setting as evaluating the model with it would, and on 30 rows no setting beats the priors
+    alone by an interval (the best, ×0.25, by +0.03 [−0.07, +0.15]), so it keeps the priors alone
     and leaves the model scoring exactly that."""
     set_seed(0)
     setup = build_setup(tiny_config(*BLEND))
@@ -38,10 +39,11 @@ def test_the_blend_picks_the_best_validation_setting_and_sets_it(tiny_config, mo
     table = out["ndcg@10"]
     assert len(table) == 8 and out["rows"] == int((specs.kind == KIND_IDS["recommendation"]).sum())
     assert math.isclose(table["text x1, sequence 0.5"], loud, abs_tol=1e-4)  # the decomposition is exact
-    best = max(table.values())
-    assert best > loud  # the loud term hurt, and the blend turned it down
-    assert out["text"] < 1.0
-    assert math.isclose(_ndcg(setup, specs), best, abs_tol=1e-4)  # what it picked is what the model now scores
+    assert table[out["best"]] == max(table.values()) > table["text x0, sequence 1"]
+    iv = out["against_prior"]
+    assert math.isclose(iv["diff"], table[out["best"]] - table["text x0, sequence 1"], abs_tol=1e-4)
+    assert iv["low"] < 0 and (out["text"], out["sequence"]) == (0.0, 1.0)  # not measurable: the priors alone
+    assert math.isclose(_ndcg(setup, specs), table["text x0, sequence 1"], abs_tol=1e-4)  # what the model now scores
     chosen = math.log(400.0) + math.log(out["text"]) if out["text"] > 0 else OFF
     assert math.isclose(float(heads.log_scale), chosen, abs_tol=1e-5)
     assert float(heads.sequence_weight) == out["sequence"]
@@ -67,9 +69,28 @@ def test_a_trained_run_records_its_blend_and_serves_it(tiny_config, tmp_path):
     want = evaluate_rows(setup.model, setup.batcher, specs, setup.split, VALID)["rank"]
     rec = Recommender.from_run(tmp_path / "run", device="cpu", merge=False)
     assert torch.equal(evaluate_rows(rec.model, setup.batcher, specs, setup.split, VALID)["rank"], want)
-    assert math.isclose(max(blend["ndcg@10"].values()), _ndcg(setup, specs), abs_tol=1e-4)
+    kept = blend["ndcg@10"][f"text x{blend['text']:g}, sequence {blend['sequence']:.3g}"]
+    assert math.isclose(kept, _ndcg(setup, specs), abs_tol=1e-4)
     off = tiny_config(*BLEND, "train.rank_blend=false", "train.max_steps=2")
     assert train(off, tmp_path / "off")["rank_blend"] is None
     # validating on 5 users, the blend still reads at least MIN_USERS (here: all 30)
     few = tiny_config(*BLEND, "train.eval_users=5", "train.max_steps=2")
     assert train(few, tmp_path / "few")["rank_blend"]["rows"] == len(specs)
+
+
+def test_a_setting_is_kept_only_where_it_beats_the_priors_alone_by_an_interval():
+    """`choose`: the best setting by mean NDCG, kept only where its paired interval against the priors
+    alone excludes 0; a best ahead on noise leaves the priors alone."""
+    gen = torch.Generator().manual_seed(0)
+    prior = torch.rand(400, generator=gen)
+    clear = prior + 0.05  # ahead on every row
+    noisy = prior + 0.3 * torch.randn(400, generator=gen)
+    noisy += 0.004 - (noisy - prior).mean()  # ahead by 0.004 on average, far inside the noise
+    kept, best, interval = choose({(0.0, 1.0): prior, (0.5, 1.0): clear, (1.0, 1.0): prior - 0.1}, (0.0, 1.0))
+    assert kept == best == (0.5, 1.0)
+    assert math.isclose(interval["diff"], 0.05, abs_tol=1e-6) and interval["low"] > 0
+    kept, best, interval = choose({(0.0, None): prior, (0.25, None): noisy}, (0.0, None))
+    assert best == (0.25, None) and kept == (0.0, None)
+    assert math.isclose(interval["diff"], 0.004, abs_tol=1e-6) and interval["low"] < 0 < interval["high"]
+    # the priors alone best (or tied): kept, no interval
+    assert choose({(0.0, None): prior, (1.0, None): prior.clone()}, (0.0, None)) == ((0.0, None), (0.0, None), None)
