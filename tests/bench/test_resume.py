@@ -2,10 +2,13 @@
 computed again when the settings change."""
 
 import math
+from pathlib import Path
 
 import pytest
 
 from mtrec.bench.resume import RowStore
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_a_stored_row_is_loaded_and_a_changed_setting_recomputes(tmp_path):
@@ -145,7 +148,7 @@ def test_the_cpu_recipe_is_its_overrides_and_keys_rows_like_them(capsys):
     def config(*argv):
         return load_config(None, base_overrides(parse_args(["--quick", *argv]), QUICK)).to_dict()
 
-    common, per_dataset = RECIPES["cpu"]
+    _, common, per_dataset = RECIPES["cpu"]
     spelled = [a for o in (*common, *per_dataset["lastfm-2k"]) for a in ("--set", o)]
     lastfm = config("--dataset", "lastfm-2k", "--recipe", "cpu")
     assert lastfm == config("--dataset", "lastfm-2k", *spelled)
@@ -158,3 +161,22 @@ def test_the_cpu_recipe_is_its_overrides_and_keys_rows_like_them(capsys):
     with pytest.raises(SystemExit):
         parse_args(["--dataset", "movielens-100k", "--recipe", "cpu"])
     assert "goes with --quick" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        parse_args(["--dataset", "movielens-100k", "--recipe", "gpu", "--quick"])
+    assert "goes without --quick" in capsys.readouterr().err
+
+
+def test_the_gpu_recipe_is_the_full_profile_with_the_gpu_configs_choices():
+    """`--recipe gpu`: the full profile plus the CPU profile's modelling choices, which are what
+    configs/*-gpu.yaml set (the profile mirrors those configs)."""
+    from mtrec.bench.accuracy import FULL, base_overrides, parse_args
+    from mtrec.config import load_config
+
+    for dataset, path in (("movielens-100k", "configs/movielens-100k-gpu.yaml"), ("lastfm-2k", "configs/lastfm-2k-gpu.yaml")):
+        bench = load_config(None, base_overrides(parse_args(["--dataset", dataset, "--recipe", "gpu"]), FULL)).model
+        plain = load_config(None, base_overrides(parse_args(["--dataset", dataset]), FULL)).model
+        config = load_config(ROOT / path).model
+        assert plain.stack_tail == 0 and bench.stack_tail == 5 == config.stack_tail
+        assert bench.ranking_prior == config.ranking_prior == ("both" if dataset == "movielens-100k" else "factors")
+        assert bench.like_text == config.like_text == (10 if dataset == "lastfm-2k" else 0)
+        assert bench.lora_r == config.lora_r == 16 and bench.train_top_layers == plain.train_top_layers
