@@ -35,7 +35,7 @@ from mtrec.kinds import KIND_IDS, KIND_NAMES, KIND_TASK, NUM_KINDS
 from mtrec.model.collaborative import FULL_SOFTMAX_ITEMS
 from mtrec.model.layer_cut import ActivationCache, FrozenBottom
 from mtrec.model.multitask import multitask_loss
-from mtrec.model.stacking import MIN_LEFT, StackedPriors, prior_split, tail_mask
+from mtrec.model.stacking import MIN_LEFT, RANKING_PRIORS, StackedPriors, prior_split, tail_mask
 from mtrec.pipeline import (Batcher, Prefetcher, TaskSampler, evaluate, eval_specs, extra_inputs, kinds_for, mixing_probs,
                             train_specs)
 from mtrec.prompts import PromptRenderer, load_prompts, prompt_tasks, render_options
@@ -63,6 +63,8 @@ class Setup:
     # model.stack_tail: the tail interactions the model trains on, and the priors' two values
     tail: np.ndarray | None = None
     stacking: StackedPriors | None = None
+    # the ranking priors as fitted (served values, before any step): the ranking blend's reference
+    fitted_ranking: dict[str, torch.Tensor] | None = None
 
 
 @contextmanager
@@ -158,8 +160,12 @@ def build_setup(cfg: Config, accelerator: Accelerator | None = None, split: Spli
                               embedded_items(split) if hybrid else None)
     batcher = Batcher(ExampleFactory(split, opts), renderer, prompts, tokenizer.pad_token_id, len(split.dataset.categories))
     weights = torch.tensor([float(cfg.train.task_weights.get(k, 1.0)) for k in sorted(KIND_IDS, key=KIND_IDS.get)])
+    # (not with hybrid item tokens: they may read the ranking factors, so putting the fits back would
+    # change what the backbone reads for every head)
+    fitted = None if hybrid else {n: p.detach().clone() for n, p in heads_of(model).named_parameters()
+                                  if n in RANKING_PRIORS}
     return Setup(cfg, split, kinds, batcher, model, tokenizer, token_ids, ref, weights, opts, phases, bottom,
-                 tail, stacking)
+                 tail, stacking, fitted)
 
 
 def stacked_tail(cfg: Config, split: Split, hybrid: bool) -> np.ndarray | None:
@@ -449,15 +455,16 @@ class _Loop:
             users = 0 if not t.eval_users else max(t.eval_users, BLEND_USERS)
             specs = eval_specs(self.s.split, ["recommendation"], self.s.example_options, VALID, users, self.cfg.run.seed)
             with timed(self.phases, "evaluation"):
-                blend = tune_rank_blend(model, heads, self.s.batcher, specs,
-                                        self.s.split, VALID, self.acc, t.eval_batch_size)
+                blend = tune_rank_blend(model, heads, self.s.batcher, specs, self.s.split, VALID, self.acc,
+                                        t.eval_batch_size, fitted=self.s.fitted_ranking)
             if blend is not None:
                 iv = blend["against_prior"]
                 why = ("no setting beats the priors alone" if iv is None else
                        f"best {blend['best']} against the priors alone {iv['diff']:+.4f} "
                        f"[{iv['low']:+.4f}, {iv['high']:+.4f}]")
-                self.acc.print(f"ranking blend (validation NDCG@10, {blend['rows']} rows): backbone term "
-                               f"x{blend['text']:g}, sequential prior weight {blend['sequence']} ({why})")
+                self.acc.print(f"ranking blend (validation NDCG@10, {blend['rows']} rows): {blend['priors']} "
+                               f"priors, backbone term x{blend['text']:g}, sequential prior weight "
+                               f"{blend['sequence']} ({why})")
         like_text = None
         if heads.has_like_text and "like" in self.s.kinds:
             users = 0 if not t.eval_users else max(t.eval_users, BLEND_USERS)

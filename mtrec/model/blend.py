@@ -44,18 +44,23 @@ LEVEL = 0.95  # a setting other than the priors alone is kept only where its int
 
 @torch.no_grad()
 def tune_rank_blend(model, heads, batcher, specs, split, role: int, accelerator=None, batch_size: int = 32,
-                    k: int = 10) -> dict | None:
+                    k: int = 10, fitted: dict | None = None) -> dict | None:
     """Choose and set the backbone term's multiplier and the sequential prior's weight (see above).
 
     Args:
         model: the trained model (evaluated as it is: the served priors).
         heads: its `TaskHeads` (the module whose `log_scale` and `sequence_weight` are set).
         specs: validation rows; their recommendation rows (a seeded `MAX_ROWS` of them at most) are read.
+        fitted: the ranking priors' parameters as fitted, before training (`Setup.fitted_ranking`):
+            the reference is then those with no backbone term and the sequential prior at weight 1,
+            exactly the bench's "prior alone", and they are a setting of their own (with each
+            multiplier of the backbone's term); without, the trained priors at ×0 and weight 1.
 
     Returns:
-        {"text": multiplier, "sequence": weight or None, "trained_sequence", "ndcg@10": {setting: mean},
-        "rows": n, "best": the best setting, "against_prior": its interval against the priors alone
-        (None where the best is the priors alone)}, or None where there is no recommendation row.
+        {"priors": "trained" or "fitted", "text": multiplier, "sequence": weight or None,
+        "trained_sequence", "ndcg@10": {setting: mean}, "rows": n, "best": the best setting,
+        "against_prior": its interval against the priors alone (None where the priors alone are at
+        least as good)}, or None where there is no recommendation row.
     """
     from mtrec.pipeline import evaluate_rows
 
@@ -71,17 +76,27 @@ def tune_rank_blend(model, heads, batcher, specs, split, role: int, accelerator=
     def scores() -> dict:
         return evaluate_rows(model, batcher, rec, split, role, batch_size, accelerator, item_logits=True)
 
+    params = dict(heads.named_parameters())
+    trained = {n: params[n].detach().clone() for n in fitted or {}}
     try:
         full = scores()
         heads.log_scale.fill_(OFF)
         no_text = scores()["item_logits"]
-        base, seq = no_text, None
+        base, seq, alone = no_text, None, None
         if trained_w is not None and abs(trained_w) > 1e-3:
             heads.sequence_weight.zero_()
             base = scores()["item_logits"]
             seq = (no_text - base) / trained_w  # the sequential prior's scores at weight 1
+        if fitted:
+            for n, v in fitted.items():
+                params[n].copy_(v)
+            if trained_w is not None:
+                heads.sequence_weight.fill_(1.0)
+            alone = scores()["item_logits"]  # the priors as fitted, no backbone term: the bench's "prior alone"
     finally:
         heads.log_scale.copy_(log_scale)
+        for n, v in trained.items():
+            params[n].copy_(v)
         if trained_w is not None:
             heads.sequence_weight.fill_(trained_w)
     text = full["item_logits"] - no_text
@@ -89,23 +104,38 @@ def tune_rank_blend(model, heads, batcher, specs, split, role: int, accelerator=
     seen = ranking.Seen.before(split, role, dense=False)
     # cold-items protocol: ranked among the held-out items, as its evaluation ranks them
     cold = None if split.heldout_items is None else torch.as_tensor(np.flatnonzero(split.heldout_items))
-    prior = (0.0, trained_w if seq is None else 1.0)  # the priors alone, as fitted
+    def ndcg_rows(s: torch.Tensor) -> torch.Tensor:
+        return metrics.ndcg_rows(ranking.ranks(s, items, users, seen, cold), k)
+
+    # a setting: (priors, multiplier of the backbone's term, the sequential prior's weight)
     rows_ndcg = {}
     for w in [trained_w] if seq is None else [trained_w, 1.0]:
         for m in TEXT:
-            s = base + m * text + (0.0 if seq is None else w * seq)
-            rows_ndcg[(m, w)] = metrics.ndcg_rows(ranking.ranks(s, items, users, seen, cold), k)
-    (m, w), best, interval = choose(rows_ndcg, prior)
+            rows_ndcg[("trained", m, w)] = ndcg_rows(base + m * text + (0.0 if seq is None else w * seq))
+    fitted_w = None if trained_w is None else 1.0
+    if alone is not None:
+        for m in TEXT:
+            rows_ndcg[("fitted", m, fitted_w)] = ndcg_rows(alone + m * text)
+        prior = ("fitted", 0.0, fitted_w)
+    else:
+        prior = ("trained", 0.0, trained_w if seq is None else 1.0)
+    (priors, m, w), best, interval = choose(rows_ndcg, prior)
+    if priors == "fitted":
+        for n, v in fitted.items():
+            params[n].copy_(v)
     heads.log_scale.copy_(log_scale + math.log(m) if m > 0 else torch.full_like(log_scale, OFF))
     if w is not None:
         heads.sequence_weight.fill_(w)
-    table = {_label(s): round(float(v.mean()), 5) for s, v in rows_ndcg.items()}
-    return {"text": m, "sequence": w, "trained_sequence": trained_w, f"ndcg@{k}": table, "rows": len(rows),
-            "best": _label(best), "against_prior": interval}
+    table = {setting_label(s): round(float(v.mean()), 5) for s, v in rows_ndcg.items()}
+    return {"priors": priors, "text": m, "sequence": w, "trained_sequence": trained_w, f"ndcg@{k}": table,
+            "rows": len(rows), "best": setting_label(best), "against_prior": interval}
 
 
-def _label(setting: tuple) -> str:
-    m, w = setting
+def setting_label(setting: tuple) -> str:
+    """"text x0.5, sequence 1" (the trained priors), "fitted priors, text x0" (the priors as fitted)."""
+    priors, m, w = setting
+    if priors == "fitted":
+        return f"fitted priors, text x{m:g}"
     return f"text x{m:g}" + ("" if w is None else f", sequence {w:.3g}")
 
 

@@ -9,7 +9,8 @@ from accelerate.utils import set_seed
 from mtrec import metrics
 from mtrec.data.splits import VALID
 from mtrec.kinds import KIND_IDS
-from mtrec.model.blend import OFF, choose, tune_rank_blend
+from mtrec.model.blend import OFF, choose, setting_label, tune_rank_blend
+from mtrec.model.stacking import RANKING_PRIORS
 from mtrec.model.build import heads_of
 from mtrec.pipeline import eval_specs, evaluate_rows
 from mtrec.training import build_setup, train
@@ -69,8 +70,21 @@ def test_a_trained_run_records_its_blend_and_serves_it(tiny_config, tmp_path):
     want = evaluate_rows(setup.model, setup.batcher, specs, setup.split, VALID)["rank"]
     rec = Recommender.from_run(tmp_path / "run", device="cpu", merge=False)
     assert torch.equal(evaluate_rows(rec.model, setup.batcher, specs, setup.split, VALID)["rank"], want)
-    kept = blend["ndcg@10"][f"text x{blend['text']:g}, sequence {blend['sequence']:.3g}"]
+    kept = blend["ndcg@10"][setting_label((blend["priors"], blend["text"], blend["sequence"]))]
     assert math.isclose(kept, _ndcg(setup, specs), abs_tol=1e-4)
+    # the priors as fitted are a setting (and the reference): with no backbone term and the sequential
+    # prior at weight 1 they score what an untrained model with its term off scores (the bench's prior alone)
+    fresh = build_setup(cfg)
+    fresh_heads = heads_of(fresh.model)
+    with torch.no_grad():
+        fresh_heads.log_scale.fill_(OFF)
+        fresh_heads.sequence_weight.fill_(1.0)
+    assert math.isclose(blend["ndcg@10"]["fitted priors, text x0"], _ndcg(fresh, specs), abs_tol=1e-4)
+    moved = [n for n in RANKING_PRIORS if not torch.equal(setup.fitted_ranking[n], fresh.fitted_ranking[n])]
+    assert not moved  # the snapshot is the fit, whatever training did
+    params = dict(heads.named_parameters())
+    same = all(torch.equal(params[n].detach(), setup.fitted_ranking[n]) for n in RANKING_PRIORS)
+    assert same == (blend["priors"] == "fitted")  # training moved them; the blend put them back only if it chose them
     off = tiny_config(*BLEND, "train.rank_blend=false", "train.max_steps=2")
     assert train(off, tmp_path / "off")["rank_blend"] is None
     # validating on 5 users, the blend still reads at least MIN_USERS (here: all 30)

@@ -8,6 +8,7 @@ import torch
 from mtrec.batching import pad_right
 from mtrec.config import ConfigError
 from mtrec.inference import NewUser, Recommender
+from mtrec.model.build import heads_of
 from mtrec.prompts.render import ITEM_TOKEN
 from mtrec.training import build_setup
 
@@ -76,7 +77,10 @@ def test_the_item_token_carries_the_projection(run):
     model = setup.model
     model.eval()
     args = (batch["input_ids"], batch["attention_mask"], None, batch["item"], batch["user"])
+    heads = heads_of(model)
+    log_scale = heads.log_scale.detach().clone()
     with torch.no_grad():
+        heads.log_scale.zero_()  # the backbone's ranking term on, whatever the ranking blend chose
         a = model(*args, history=batch["history"], item_slots=batch["item_slots"])["item_logits"]
         emb = model.base_model.model.backbone.get_input_embeddings()
         weight = next(p for n, p in emb.named_parameters() if n.endswith("weight") and "trainable" not in n)
@@ -90,6 +94,7 @@ def test_the_item_token_carries_the_projection(run):
         proj += 0.5
         c = model(*args, history=batch["history"], item_slots=batch["item_slots"])["item_logits"]
         proj.copy_(kept)
+        heads.log_scale.copy_(log_scale)
     assert torch.equal(a, b) and not torch.allclose(a, c)
 
 

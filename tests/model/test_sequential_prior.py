@@ -61,14 +61,17 @@ def run(reading_run):
     return reading_run[:4]
 
 
-def test_the_network_is_frozen_and_its_weight_trains(run):
+def test_the_network_is_frozen_and_its_weight_trains(run, reading_run):
     _, setup, before, _ = run
     params = dict(setup.model.named_parameters())
     seq = [n for n in params if ".sequence." in n and "original_module" not in n]
     assert seq and not any(params[n].requires_grad for n in seq)
     assert all(torch.equal(params[n], before[n]) for n in seq)
     weight = next(n for n in params if n.endswith("default.sequence_weight"))
-    assert params[weight].requires_grad and not torch.equal(params[weight], before[weight])
+    # trained (the ranking blend then sets the weight it chose: the trained one or 1)
+    blend = reading_run[4]["rank_blend"]
+    assert params[weight].requires_grad and float(before[weight]) == 1.0 != blend["trained_sequence"]
+    assert float(params[weight]) == blend["sequence"]
     lora = [n for n in params if "lora_" in n]
     assert any(not torch.equal(params[n], before[n]) for n in lora)
 

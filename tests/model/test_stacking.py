@@ -72,8 +72,11 @@ def test_served_priors_are_the_fits_on_all_training_data(stacked):
         assert torch.equal(built[n], plain[n]), n
     for n in (*FACTOR_TABLES, "sequence.item.weight"):
         assert torch.equal(after[n], plain[n]) and not after[n].requires_grad, n
-    assert not torch.equal(after["item_bias"], plain["item_bias"])  # trained (at table_lr) on the tail
+    assert not torch.equal(after["item_like_offset"], plain["item_like_offset"])  # trained (at table_lr) on the tail
     assert after["item_bias"].requires_grad
+    # the ranking priors: trained too, unless the ranking blend put the fits back (its reference)
+    fitted = stacked[-1]["rank_blend"]["priors"] == "fitted"
+    assert torch.equal(after["item_bias"], plain["item_bias"]) == fitted
     # the stacked fits are other values (the tail left out)
     with setup.stacking.training():
         differ = {n for n in setup.stacking.params if not torch.equal(after[n], plain[n])}
