@@ -140,8 +140,9 @@ class TrainConfig:
     patience: int = knob(0, "evaluations without improvement before stopping (0 = off)")
     keep: str = knob("best", "the weights the run keeps: best (by train.early_stopping_metric) or last")
     rank_blend: bool = knob(True, "after training, choose the backbone's share of the ranking score (x0, 0.25, 0.5, "
-                            "1) and the sequential prior's weight (trained or 1) by validation NDCG@10 "
-                            "(mtrec.model.blend)")
+                            "1), the sequential prior's weight (trained or 1) and the ranking priors (trained or "
+                            "as fitted) by validation NDCG@10, keeping the priors as fitted unless a setting beats "
+                            "them by a paired interval (mtrec.model.blend)")
     log_every: int = knob(10, "log (and check the loss is finite) every N steps")
     checkpoint_every: int = knob(0, "write a resumable checkpoint every N steps (0 = none)")
     keep_checkpoints: int = knob(2, "keep the last K checkpoints")

@@ -12,16 +12,17 @@ weight) pushed the prior's good top ranks down (README, "Ranking blend").
 After training (best weights loaded), this scores the validation recommendation rows of at least
 `MIN_USERS` seeded users (more where the run validates on more; a choice on the 30 users a quick run
 validates on is noise), ranked as its evaluation ranks them (among the held-out items on the
-cold-items protocol), with the backbone's term times each multiplier of `TEXT` and the sequential
-prior's weight at {trained, 1 (the prior as fitted)}, and keeps the best setting only where it beats
-the priors alone (×0, weight 1) by a paired bootstrap interval over those rows that excludes 0
-(`choose`); otherwise the priors alone. On 200 users the best of eight settings beat the priors alone
-by 0.002 NDCG@10 on both MovieLens-100K and Last.fm-2k, and on Last.fm the ×0.25 it kept cost HR@10
-on test against a single-task model whose blend had kept ×0 (README, "Ranking blend"): a choice among
-eight on noise is itself noise. The choice is written into `log_scale` and `sequence_weight` (a
-multiplier 0 sets `log_scale` to `OFF`: the term is below a float's resolution; `mtrec.update`
-restores the initial scale before training such a run further). The second level of a stacked model,
-as the weights of a blend are chosen on held-out data.
+cold-items protocol), with the backbone's term times each multiplier of `TEXT` on top of the trained
+priors (the sequential prior's weight at {trained, 1}) and on top of the priors as fitted (their
+values before the first step, `fitted`; weight 1). It keeps the best setting only where it beats the
+priors as fitted with no backbone term (the bench's "prior alone") by a paired bootstrap interval over
+those rows that excludes 0 (`choose`); otherwise those priors. On 200 users the best of eight trained
+settings beat ×0 by 0.002 NDCG@10 on both MovieLens-100K and Last.fm-2k: a choice among eight on
+noise is itself noise; and training moves the priors themselves, which at ×0 cost the multi-task
+model HR@10 against a single-task one on Last.fm (README, "Ranking blend"). The choice is written
+into the priors, `log_scale` and `sequence_weight` (a multiplier 0 sets `log_scale` to `OFF`: the term
+is below a float's resolution; `mtrec.update` restores the initial scale before training such a run
+further). The second level of a stacked model, as the weights of a blend are chosen on held-out data.
 """
 
 from __future__ import annotations
