@@ -39,14 +39,15 @@ from mtrec.model.collaborative import logistic_fit
 TEXT = (0.0, 0.25, 0.5, 1.0)  # multipliers of the backbone's ranking term (1: as trained)
 OFF = -30.0  # log_scale for "no backbone term": exp(-30) ~ 1e-13 times a cosine
 MIN_USERS = 500  # validation users the choice reads at least (train.eval_users if more; 0: all)
-MAX_ROWS = 500  # validation rows the choice reads at most (their full-catalog scores are held thrice)
+MAX_ROWS = 500  # validation rows the choice reads at most (their full-catalog scores are held four times)
 LEVEL = 0.95  # a setting other than the priors alone is kept only where its interval at this level excludes 0
 
 
 @torch.no_grad()
 def tune_rank_blend(model, heads, batcher, specs, split, role: int, accelerator=None, batch_size: int = 32,
                     k: int = 10, fitted: dict | None = None) -> dict | None:
-    """Choose and set the backbone term's multiplier and the sequential prior's weight (see above).
+    """Choose and set the backbone term's multiplier, the sequential prior's weight and the ranking
+    priors, trained or as fitted (see above).
 
     Args:
         model: the trained model (evaluated as it is: the served priors).
@@ -105,6 +106,7 @@ def tune_rank_blend(model, heads, batcher, specs, split, role: int, accelerator=
     seen = ranking.Seen.before(split, role, dense=False)
     # cold-items protocol: ranked among the held-out items, as its evaluation ranks them
     cold = None if split.heldout_items is None else torch.as_tensor(np.flatnonzero(split.heldout_items))
+
     def ndcg_rows(s: torch.Tensor) -> torch.Tensor:
         return metrics.ndcg_rows(ranking.ranks(s, items, users, seen, cold), k)
 
