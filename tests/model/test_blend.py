@@ -23,7 +23,7 @@ def _ndcg(setup, specs) -> float:
     return metrics.ndcg(rank[rank >= 0], 10)  # (other kinds' rows have rank -1)
 
 
-def test_the_blend_picks_the_best_validation_setting_and_sets_it(tiny_config, monkeypatch):
+def test_the_blend_scores_every_setting_and_keeps_the_priors_on_noise(tiny_config, monkeypatch):
     """A backbone term made loud and random (a scale of 400 on an untrained query): the blend scores
     every setting as evaluating the model with it would, and on 30 rows no setting beats the priors
     alone by an interval (the best, ×0.25, by +0.03 [−0.07, +0.15]), so it keeps the priors alone
