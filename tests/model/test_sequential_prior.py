@@ -104,6 +104,30 @@ def test_the_prior_part_is_what_prior_alone_scores(run):
     torch.testing.assert_close(got, want)
 
 
+def test_heads_score_in_full_precision_under_bf16_autocast():
+    """The heads ignore the autocast around the model (bf16 on a GPU or an AVX-512 CPU, where
+    train.mixed_precision auto picks it): every output is bit-identical to fp32, so a run evaluated in
+    bf16 serves exactly its priors' ranking (under bf16 a score of ~10 rounds to 0.06 and ranks move)."""
+    split = make_split(load_synthetic(num_users=60, num_items=50, seed=2), "leave_one_out")
+    ds = split.dataset
+    heads = build_heads(ds, torch.randn(ds.num_items, 16), split.train, 16, 4.0, collab_dim=4, split=split,
+                        ranking_prior="both", sequence_len=6).eval()
+    users = torch.arange(8)
+    items = torch.arange(8)
+    history = history_inputs(split, users.numpy(), TEST, 6)
+    pooled = torch.randn(8, 16).bfloat16()  # as a bf16 backbone hands it over
+    with torch.no_grad():
+        want = heads(pooled, None, items, users, with_prior=True, history=history)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            got = heads(pooled, None, items, users, with_prior=True, history=history)
+            # what the heads would give inside it otherwise: the same product in bf16 is not exact
+            rounded = heads.rec_user_factors[:8] @ heads.rec_item_factors.T
+    for name in ("item_logits", "item_prior", "like_logit", "rating"):
+        assert got[name].dtype == torch.float32 and torch.equal(got[name], want[name]), name
+    assert rounded.dtype == torch.bfloat16
+    assert not torch.equal(rounded.float(), heads.rec_user_factors[:8] @ heads.rec_item_factors.T)
+
+
 def test_run_folder_reloads_to_identical_scores(run):
     _, setup, _, run_dir = run
     rec = Recommender.from_run(run_dir, device="cpu", merge=False)
