@@ -1,8 +1,10 @@
-"""What the like head knows before any training: AUC and log-loss of its prior on every user.
+"""What the like head knows before any training: AUC and log-loss of its prior on every user (and,
+with `--rerank`, how far re-ranking the recommendation prior's candidates could go).
 
     python -m mtrec.bench prior --dataset lastfm-2k [--collab-dim 32] [--negatives 1] [--seed 0]
                                 [--text bundled:minilm-l6 [--text-len 10] [--random-init]
                                  [--against RESULT.json:ROW ...]]
+                                [--rerank K [K ...] [--ranking-prior both] [--target 0.13]]
 
 The heads are built exactly as training builds them (`mtrec.model.build.build_heads`, leave-one-out
 split, the training interactions only), with and without collaborative factors, and scored on every
@@ -26,6 +28,15 @@ architecture at random weights (the control). What the pretrained encoder's text
 any fine-tuning. `--against RESULT.json:ROW` (an accuracy-bench result file of the same split and a
 row label, as `bench pairs` takes them) also compares that row's like AUC with the prior + text term
 on the test rows both scored (paired, over users): does a fine-tuned model add to the frozen text?
+
+`--rerank K [K ...]` turns to the recommendation head: its priors alone (`PriorAlone`, as the accuracy
+bench's "prior alone"; `--ranking-prior`, `--sequence-len` as the runs'), full-catalog ranks of every
+validation and test user's target, and for each K what a model that re-ranks the prior's top K (as
+LlamaRec re-ranks its retriever's) could reach: recall@K (the share of targets inside), the NDCG@10 of a
+perfect re-ranker (each target inside moved to rank 1: exactly recall@K) and of a random one (the target
+equally likely at each of the K places), and, with `--target`, the mean discount ``1 / log2(rank + 2)``
+over the targets inside that a re-ranker must reach for that NDCG@10 (the prior's own ordering beside it).
+How far the prior's candidates leave a re-ranker from a target, before any backbone is trained.
 """
 
 from __future__ import annotations
@@ -107,6 +118,62 @@ def prior_rows(
                 row[f"{key}/examples"] = len(labels)
     order = [names[0], raw_name] + ([names[collab_dim]] if collab_dim else [])
     return [rows[n] for n in order if n in rows]
+
+
+def rerank_ceiling(ranks, ks: list[int], k: int = 10, target: float | None = None) -> list[dict]:
+    """For each K of `ks`, from 0-based target ranks under a prior: {"K", "recall", "perfect", "random",
+    "own", "needed"}: recall@K; the NDCG@k of a perfect re-ranker of the top K (= recall@K); of a random
+    one (recall@K times the mean of 1/log2(p + 2) over the K places, 0 beyond k); the mean discount of the
+    targets inside the top K under the prior's own order (0 beyond k); and the mean discount among them a
+    re-ranker needs for NDCG@k = `target` (None without a target; above 1: out of reach)."""
+    ranks = np.asarray(ranks, np.int64)
+    discount = np.where(ranks < k, 1.0 / np.log2(ranks + 2.0), 0.0)
+    out = []
+    for K in ks:
+        inside = ranks < K
+        recall = float(inside.mean())
+        places = np.arange(min(K, k))
+        row = {"K": K, "recall": recall, "perfect": recall,
+               "random": recall * float((1.0 / np.log2(places + 2.0)).sum()) / K,
+               "own": float(discount[inside].mean()) if inside.any() else 0.0,
+               "needed": (target / recall if recall else float("inf")) if target is not None else None}
+        out.append(row)
+    return out
+
+
+def rerank_rows(split: Split, ks: list[int], ranking_prior: str = "factors", sequence_len: int = 50,
+                collab_dim: int = 32, like_threshold: float = 4.0, negatives: int = 1, seed: int = 0,
+                target: float | None = None) -> dict:
+    """{role name: {"users", "ndcg@10", "rows": `rerank_ceiling`}} for validation and test: the ranks
+    of every user's target under the recommendation head's priors alone (`PriorAlone`)."""
+    from mtrec.bench.baselines import PriorAlone, _role_arrays, full_catalog_ranks
+
+    prior = PriorAlone(collab_dim, like_threshold, negatives, ranking_prior, sequence_len).fit(split, seed=seed)
+    out = {}
+    for role in (VALID, TEST):
+        users, items, _ = _role_arrays(split, role)
+        ranks = full_catalog_ranks(prior, split, users, items, role)
+        out[ROLE_NAMES[role]] = {"users": len(users), "ndcg@10": metrics.ndcg(ranks, 10),
+                                 "rows": rerank_ceiling(ranks, ks, 10, target)}
+    return out
+
+
+def rerank_markdown(result: dict, dataset: str, ranking_prior: str, target: float | None) -> str:
+    lines = [f"Re-ranking the recommendation prior's top K on {dataset} (`{ranking_prior}` prior alone, every "
+             "user, full catalog; NDCG@10):", "",
+             "| split | users | prior's NDCG@10 | K | recall@K = perfect re-rank | random re-rank | prior's mean "
+             "discount inside | needed for the target |", "|---|---|---|---|---|---|---|---|"]
+    for role, r in result.items():
+        for row in r["rows"]:
+            needed = "—"
+            if row["needed"] is not None:
+                needed = f"{row['needed']:.3f}" + (" (out of reach)" if row["needed"] > 1 else "")
+            lines.append(f"| {role} | {r['users']} | {r['ndcg@10']:.4f} | {row['K']} | {row['recall']:.4f} | "
+                         f"{row['random']:.4f} | {row['own']:.3f} | {needed} |")
+    if target is not None:
+        lines += ["", f"Target NDCG@10 {target}: a re-ranker of the top K must lift the mean discount of the targets "
+                  "inside it from the prior's to the needed one (1 = every one at rank 1)."]
+    return "\n".join(lines)
 
 
 def text_rows(split: Split, encodings: torch.Tensor, length: int, collab_dim: int = 32, negatives: int = 1,
@@ -242,11 +309,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--random-init", action="store_true", help="with --text: the backbone at random weights")
     p.add_argument("--against", nargs="+", default=[], metavar="RESULT.json:ROW",
                    help="with --text: accuracy-bench rows compared with the prior + text term (like AUC, paired)")
+    p.add_argument("--rerank", nargs="+", type=int, default=[], metavar="K",
+                   help="also what re-ranking the recommendation prior's top K could reach (recall@K, perfect and "
+                        "random re-rankers' NDCG@10)")
+    p.add_argument("--ranking-prior", choices=("factors", "sequence", "both"), default="factors",
+                   help="with --rerank: the recommendation head's prior (model.ranking_prior)")
+    p.add_argument("--sequence-len", type=int, default=50, help="with --rerank: model.sequence_len")
+    p.add_argument("--target", type=float, help="with --rerank: an NDCG@10 to reach (e.g. 0.13)")
     args = p.parse_args(argv)
     if args.collab_dim < 0 or args.negatives < 1 or args.stack_tail < 0:
         p.error("--collab-dim and --stack-tail must be >= 0 and --negatives >= 1")
     if args.text_len < 1 or ((args.random_init or args.against) and not args.text):
         p.error("--text-len must be >= 1; --random-init and --against go with --text")
+    if any(k < 1 for k in args.rerank) or (args.target is not None and not args.rerank):
+        p.error("--rerank takes K >= 1; --target goes with --rerank")
     try:
         ds = load_dataset(args.dataset)
     except (DataError, KeyError, ValueError) as e:
@@ -255,6 +331,11 @@ def main(argv: list[str] | None = None) -> int:
     split = make_split(ds, "leave_one_out", seed=args.seed)
     rows = prior_rows(split, args.collab_dim, args.negatives, args.like_threshold, args.seed, args.stack_tail)
     print(markdown(rows, ds.name))
+    if args.rerank:
+        result = rerank_rows(split, args.rerank, args.ranking_prior, args.sequence_len, args.collab_dim,
+                             args.like_threshold, args.negatives, args.seed, args.target)
+        print()
+        print(rerank_markdown(result, ds.name, args.ranking_prior, args.target))
     if args.text:
         if not args.collab_dim:
             p.error("--text stacks on the factor prior: --collab-dim must be > 0")

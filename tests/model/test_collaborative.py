@@ -251,6 +251,42 @@ def test_prior_bench_scores_every_prior_on_the_evaluations_examples(capsys, monk
     assert "unknown data set 'nope'" in capsys.readouterr().err
 
 
+def test_rerank_ceiling_by_hand_and_the_prior_bench_rerank_table(capsys):
+    """`bench prior --rerank`: recall@K, a perfect and a random re-ranker's NDCG@10 of the prior's top K,
+    checked by hand; the rows come from the prior alone's full-catalog ranks (its NDCG@10 is theirs)."""
+    from mtrec.bench.__main__ import main as bench_main
+    from mtrec.bench.baselines import PriorAlone, _role_arrays, full_catalog_ranks
+    from mtrec.bench.prior import rerank_ceiling, rerank_rows
+    from mtrec.data.splits import TEST
+
+    ranks = np.array([0, 5, 15, 30, 100])
+    top20, top10 = rerank_ceiling(ranks, [20, 10], target=0.13)
+    # 3 of 5 targets inside the top 20; a random place among 20: 0.6 * (1/20) * sum_{p<10} 1/log2(p + 2)
+    # = 0.6 * 4.543559 / 20; the prior's own order: ranks 0 and 5 score 1 and 1/log2(7), rank 15 scores 0
+    assert top20["recall"] == top20["perfect"] == 0.6
+    assert top20["random"] == pytest.approx(0.6 * 4.543559 / 20, abs=1e-6)
+    assert top20["own"] == pytest.approx((1 + 1 / math.log2(7) + 0) / 3)
+    assert top20["needed"] == pytest.approx(0.13 / 0.6)
+    # K = 10: 2 inside; random among 10 places; the own discount's mean times recall is the NDCG@10 itself
+    assert top10["recall"] == 0.4 and top10["random"] == pytest.approx(0.4 * 4.543559 / 10, abs=1e-6)
+    assert top10["own"] * top10["recall"] == pytest.approx(metrics.ndcg(ranks, 10))
+    assert rerank_ceiling(ranks, [20])[0]["needed"] is None
+
+    split = make_split(load_synthetic(num_users=120, num_items=80, seed=3, explicit=False), "leave_one_out")
+    out = rerank_rows(split, [10, 40], collab_dim=4, target=0.5)
+    prior = PriorAlone(4, 4.0, 1).fit(split)
+    users, items, _ = _role_arrays(split, TEST)
+    expected = full_catalog_ranks(prior, split, users, items, TEST)
+    assert out["test"]["users"] == 120 and out["test"]["ndcg@10"] == pytest.approx(metrics.ndcg(expected, 10))
+    assert [r["recall"] for r in out["test"]["rows"]] == pytest.approx([(expected < 10).mean(), (expected < 40).mean()])
+    assert bench_main(["prior", "--dataset", "synthetic", "--collab-dim", "4", "--rerank", "10", "40",
+                       "--target", "0.5"]) == 0
+    table = capsys.readouterr().out
+    assert "Re-ranking the recommendation prior's top K on synthetic" in table and "| 40 |" in table
+    with pytest.raises(SystemExit):
+        bench_main(["prior", "--dataset", "synthetic", "--target", "0.13"])  # --target without --rerank
+
+
 def test_prior_bench_text_term_fits_on_validation_and_scores_test(capsys, tmp_path):
     """`bench prior --text`: the like prior with the text term stacked on it, fitted on validation. With
     the items' categories as their "encodings" (synthetic users pick items by category taste), the
