@@ -158,6 +158,7 @@ def test_the_cpu_recipe_is_its_overrides_and_keys_rows_like_them(capsys):
     movielens = config("--dataset", "movielens-100k", "--recipe", "cpu", "--set", "train.max_steps=10")
     assert movielens["model"]["ranking_prior"] == "both" and movielens["train"]["max_steps"] == 10  # --set wins
     assert movielens["model"]["like_text"] == 0
+    assert movielens["model"]["item_init"] == "backbone" and lastfm["model"]["item_init"] == "random"  # the profile's
     with pytest.raises(SystemExit):
         parse_args(["--dataset", "movielens-100k", "--recipe", "cpu"])
     assert "goes with --quick" in capsys.readouterr().err
@@ -179,4 +180,5 @@ def test_the_gpu_recipe_is_the_full_profile_with_the_gpu_configs_choices():
         assert plain.stack_tail == 0 and bench.stack_tail == 5 == config.stack_tail
         assert bench.ranking_prior == config.ranking_prior == ("both" if dataset == "movielens-100k" else "factors")
         assert bench.like_text == config.like_text == (10 if dataset == "lastfm-2k" else 0)
+        assert bench.item_init == config.item_init == plain.item_init == "backbone"  # the full profile's already
         assert bench.lora_r == config.lora_r == 16 and bench.train_top_layers == plain.train_top_layers
