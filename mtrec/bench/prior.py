@@ -123,13 +123,15 @@ def prior_rows(
 def rerank_ceiling(ranks, ks: list[int], k: int = 10, target: float | None = None) -> list[dict]:
     """For each K of `ks`, from 0-based target ranks under a prior: {"K", "recall", "perfect", "random",
     "own", "needed"}: recall@K; the NDCG@k of a perfect re-ranker of the top K (= recall@K); of a random
-    one (recall@K times the mean of 1/log2(p + 2) over the K places, 0 beyond k); the mean discount of the
+    one (recall@K times the mean of 1/log2(p + 2) over the K places, 0 beyond k); K >= k; the mean discount of the
     targets inside the top K under the prior's own order (0 beyond k); and the mean discount among them a
     re-ranker needs for NDCG@k = `target` (None without a target; above 1: out of reach)."""
     ranks = np.asarray(ranks, np.int64)
     discount = np.where(ranks < k, 1.0 / np.log2(ranks + 2.0), 0.0)
     out = []
     for K in ks:
+        if K < k:  # the targets at ranks K..k-1 would still count: these figures leave them out
+            raise ValueError(f"K = {K} is below the cut-off {k}: a re-ranker of the top K must reach past rank {k}")
         inside = ranks < K
         recall = float(inside.mean())
         places = np.arange(min(K, k))
@@ -310,8 +312,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--against", nargs="+", default=[], metavar="RESULT.json:ROW",
                    help="with --text: accuracy-bench rows compared with the prior + text term (like AUC, paired)")
     p.add_argument("--rerank", nargs="+", type=int, default=[], metavar="K",
-                   help="also what re-ranking the recommendation prior's top K could reach (recall@K, perfect and "
-                        "random re-rankers' NDCG@10)")
+                   help="also what re-ranking the recommendation prior's top K (K >= 10) could reach (recall@K, "
+                        "perfect and random re-rankers' NDCG@10)")
     p.add_argument("--ranking-prior", choices=("factors", "sequence", "both"), default="factors",
                    help="with --rerank: the recommendation head's prior (model.ranking_prior)")
     p.add_argument("--sequence-len", type=int, default=50, help="with --rerank: model.sequence_len")
@@ -321,8 +323,8 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--collab-dim and --stack-tail must be >= 0 and --negatives >= 1")
     if args.text_len < 1 or ((args.random_init or args.against) and not args.text):
         p.error("--text-len must be >= 1; --random-init and --against go with --text")
-    if any(k < 1 for k in args.rerank) or (args.target is not None and not args.rerank):
-        p.error("--rerank takes K >= 1; --target goes with --rerank")
+    if any(k < 10 for k in args.rerank) or (args.target is not None and not args.rerank):
+        p.error("--rerank takes K >= 10 (the NDCG@10 cut-off); --target goes with --rerank")
     try:
         ds = load_dataset(args.dataset)
     except (DataError, KeyError, ValueError) as e:

@@ -188,7 +188,8 @@ class TaskHeads(nn.Module):
             return self._outputs(pooled, item_subset, items, users, with_prior, history)
 
     def _outputs(self, pooled: torch.Tensor, item_subset: torch.Tensor | None, items: torch.Tensor | None,
-                 users: torch.Tensor | None, with_prior: bool, history: torch.Tensor | None) -> dict[str, torch.Tensor]:
+                 users: torch.Tensor | None, with_prior: bool,
+                 history: torch.Tensor | None) -> dict[str, torch.Tensor]:
         """`forward`'s outputs (see there), in full precision."""
         # LayerNorm then 1/sqrt(hidden): unit-norm features, so one Adam step on a head's weights moves
         # its logit by about lr * sqrt(hidden) instead of lr * hidden (small, noisy batches stay gentle)

@@ -271,6 +271,8 @@ def test_rerank_ceiling_by_hand_and_the_prior_bench_rerank_table(capsys):
     assert top10["recall"] == 0.4 and top10["random"] == pytest.approx(0.4 * 4.543559 / 10, abs=1e-6)
     assert top10["own"] * top10["recall"] == pytest.approx(metrics.ndcg(ranks, 10))
     assert rerank_ceiling(ranks, [20])[0]["needed"] is None
+    with pytest.raises(ValueError, match="K = 5 is below"):  # targets at ranks 5-9 would stay in NDCG@10
+        rerank_ceiling(ranks, [5])
 
     split = make_split(load_synthetic(num_users=120, num_items=80, seed=3, explicit=False), "leave_one_out")
     out = rerank_rows(split, [10, 40], collab_dim=4, target=0.5)
@@ -278,13 +280,16 @@ def test_rerank_ceiling_by_hand_and_the_prior_bench_rerank_table(capsys):
     users, items, _ = _role_arrays(split, TEST)
     expected = full_catalog_ranks(prior, split, users, items, TEST)
     assert out["test"]["users"] == 120 and out["test"]["ndcg@10"] == pytest.approx(metrics.ndcg(expected, 10))
-    assert [r["recall"] for r in out["test"]["rows"]] == pytest.approx([(expected < 10).mean(), (expected < 40).mean()])
+    recalls = [(expected < 10).mean(), (expected < 40).mean()]
+    assert [r["recall"] for r in out["test"]["rows"]] == pytest.approx(recalls)
     assert bench_main(["prior", "--dataset", "synthetic", "--collab-dim", "4", "--rerank", "10", "40",
                        "--target", "0.5"]) == 0
     table = capsys.readouterr().out
     assert "Re-ranking the recommendation prior's top K on synthetic" in table and "| 40 |" in table
     with pytest.raises(SystemExit):
         bench_main(["prior", "--dataset", "synthetic", "--target", "0.13"])  # --target without --rerank
+    with pytest.raises(SystemExit):
+        bench_main(["prior", "--dataset", "synthetic", "--rerank", "5"])
 
 
 def test_prior_bench_text_term_fits_on_validation_and_scores_test(capsys, tmp_path):
