@@ -121,22 +121,21 @@ def prior_rows(
 
 
 def rerank_ceiling(ranks, ks: list[int], k: int = 10, target: float | None = None) -> list[dict]:
-    """For each K of `ks`, from 0-based target ranks under a prior: {"K", "recall", "perfect", "random",
-    "own", "needed"}: recall@K; the NDCG@k of a perfect re-ranker of the top K (= recall@K); of a random
-    one (recall@K times the mean of 1/log2(p + 2) over the K places, 0 beyond k); K >= k; the mean discount of the
-    targets inside the top K under the prior's own order (0 beyond k); and the mean discount among them a
-    re-ranker needs for NDCG@k = `target` (None without a target; above 1: out of reach)."""
+    """For each K of `ks` (each at least k), from 0-based target ranks under a prior: {"K", "recall",
+    "perfect", "random", "own", "needed"}: recall@K; the NDCG@k of a perfect re-ranker of the top K
+    (= recall@K); of a random one (recall@K times the mean over the K places of their NDCG@k); the mean
+    NDCG@k of the targets inside the top K under the prior's own order; and the mean a re-ranker needs
+    among them for NDCG@k = `target` (None without a target; above 1: out of reach)."""
     ranks = np.asarray(ranks, np.int64)
-    discount = np.where(ranks < k, 1.0 / np.log2(ranks + 2.0), 0.0)
+    discount = metrics.ndcg_rows(ranks, k).numpy()  # each target's NDCG@k: 1 / log2(rank + 2), 0 beyond k
+    random_place = float(metrics.ndcg_rows(np.arange(k), k).sum())  # summed over the k places that count
     out = []
     for K in ks:
         if K < k:  # the targets at ranks K..k-1 would still count: these figures leave them out
             raise ValueError(f"K = {K} is below the cut-off {k}: a re-ranker of the top K must reach past rank {k}")
         inside = ranks < K
         recall = float(inside.mean())
-        places = np.arange(min(K, k))
-        row = {"K": K, "recall": recall, "perfect": recall,
-               "random": recall * float((1.0 / np.log2(places + 2.0)).sum()) / K,
+        row = {"K": K, "recall": recall, "perfect": recall, "random": recall * random_place / K,
                "own": float(discount[inside].mean()) if inside.any() else 0.0,
                "needed": (target / recall if recall else float("inf")) if target is not None else None}
         out.append(row)
