@@ -95,6 +95,8 @@ class ModelConfig:
                               "collaborative factors), sequence (a SASRec-shaped network fitted on the training split, "
                               "reading the history in order) or both (summed)")
     sequence_len: int = knob(50, "history items the sequential prior reads (model.ranking_prior sequence or both)")
+    sequence_init: str = knob("random", "how the sequential prior's item table starts before its fit: random, or text "
+                              "(the top principal components of the backbone's encodings of the items' texts)")
     like_text: int = knob(0, "like head's text term: the like logit becomes a * prior + c * head + s * t + b, t the "
                           "mean cosine of the backbone's encodings of the newest k history items' texts with the named "
                           "item's (frozen); (a, c, s, b) fitted on validation after training "
@@ -181,6 +183,7 @@ CHOICES = {
     "data.split": ("leave_one_out", "ratio", "cold_items", "short_history"),
     "model.pooling": ("auto", "last", "mean", "cls", "pooler"),
     "model.item_init": ("backbone", "random"),
+    "model.sequence_init": ("random", "text"),
     "train.mixing": ("proportional", "temperature"),
     "train.loss_weighting": ("fixed", "uncertainty"),
     "train.rec_loss": ("auto", "full", "sampled"),
@@ -229,6 +232,9 @@ def check(cfg: Config) -> None:
     if cfg.model.like_text < 0:
         raise ConfigError(f"model.like_text: must be >= 0 (history items the like text term reads; 0 = off), "
                           f"got {cfg.model.like_text}")
+    if cfg.model.sequence_init == "text" and cfg.model.ranking_prior == "factors":
+        raise ConfigError("model.sequence_init: text starts the sequential prior, which model.ranking_prior: factors "
+                          "does not use (set model.ranking_prior to sequence or both)")
     if cfg.model.train_top_layers is not None and cfg.model.train_top_layers < 1:
         raise ConfigError(f"model.train_top_layers: must be >= 1 or null (= every layer), got {cfg.model.train_top_layers}")
     if t.fixed_batches < 0:

@@ -133,6 +133,10 @@ def build_setup(cfg: Config, accelerator: Accelerator | None = None, split: Spli
         if cfg.model.like_text:  # the like head's text term reads the items' encodings (cached: encoded once)
             like_text = {"table": item_text_encodings(split.dataset, cfg.model, backbone, tokenizer, prompts, pooling,
                                                       cfg.run.seed, ref.sha256, bf16), "len": cfg.model.like_text}
+        # the sequential prior's start: encodings in full precision whatever the training precision, so
+        # that the bench's prior alone (`PriorAlone`, which encodes in fp32) fits the same network
+        sequence_text = (item_text_encodings(split.dataset, cfg.model, backbone, tokenizer, prompts, pooling,
+                                             cfg.run.seed, ref.sha256) if cfg.model.sequence_init == "text" else None)
     with timed(phases, "collaborative_fits"):
         def heads_on(fit: Split):
             return build_heads(split.dataset, table, fit.train, hidden, cfg.data.like_threshold,
@@ -141,7 +145,7 @@ def build_setup(cfg: Config, accelerator: Accelerator | None = None, split: Spli
                                friends=wants_friends(cfg, split.dataset), friend_dim=cfg.model.friend_dim,
                                ranking_prior=cfg.model.ranking_prior, sequence_len=cfg.model.sequence_len,
                                item_tokens={"embed_rms": token_embedding_rms(backbone)} if hybrid else None,
-                               like_text=like_text)
+                               like_text=like_text, sequence_text=sequence_text)
 
         heads = heads_on(split if tail is None else prior_split(split, tail))
         full = None if tail is None else heads_on(split)  # the served priors (the fits of a run without stacking)

@@ -67,6 +67,14 @@ def test_patience_without_evaluation_is_a_contradiction():
         from_dict({"train": {"patience": 3, "eval_every": 0}})
 
 
+def test_a_text_start_for_a_sequential_prior_that_is_not_used_is_a_contradiction():
+    with pytest.raises(ConfigError, match="model.sequence_init: text starts the sequential prior"):
+        from_dict({"model": {"sequence_init": "text", "ranking_prior": "factors"}})
+    assert from_dict({"model": {"sequence_init": "text", "ranking_prior": "both"}}).model.sequence_init == "text"
+    with pytest.raises(ConfigError, match=r"model.sequence_init: 'pca' is not one of \['random', 'text'\]"):
+        from_dict({"model": {"sequence_init": "pca", "ranking_prior": "both"}})
+
+
 def test_bad_files(tmp_path):
     with pytest.raises(ConfigError, match="cannot read config"):
         load_config(tmp_path / "missing.yaml")

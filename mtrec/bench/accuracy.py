@@ -415,7 +415,7 @@ KEY_NEUTRAL = {("model", "train_top_layers"): None, ("train", "fixed_batches"): 
                ("model", "ranking_prior"): "factors", ("model", "sequence_len"): 50,
                ("prompt", "item_tokens"): "text", ("prompt", "item_token_curriculum"): 0,
                ("model", "stack_tail"): 0, ("model", "stack_ranking"): True, ("train", "rank_blend"): False,
-               ("model", "like_text"): 0}
+               ("model", "like_text"): 0, ("model", "sequence_init"): "random"}
 
 
 def row_key(result: dict, args: argparse.Namespace) -> dict:
@@ -433,17 +433,17 @@ def row_key(result: dict, args: argparse.Namespace) -> dict:
 
 
 def baseline_key(result: dict, args: argparse.Namespace, base) -> dict:
-    """The key of the baselines' rows (the prior alone among them): what they read — the profile, the
-    test users, the split, the example options (like threshold, negatives, history) and the priors'
-    settings — and not the rest of the base config, so a run with another backbone, prompt or
-    training knob reuses the fitted baselines of the same split."""
+    """The key of the baselines' rows: what they read — the profile, the test users, the split, the
+    example options (like threshold, negatives, history) — and not the rest of the base config, so a
+    run with another backbone, prompt or training knob reuses the fitted baselines of the same split.
+    The prior alone's row is further versioned by the priors' settings
+    (`mtrec.bench.baseline_suite.row_version`): a change of those refits it alone."""
     settings = {k: v for k, v in result["settings"].items()
                 if k not in ("cli_overrides", "recipe", "lm_rows", "lm_users", "base_config")}
     split = {k: v for k, v in result["split"].items() if not k.startswith("lm_users")}
     # the history width the like text term asks for is not read by any baseline
     examples = asdict(example_options(replace(base, model=replace(base.model, like_text=0))))
-    return {"settings": settings | {"examples": examples, "prior": prior_settings(base)},
-            "split": split, "seed": args.seed, "dataset": args.dataset}
+    return {"settings": settings | {"examples": examples}, "split": split, "seed": args.seed, "dataset": args.dataset}
 
 
 def peak_rss_kib() -> int | None:
@@ -461,6 +461,8 @@ def prior_settings(cfg) -> dict:
            "negatives": cfg.data.negatives_per_positive}
     if cfg.model.ranking_prior != "factors":  # stored rows of factor-only runs keep their settings
         out |= {"ranking_prior": cfg.model.ranking_prior, "sequence_len": cfg.model.sequence_len}
+    if cfg.model.sequence_init == "text":  # the prior's network starts from the runs' backbone's encodings
+        out |= {"sequence_init": "text", "backbone": cfg.model.backbone, "random_init": cfg.model.random_init}
     return out
 
 

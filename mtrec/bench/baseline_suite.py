@@ -17,6 +17,7 @@ import numpy as np
 
 from mtrec.bench import baselines as bl
 from mtrec.bench import intervals
+from mtrec.bench.resume import settings_key
 from mtrec.data.splits import TEST, VALID, Split
 from mtrec.tasks import ExampleOptions, build_specs
 
@@ -153,9 +154,8 @@ def run_baselines(
     # the language model's own preference rows, for every baseline: rating models score them by
     # predicted rating, ranking-only models (content kNN, SASRec, ...) by their ranking score
     lm_like_rows = like_rows(split, test_users, opts)
-    # rows stored before ranking-only baselines got like rows on explicit data lack them: recompute
-    version = LIKE_ROWS_VERSION if split.dataset.explicit else ""
     for spec in default_specs(quick, device, prior):
+        version = row_version(spec, split.dataset.explicit, prior)
         if spec.rating_only and not split.dataset.explicit:
             out[spec.label] = {"skipped": "needs ratings; the data set has implicit feedback only"}
             continue
@@ -180,6 +180,17 @@ def run_baselines(
 
         out[spec.label] = compute() if store is None else store.row(spec.label, compute, version)
     return out
+
+
+def row_version(spec: BaselineSpec, explicit: bool, prior: dict | None = None) -> str:
+    """What a stored row of `spec` must have been computed under beyond the baselines' key
+    (`mtrec.bench.accuracy.baseline_key`): on explicit data, the like rows (rows stored before
+    ranking-only baselines got them lack them); for the prior alone, the priors' settings, which no
+    other baseline reads (so a change of mtrec's priors refits that row alone)."""
+    version = LIKE_ROWS_VERSION if explicit else ""
+    if spec.cls is bl.PriorAlone:
+        version += f"|prior:{settings_key(prior or {})}"
+    return version
 
 
 def repeat_check(result: dict, split: Split, test_users: np.ndarray, *, seed: int, patience: int) -> dict:

@@ -50,6 +50,7 @@ import torch.nn.functional as F
 
 from mtrec import metrics
 from mtrec.data.errors import DataError
+from mtrec.data.records import RecDataset
 from mtrec.data.registry import load_dataset
 from mtrec.data.splits import ROLE_NAMES, TEST, TRAIN, VALID, Split, make_split
 from mtrec.model.build import build_heads
@@ -253,19 +254,20 @@ def text_markdown(result: dict, spec: str, length: int) -> str:
     return "\n".join(lines)
 
 
-def item_encodings(dataset: str, spec: str, random_init: bool = False, seed: int = 0) -> torch.Tensor:
-    """[items, hidden] `spec`'s encodings of `dataset`'s item texts, as training computes them (cached)."""
+def item_encodings(dataset: str | RecDataset, spec: str, random_init: bool = False, seed: int = 0) -> torch.Tensor:
+    """[items, hidden] `spec`'s encodings of `dataset`'s item texts (a registered name or a loaded data
+    set), as training computes them in full precision (cached)."""
     from mtrec.config import load_config
     from mtrec.model.backbone import resolve_backbone
     from mtrec.model.build import build_backbone, item_text_encodings
     from mtrec.prompts import load_prompts, prompt_tasks
 
-    cfg = load_config(None, [f"data.dataset={dataset}", f"model.backbone={spec}", f"run.seed={seed}",
-                             f"model.random_init={str(random_init).lower()}"])
+    ds = load_dataset(dataset) if isinstance(dataset, str) else dataset
+    cfg = load_config(None, [f"model.backbone={spec}", f"run.seed={seed}", f"model.random_init={str(random_init).lower()}"])
     prompts = load_prompts(cfg.prompt.prompts_dir, prompt_tasks(cfg.train.tasks))
     ref = resolve_backbone(spec)
     backbone, tokenizer, _, pooling = build_backbone(cfg.model, prompts, ref, seed)
-    return item_text_encodings(load_dataset(dataset), cfg.model, backbone, tokenizer, prompts, pooling, seed,
+    return item_text_encodings(ds, cfg.model, backbone, tokenizer, prompts, pooling, seed,
                                ref.sha256)
 
 

@@ -161,7 +161,8 @@ def build_heads(ds: RecDataset, item_table: torch.Tensor, train_idx: np.ndarray,
                 like_threshold: float, shrinkage: float = 10.0, collab_dim: int = 0, split: Split | None = None,
                 seed: int = 0, negatives_per_positive: int = 1, friends: bool = False,
                 friend_dim: int | None = None, ranking_prior: str = "factors", sequence_len: int = 50,
-                item_tokens: dict | None = None, like_text: dict | None = None) -> TaskHeads:
+                item_tokens: dict | None = None, like_text: dict | None = None,
+                sequence_text: torch.Tensor | None = None) -> TaskHeads:
     """Heads for `ds`, with priors from the *training* interactions only, all trained further.
 
     Without collaborative factors (`collab_dim` 0) the recommendation bias starts at centred log
@@ -174,7 +175,8 @@ def build_heads(ds: RecDataset, item_table: torch.Tensor, train_idx: np.ndarray,
 
     `ranking_prior` is what the recommendation head starts from: ``factors`` (the bias and factors
     above), ``sequence`` (the sequential prior alone: `sequence_prior`, reading `sequence_len` history
-    items; the bias and factors of the ranking head start at zero) or ``both`` (summed).
+    items; the bias and factors of the ranking head start at zero) or ``both`` (summed). With
+    `sequence_text` (item text encodings) the sequence network's item table starts from them.
 
     `like_text` ({"table": `item_text_encodings`, "len": `model.like_text`}): the like head's text term."""
     if ranking_prior not in RANKING_PRIORS:
@@ -230,7 +232,8 @@ def build_heads(ds: RecDataset, item_table: torch.Tensor, train_idx: np.ndarray,
                       (offsets["rating"][1], offsets["like"][1]) if offsets else None, ds.num_users,
                       collab_dim=collab_dim, collab=collab,
                       friends=friend_head_start(ds, item_table, train_idx, friend_dim, seed) if friends else None,
-                      sequence=sequence_prior(split, sequence_len, seed) if ranking_prior != "factors" else None,
+                      sequence=(sequence_prior(split, sequence_len, seed, sequence_text)
+                                if ranking_prior != "factors" else None),
                       item_tokens=item_tokens, like_text=like_text)
     with torch.no_grad():
         for name, value in head_bias.items():
@@ -256,17 +259,24 @@ SEQUENCE_NET = dict(hidden=64, blocks=2, heads=1)
 SEQUENCE_FIT = dict(dropout=0.2, lr=3e-3, max_epochs=200, patience=10)
 
 
-def sequence_prior(split: Split | None, max_len: int, seed: int = 0) -> dict:
+def sequence_prior(split: Split | None, max_len: int, seed: int = 0, text: torch.Tensor | None = None) -> dict:
     """The sequential prior of the ranking head (`mtrec.model.sequential.fit_sequence` on the
-    training split), cached in ``collab-fits`` by the training interactions and the settings."""
-    from mtrec.model.sequential import fit_sequence
+    training split), cached in ``collab-fits`` by the training interactions and the settings.
+
+    `text` [items, d]: item text encodings (`item_text_encodings`) the network's item table starts
+    from (``model.sequence_init=text``: `mtrec.model.sequential.text_start`); None: a random start."""
+    from mtrec.model.sequential import fit_sequence, text_start
 
     if split is None:
         raise ValueError("model.ranking_prior: the sequential prior is fitted on a split; none was given")
+    start = None if text is None else text_start(text, SEQUENCE_NET["hidden"])
     key = [SEQUENCE_VERSION, _split_key(split, split.train), str(max_len), repr(sorted(SEQUENCE_NET.items())),
            repr(sorted(SEQUENCE_FIT.items())), str(seed)]
+    if start is not None:
+        key.append("text:" + hashlib.sha256(start.numpy().tobytes()).hexdigest())
     return cached("collab-fits", ["sequence", *key],
-                  lambda: fit_sequence(split, max_len=max_len, seed=seed, **SEQUENCE_NET, **SEQUENCE_FIT))
+                  lambda: fit_sequence(split, max_len=max_len, seed=seed, item_start=start, **SEQUENCE_NET,
+                                       **SEQUENCE_FIT))
 
 
 # per-item rows of the heads' priors, zeroed for a cold-items split's held-out items

@@ -154,7 +154,8 @@ def train_epoch(net: SequenceNet, windows: torch.Tensor, opt: torch.optim.Optimi
 
 def fit_sequence(split: Split, max_len: int = 50, hidden: int = 64, blocks: int = 2, heads: int = 1,
                  dropout: float = 0.2, lr: float = 3e-3, batch_size: int = 128, max_epochs: int = 200,
-                 patience: int = 10, seed: int = 0, k: int = 10, max_logits: int = 1 << 23) -> dict:
+                 patience: int = 10, seed: int = 0, k: int = 10, max_logits: int = 1 << 23,
+                 item_start: torch.Tensor | None = None) -> dict:
     """The sequential prior: a `SequenceNet` fitted on the training split only.
 
     Like the factor fits (`mtrec.model.collaborative`), it early-stops on the training split's own
@@ -163,6 +164,9 @@ def fit_sequence(split: Split, max_len: int = 50, hidden: int = 64, blocks: int 
     read from the user's earlier training items, those items excluded. The best epoch's weights are
     kept (no refit: the hold-out items still reach the network as inputs when it scores). Validation
     and test interactions are never read, so the fitted parameters do not depend on them (tested).
+    `item_start` [num_items, hidden]: the item table's starting rows instead of random ones
+    (`text_start`: the backbone's encodings of the items' texts, ``model.sequence_init=text``).
+
     Deterministic for a seed (the global torch RNG is forked, not disturbed). Held-out items of a
     cold-items split are never trained on: `mtrec.model.build.build_heads` zeroes their rows.
 
@@ -199,6 +203,9 @@ def fit_sequence(split: Split, max_len: int = 50, hidden: int = 64, blocks: int 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         net = SequenceNet(dropout=dropout, **shape)
+        if item_start is not None:  # the item table's starting rows (`text_start`), not random ones
+            with torch.no_grad():
+                net.item.weight[1:] = item_start.float()
         opt = torch.optim.Adam(net.parameters(), lr=lr, betas=(0.9, 0.98))
         gen = torch.Generator().manual_seed(seed)
         info = early_stopping(list(net.parameters()),
@@ -209,6 +216,22 @@ def fit_sequence(split: Split, max_len: int = 50, hidden: int = 64, blocks: int 
               f"holdout_ndcg@{k}": round(info["best_valid"] or 0.0, 4), "holdout_rows": int(len(users)),
               "windows": int(len(windows)), "seconds": round(time.perf_counter() - started, 1)}
     return {"state": {n: t.detach().clone() for n, t in net.state_dict().items()}, "shape": shape, "report": report}
+
+
+def text_start(encodings: torch.Tensor, hidden: int) -> torch.Tensor:
+    """[items, hidden] starting rows of a `SequenceNet`'s item table from item text encodings
+    [items, d]: their top `hidden` principal components (centred over the catalog; zero columns
+    past the encodings' rank), scaled to the random start's spread (entries of standard deviation
+    ``hidden ** -0.5``). Items whose texts are alike start near each other, so what training
+    teaches about one reaches its neighbours."""
+    x = encodings.double()
+    x = x - x.mean(0)
+    _, _, vh = torch.linalg.svd(x, full_matrices=False)
+    z = x @ vh[:hidden].T
+    # an SVD's component signs are arbitrary: fix each by its largest entry, so the start is one function of the text
+    z = z * torch.sign(z.gather(0, z.abs().argmax(0, keepdim=True)))
+    z = F.pad(z, (0, hidden - z.shape[1]))
+    return (z / z.std().clamp(min=1e-12) * hidden**-0.5).float()
 
 
 def _inputs_before(split: Split, interactions: np.ndarray, max_len: int) -> torch.Tensor:

@@ -115,10 +115,12 @@ def test_every_knob_added_since_the_stored_rows_is_key_neutral():
 
 def test_baseline_rows_are_keyed_by_what_they_read():
     """A backbone, prompt or training knob leaves the baselines' key alone (their fits are reused);
-    what they read — the like threshold, the priors' settings, the split — changes it."""
+    what they read — the like threshold, the history, the split — changes it. The priors' settings
+    version the prior alone's row alone."""
     import argparse
 
-    from mtrec.bench.accuracy import baseline_key
+    from mtrec.bench.accuracy import baseline_key, prior_settings
+    from mtrec.bench.baseline_suite import default_specs, row_version
     from mtrec.config import load_config
 
     args = argparse.Namespace(seed=0, dataset="movielens-100k")
@@ -134,9 +136,23 @@ def test_baseline_rows_are_keyed_by_what_they_read():
     assert key("model.backbone=bundled:minilm-l6", "prompt.item_tokens=hybrid", "train.max_steps=70",
                "model.train_top_layers=2") == plain
     assert key("data.like_threshold=3.0") != plain
-    assert key("model.ranking_prior=both") != plain   # the prior alone reads it
+    assert key("model.ranking_prior=both") != plain   # the examples carry the history the prior reads
     assert key("model.like_text=10") == plain         # a term of the language-model rows only
-    assert key("model.collab_dim=16") != plain
+    assert key("model.collab_dim=16") == plain        # the prior alone's row alone reads it:
+
+    specs = {s.label: s for s in default_specs(True)}
+
+    def versions(*overrides):
+        prior = prior_settings(load_config(None, list(overrides)))
+        return {label: row_version(spec, True, prior) for label, spec in specs.items()}
+
+    both = versions("model.ranking_prior=both")
+    for changed in (versions("model.ranking_prior=both", "model.collab_dim=16"),
+                    versions("model.ranking_prior=both", "model.sequence_init=text")):
+        assert {label for label in specs if changed[label] != both[label]} == {"prior alone"}
+    assert versions("model.ranking_prior=both", "model.backbone=bundled:minilm-l6") == both  # random start: no text
+    texted = versions("model.ranking_prior=both", "model.sequence_init=text")
+    assert versions("model.ranking_prior=both", "model.sequence_init=text", "model.backbone=bundled:minilm-l6") != texted
 
 
 def test_the_cpu_recipe_is_its_overrides_and_keys_rows_like_them(capsys):

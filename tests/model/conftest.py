@@ -6,12 +6,13 @@ from accelerate.utils import set_seed
 
 def reading_config(backbone, *overrides):
     """The tiny config with the sequential prior and hybrid item tokens (`model.ranking_prior=both`,
-    `prompt.item_tokens=hybrid`): the model reads the history's order both ways."""
+    `prompt.item_tokens=hybrid`): the model reads the history's order both ways. The sequence
+    network's item table starts from the backbone's item text encodings (`model.sequence_init=text`)."""
     from mtrec.config import load_config
     from tests_paths import ROOT
 
     return load_config(ROOT / "tests/configs/tiny.yaml", [f"model.backbone={backbone}", "prompt.item_tokens=hybrid",
-                                                         "model.ranking_prior=both", "model.sequence_len=6",
+                                                         "model.ranking_prior=both", "model.sequence_len=6", "model.sequence_init=text",
                                                          "train.max_steps=4", "train.eval_every=0", *overrides])
 
 

@@ -10,7 +10,7 @@ from mtrec.data.splits import TEST, VALID, cold_items, make_split
 from mtrec.data.synthetic import load_synthetic
 from mtrec.inference import NewUser, Recommender
 from mtrec.model.build import build_heads
-from mtrec.model.sequential import fit_sequence, history_inputs
+from mtrec.model.sequential import fit_sequence, history_inputs, text_start
 from mtrec.pipeline import eval_specs
 from mtrec.tasks import ExampleFactory, ExampleOptions, history_ids
 
@@ -39,6 +39,36 @@ def test_fitted_parameters_do_not_depend_on_validation_or_test():
     for row, u in enumerate(users):
         assert history_inputs(split, [u], TEST, 6)[0, -1] == valid_items[int(u)]
         assert valid_items[int(u)] not in history_inputs(split, [u], VALID, 6)[0].tolist()[-1:]
+
+
+def test_text_start_is_the_texts_principal_components_at_the_random_starts_spread():
+    gen = torch.Generator().manual_seed(0)
+    # two groups of items whose texts differ along one direction, plus noise
+    group = torch.tensor([1.0] * 10 + [-1.0] * 10)
+    enc = 3 * group[:, None] * torch.linspace(1, 2, 12)[None] + 0.1 * torch.randn(20, 12, generator=gen)
+    start = text_start(enc, 4)
+    assert start.shape == (20, 4) and start.dtype == torch.float32
+    assert abs(float(start.std()) - 4**-0.5) < 1e-6  # SequenceNet's random start: normal(0, hidden ** -0.5)
+    # the first component separates the groups; its sign is fixed, so negated encodings start the same
+    first = start[:, 0]
+    assert (first[:10] * first[10:].mean() < 0).all() and (first[10:] * first[:10].mean() < 0).all()
+    torch.testing.assert_close(text_start(-enc, 4), start)
+    # wider than the encodings: zero columns past their rank
+    wide = text_start(enc, 16)
+    assert wide.shape == (20, 16) and (wide[:, 12:] == 0).all() and abs(float(wide.std()) - 16**-0.5) < 1e-6
+
+
+def test_the_sequence_fit_starts_from_the_given_item_rows():
+    split = make_split(load_synthetic(num_users=40, num_items=30), "leave_one_out", seed=0)
+    start = text_start(torch.randn(30, 20, generator=torch.Generator().manual_seed(1)), SMALL["hidden"])
+    frozen = fit_sequence(split, **SMALL, lr=0.0, item_start=start)  # nothing moves: the start is kept
+    assert torch.equal(frozen["state"]["item.weight"][1:], start)
+    assert (frozen["state"]["item.weight"][0] == 0).all()  # padding
+    texted, again = fit_sequence(split, **SMALL, item_start=start), fit_sequence(split, **SMALL, item_start=start)
+    plain = fit_sequence(split, **SMALL)
+    assert torch.equal(texted["state"]["item.weight"], again["state"]["item.weight"])  # deterministic
+    assert not torch.equal(texted["state"]["item.weight"], plain["state"]["item.weight"])
+    assert not torch.equal(texted["state"]["item.weight"][1:], start)  # and trained from there
 
 
 def test_history_ids_put_the_newest_item_last():
@@ -95,10 +125,14 @@ def test_the_prior_part_is_what_prior_alone_scores(run):
     seq = out["item_prior"] - none["item_prior"]
     assert seq.abs().max() > 0  # the sequence moved the prior, by the same amount as the scores
     torch.testing.assert_close(out["item_logits"] - none["item_logits"], seq)
-    fresh = PriorAlone(collab_dim=setup.cfg.model.collab_dim, ranking_prior="both", sequence_len=6).fit(split, seed=0)
+    fresh = PriorAlone(collab_dim=setup.cfg.model.collab_dim, ranking_prior="both", sequence_len=6, sequence_init="text",
+                       backbone=setup.cfg.model.backbone).fit(split, seed=0)
     heads = next(m for n, m in setup.model.named_modules() if n.endswith("modules_to_save.default"))
     # trained heads differ from fresh ones only where training moved them: compare a fresh build at step 0
     assert torch.equal(fresh.heads.sequence.item.weight, heads.sequence.item.weight)
+    # both fitted from the backbone's text start, not the random one
+    randomly = PriorAlone(collab_dim=setup.cfg.model.collab_dim, ranking_prior="both", sequence_len=6).fit(split, seed=0)
+    assert not torch.equal(randomly.heads.sequence.item.weight, heads.sequence.item.weight)
     got = torch.as_tensor(fresh.score_all(users, VALID))
     want = fresh.heads(torch.zeros(len(users), 1), None, None, batch["user"], history=batch["history"])["item_logits"]
     torch.testing.assert_close(got, want)
