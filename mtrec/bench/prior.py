@@ -5,6 +5,7 @@ with `--rerank`, how far re-ranking the recommendation prior's candidates could 
                                 [--text bundled:minilm-l6 [--text-len 10] [--random-init]
                                  [--against RESULT.json:ROW ...]]
                                 [--rerank K [K ...] [--ranking-prior both] [--target 0.13]]
+                                [--seeds S [S ...] [--sequence-text bundled:minilm-l6]]
 
 The heads are built exactly as training builds them (`mtrec.model.build.build_heads`, leave-one-out
 split, the training interactions only), with and without collaborative factors, and scored on every
@@ -37,6 +38,14 @@ perfect re-ranker (each target inside moved to rank 1: exactly recall@K) and of 
 equally likely at each of the K places), and, with `--target`, the mean discount ``1 / log2(rank + 2)``
 over the targets inside that a re-ranker must reach for that NDCG@10 (the prior's own ordering beside it).
 How far the prior's candidates leave a re-ranker from a target, before any backbone is trained.
+
+`--seeds S [S ...]` fits the sequential prior's network alone once per seed, exactly as runs fit it
+(`mtrec.model.build.sequence_prior`, the same cache, `--sequence-len`), and ranks every validation and
+test target: NDCG@10 per seed, their mean and standard deviation, and the seeds' ensemble (scores summed)
+against their mean, paired over users. What one seed's figure is worth: the bench's intervals resample
+users, not training seeds. `--sequence-text SPEC` adds the same from the text start
+(`model.sequence_init=text`, SPEC's item encodings) and the paired difference text minus random of the
+seed-averaged per-user NDCG@10 and of the two ensembles.
 """
 
 from __future__ import annotations
@@ -175,6 +184,96 @@ def rerank_markdown(result: dict, dataset: str, ranking_prior: str, target: floa
     if target is not None:
         lines += ["", f"Target NDCG@10 {target}: a re-ranker of the top K must lift the mean discount of the targets "
                   "inside it from the prior's to the needed one (1 = every one at rank 1)."]
+    return "\n".join(lines)
+
+
+def sequence_seed_rows(split: Split, seeds: list[int], sequence_len: int = 50,
+                       text: torch.Tensor | None = None) -> dict:
+    """The sequential prior's network alone (`mtrec.model.build.sequence_prior`: fitted as the runs
+    fit it, the same cache), once per seed, from a random start or with `text` (item encodings) from
+    the text start; every validation and test user's target ranked over the catalog as the bench does.
+
+    Returns:
+        {"seeds": [{"seed", "epochs", "epochs_run", "holdout", "valid", "test": {"ndcg@10", "hr@10"}}],
+        "per_user": {role: [users] NDCG@10 averaged over the seeds}, "ensemble": {role: {"ndcg@10",
+        "hr@10", "per_user"}} (the seeds' scores summed), "users": {role: count}}."""
+    from mtrec.bench.baselines import _role_arrays
+    from mtrec.model.build import sequence_prior
+    from mtrec.model.sequential import SequenceNet, history_inputs
+    from mtrec.ranking import Seen, rank_targets
+
+    nets, rows = [], []
+    for seed in seeds:
+        fit = sequence_prior(split, sequence_len, seed, text)
+        net = SequenceNet(dropout=0.0, **fit["shape"])
+        net.load_state_dict(fit["state"])
+        nets.append(net.eval())
+        report = fit["report"]
+        rows.append({"seed": seed, "epochs": report["epochs"], "epochs_run": report["epochs_run"],
+                     "holdout": report["holdout_ndcg@10"]})
+    out: dict = {"seeds": rows, "per_user": {}, "ensemble": {}, "users": {}}
+    for role in (VALID, TEST):
+        name = ROLE_NAMES[role]
+        users, items, _ = _role_arrays(split, role)
+        seen = Seen.before(split, role, dense=False)
+
+        def scores(block, which) -> torch.Tensor:
+            with torch.no_grad():
+                hist = history_inputs(split, block, role, sequence_len)
+                return sum(n(hist)[:, -1] @ n.catalog().T for n in which)
+
+        def rank_rows(which) -> np.ndarray:
+            return np.asarray(rank_targets(lambda b: scores(b, which), users, items, seen,
+                                           num_items=split.dataset.num_items))
+
+        per_seed = []
+        for row, net in zip(rows, nets):
+            ranks = rank_rows([net])
+            row[name] = {"ndcg@10": metrics.ndcg(ranks, 10), "hr@10": metrics.hit_rate(ranks, 10)}
+            per_seed.append(np.asarray(metrics.ndcg_rows(ranks, 10)))
+        ranks = rank_rows(nets)
+        out["per_user"][name] = np.mean(per_seed, 0)
+        out["ensemble"][name] = {"ndcg@10": metrics.ndcg(ranks, 10), "hr@10": metrics.hit_rate(ranks, 10),
+                                 "per_user": np.asarray(metrics.ndcg_rows(ranks, 10))}
+        out["users"][name] = len(users)
+    return out
+
+
+def seeds_markdown(results: dict[str, dict], dataset: str, resamples: int = 1000) -> str:
+    """`sequence_seed_rows` for each start (label -> result): a row per seed, the mean and spread, the
+    seeds' ensemble against their mean (paired over users), and the second start against the first."""
+    lines = [f"The sequential prior's network alone on {dataset}, per seed (every user, full catalog; the "
+             "runs' fit and cache):", "",
+             "| start | seed | best epoch / run | hold-out NDCG@10 | valid NDCG@10 | test NDCG@10 | test HR@10 |",
+             "|---|---|---|---|---|---|---|"]
+    for label, r in results.items():
+        for row in r["seeds"]:
+            lines.append(f"| {label} | {row['seed']} | {row['epochs']} / {row['epochs_run']} | {row['holdout']:.4f} | "
+                         f"{row['valid']['ndcg@10']:.4f} | {row['test']['ndcg@10']:.4f} | {row['test']['hr@10']:.4f} |")
+    lines.append("")
+
+    def span(d: dict) -> str:
+        return f"{d['diff']:+.4f} [{d['low']:+.4f}, {d['high']:+.4f}]"
+
+    for label, r in results.items():
+        n = len(r["seeds"])
+        for role in ("valid", "test"):
+            v = np.array([row[role]["ndcg@10"] for row in r["seeds"]])
+            e = r["ensemble"][role]
+            line = (f"- {label}, {role}: NDCG@10 over {n} seeds mean {v.mean():.4f}, sd {v.std(ddof=1) if n > 1 else 0:.4f}, "
+                    f"range {v.min():.4f}–{v.max():.4f}; best epoch mean "
+                    f"{np.mean([row['epochs'] for row in r['seeds']]):.1f}")
+            if n > 1:
+                gain = metrics.paired_bootstrap(e["per_user"], r["per_user"][role], resamples)
+                line += f"; the {n} seeds' ensemble {e['ndcg@10']:.4f} (HR@10 {e['hr@10']:.4f}), minus their mean {span(gain)}"
+            lines.append(line)
+    if len(results) == 2:
+        (a, ra), (b, rb) = results.items()
+        for role in ("valid", "test"):
+            mean = metrics.paired_bootstrap(rb["per_user"][role], ra["per_user"][role], resamples)
+            ens = metrics.paired_bootstrap(rb["ensemble"][role]["per_user"], ra["ensemble"][role]["per_user"], resamples)
+            lines.append(f"- {b} minus {a}, {role} NDCG@10 (paired over {mean['n']:,} users): seed-averaged {span(mean)}; "
+                         f"ensembles {span(ens)}")
     return "\n".join(lines)
 
 
@@ -317,8 +416,14 @@ def main(argv: list[str] | None = None) -> int:
                         "perfect and random re-rankers' NDCG@10)")
     p.add_argument("--ranking-prior", choices=("factors", "sequence", "both"), default="factors",
                    help="with --rerank: the recommendation head's prior (model.ranking_prior)")
-    p.add_argument("--sequence-len", type=int, default=50, help="with --rerank: model.sequence_len")
+    p.add_argument("--sequence-len", type=int, default=50, help="with --rerank or --seeds: model.sequence_len")
     p.add_argument("--target", type=float, help="with --rerank: an NDCG@10 to reach (e.g. 0.13)")
+    p.add_argument("--seeds", nargs="+", type=int, default=[], metavar="S",
+                   help="also the sequential prior's network alone fitted once per seed (the runs' fit, cached): "
+                        "NDCG@10 per seed, mean, spread, the seeds' ensemble")
+    p.add_argument("--sequence-text", metavar="SPEC",
+                   help="with --seeds: also from the text start (model.sequence_init=text) of SPEC's item encodings, "
+                        "against the random start (paired)")
     args = p.parse_args(argv)
     if args.collab_dim < 0 or args.negatives < 1 or args.stack_tail < 0:
         p.error("--collab-dim and --stack-tail must be >= 0 and --negatives >= 1")
@@ -326,6 +431,8 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--text-len must be >= 1; --random-init and --against go with --text")
     if any(k < 10 for k in args.rerank) or (args.target is not None and not args.rerank):
         p.error("--rerank takes K >= 10 (the NDCG@10 cut-off); --target goes with --rerank")
+    if args.sequence_text and not args.seeds:
+        p.error("--sequence-text goes with --seeds")
     try:
         ds = load_dataset(args.dataset)
     except (DataError, KeyError, ValueError) as e:
@@ -339,6 +446,13 @@ def main(argv: list[str] | None = None) -> int:
                              args.like_threshold, args.negatives, args.seed, args.target)
         print()
         print(rerank_markdown(result, ds.name, args.ranking_prior, args.target))
+    if args.seeds:
+        starts = {"random start": sequence_seed_rows(split, args.seeds, args.sequence_len)}
+        if args.sequence_text:
+            enc = item_encodings(ds, args.sequence_text, False, args.seed)
+            starts[f"text start ({args.sequence_text})"] = sequence_seed_rows(split, args.seeds, args.sequence_len, enc)
+        print()
+        print(seeds_markdown(starts, ds.name))
     if args.text:
         if not args.collab_dim:
             p.error("--text stacks on the factor prior: --collab-dim must be > 0")

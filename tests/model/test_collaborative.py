@@ -292,6 +292,49 @@ def test_rerank_ceiling_by_hand_and_the_prior_bench_rerank_table(capsys):
         bench_main(["prior", "--dataset", "synthetic", "--rerank", "5"])
 
 
+def test_prior_bench_seeds_table_by_hand(capsys):
+    """`bench prior --seeds`: each seed's figures are the sequence network alone's as the bench's prior
+    alone ranks (PriorAlone with only the sequential prior), the ensemble ranks by the summed scores,
+    the summary's mean and paired differences are those of the per-user rows."""
+    from mtrec.bench.__main__ import main as bench_main
+    from mtrec.bench.baselines import PriorAlone, _role_arrays, full_catalog_ranks
+    from mtrec.bench.prior import sequence_seed_rows, seeds_markdown
+    from mtrec.data.splits import TEST
+    from mtrec.model.sequential import history_inputs
+    from mtrec.ranking import Seen, rank_targets
+
+    split = make_split(load_synthetic(num_users=50, num_items=30, seed=4, explicit=False), "leave_one_out")
+    out = sequence_seed_rows(split, [0, 1], sequence_len=5)
+    users, items, _ = _role_arrays(split, TEST)
+    alone = [PriorAlone(0, ranking_prior="sequence", sequence_len=5).fit(split, seed=s) for s in (0, 1)]
+    ranks = [full_catalog_ranks(p, split, users, items, TEST) for p in alone]
+    for row, r in zip(out["seeds"], ranks):
+        assert row["test"]["ndcg@10"] == pytest.approx(metrics.ndcg(r, 10))
+        assert row["test"]["hr@10"] == pytest.approx((r < 10).mean())
+    per_user = (np.asarray(metrics.ndcg_rows(ranks[0], 10)) + np.asarray(metrics.ndcg_rows(ranks[1], 10))) / 2
+    np.testing.assert_allclose(out["per_user"]["test"], per_user)
+    hist = history_inputs(split, users, TEST, 5)
+    summed = sum(p.heads.sequence(hist)[:, -1] @ p.heads.sequence.catalog().T for p in alone).detach()
+    row_of = {int(u): r for r, u in enumerate(users)}
+    ens = rank_targets(lambda b: summed[[row_of[int(u)] for u in b]], users, items,
+                       Seen.before(split, TEST, dense=False), num_items=split.dataset.num_items)
+    assert out["ensemble"]["test"]["ndcg@10"] == pytest.approx(metrics.ndcg(ens, 10))
+    assert out["users"]["test"] == len(users) == 50
+    # the text start: another fit, and the paired difference is that of the seed-averaged rows
+    enc = torch.randn(30, 12, generator=torch.Generator().manual_seed(0))
+    texted = sequence_seed_rows(split, [0, 1], sequence_len=5, text=enc)
+    assert texted["seeds"][0]["holdout"] != out["seeds"][0]["holdout"] or texted["seeds"][0]["test"] != out["seeds"][0]["test"]
+    table = seeds_markdown({"random start": out, "text start": texted}, "synthetic")
+    mean = metrics.paired_bootstrap(texted["per_user"]["test"], out["per_user"]["test"])
+    assert f"- text start minus random start, test NDCG@10 (paired over 50 users): seed-averaged {mean['diff']:+.4f}" in table
+    v = [row["test"]["ndcg@10"] for row in out["seeds"]]
+    assert f"- random start, test: NDCG@10 over 2 seeds mean {np.mean(v):.4f}, sd {np.std(v, ddof=1):.4f}" in table
+    assert bench_main(["prior", "--dataset", "synthetic", "--collab-dim", "4", "--seeds", "0", "--sequence-len", "5"]) == 0
+    assert "| random start | 0 |" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        bench_main(["prior", "--dataset", "synthetic", "--sequence-text", "bundled:minilm-l6"])  # without --seeds
+
+
 def test_prior_bench_text_term_fits_on_validation_and_scores_test(capsys, tmp_path):
     """`bench prior --text`: the like prior with the text term stacked on it, fitted on validation. With
     the items' categories as their "encodings" (synthetic users pick items by category taste), the
