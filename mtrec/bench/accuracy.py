@@ -462,7 +462,9 @@ def prior_settings(cfg) -> dict:
     if cfg.model.ranking_prior != "factors":  # stored rows of factor-only runs keep their settings
         out |= {"ranking_prior": cfg.model.ranking_prior, "sequence_len": cfg.model.sequence_len}
     if cfg.model.sequence_init == "text":  # the prior's network starts from the runs' backbone's encodings
-        out |= {"sequence_init": "text", "backbone": cfg.model.backbone, "random_init": cfg.model.random_init}
+        from mtrec.bench.prior import encoder_settings
+
+        out |= {"sequence_init": "text", "encoder": encoder_settings(cfg)}
     return out
 
 

@@ -671,29 +671,31 @@ class PriorAlone(Baseline):
     With a sequential prior (`ranking_prior` sequence or both) the ranking scores add the fitted
     sequence network's, reading each user's history as the runs' prompts do (TRAIN items for
     validation, TRAIN + VALID for test). With ``sequence_init="text"`` that network's item table
-    starts, as the runs' does, from `backbone`'s encodings of the item texts (random weights with
-    `random_init`): the backbone encodes the catalog once before the fit and is not used after.
+    starts, as the runs' does, from their backbone's encodings of the item texts (`encoder`: the
+    runs' `mtrec.bench.prior.encoder_settings`, so the encodings are bit-identical to theirs; a
+    random-init backbone's with ``model.random_init``): the backbone encodes the catalog once before
+    the fit and is not used after.
 
     Args:
-        collab_dim, like_threshold, negatives, ranking_prior, sequence_len, sequence_init, backbone,
-            random_init: as `model.collab_dim`, `data.like_threshold`, `data.negatives_per_positive`,
-            `model.ranking_prior`, `model.sequence_len`, `model.sequence_init`, `model.backbone` and
-            `model.random_init` of the compared runs.
+        collab_dim, like_threshold, negatives, ranking_prior, sequence_len, sequence_init: as
+            `model.collab_dim`, `data.like_threshold`, `data.negatives_per_positive`,
+            `model.ranking_prior`, `model.sequence_len` and `model.sequence_init` of the compared runs.
+        encoder: with the text start, the runs' encoder settings (``{"model.backbone": ..., ...}``).
     """
 
     def __init__(self, collab_dim: int = 32, like_threshold: float = 4.0, negatives: int = 1,
                  ranking_prior: str = "factors", sequence_len: int = 50, sequence_init: str = "random",
-                 backbone: str | None = None, random_init: bool = False):
-        if sequence_init == "text" and (ranking_prior == "factors" or not backbone):
+                 encoder: dict | None = None):
+        if sequence_init == "text" and (ranking_prior == "factors" or not (encoder or {}).get("model.backbone")):
             raise ValueError("PriorAlone: sequence_init='text' needs a sequential prior (ranking_prior sequence "
-                             "or both) and the backbone that encodes the item texts")
+                             "or both) and the runs' encoder settings (encoder['model.backbone'] at least)")
         kw = {} if ranking_prior == "factors" else dict(ranking_prior=ranking_prior, sequence_len=sequence_len)
         if sequence_init == "text":  # stored rows of randomly started priors keep their settings
-            kw |= dict(sequence_init=sequence_init, backbone=backbone, random_init=random_init)
+            kw |= dict(sequence_init=sequence_init, encoder=encoder)
         super().__init__(collab_dim=collab_dim, like_threshold=like_threshold, negatives=negatives, **kw)
         self.collab_dim, self.like_threshold, self.negatives = collab_dim, like_threshold, negatives
         self.ranking_prior, self.sequence_len = ranking_prior, sequence_len
-        self.sequence_init, self.backbone, self.random_init = sequence_init, backbone, random_init
+        self.sequence_init, self.encoder = sequence_init, dict(encoder or {})
 
     def fit(self, split: Split, *, seed: int = 0, max_epochs: int | None = None, patience: int | None = None):
         from mtrec.model.build import build_heads
@@ -705,7 +707,8 @@ class PriorAlone(Baseline):
         if self.sequence_init == "text":
             from mtrec.bench.prior import item_encodings
 
-            text = item_encodings(ds, self.backbone, self.random_init, seed)
+            enc = self.encoder
+            text = item_encodings(ds, enc["model.backbone"], bool(enc.get("model.random_init")), seed, enc)
         self.heads = build_heads(ds, torch.zeros(ds.num_items, 1), split.train, 1, self.like_threshold,
                                  collab_dim=self.collab_dim, split=split, seed=seed,
                                  negatives_per_positive=self.negatives, ranking_prior=self.ranking_prior,

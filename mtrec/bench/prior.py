@@ -187,6 +187,16 @@ def rerank_markdown(result: dict, dataset: str, ranking_prior: str, target: floa
     return "\n".join(lines)
 
 
+# the config values a run's item text encodings depend on (`item_encodings`)
+ENCODER_KEYS = ("model.backbone", "model.random_init", "model.pooling", "model.encode_batch_size",
+                "prompt.prompts_dir", "prompt.item_tokens")
+
+
+def encoder_settings(cfg) -> dict:
+    """`ENCODER_KEYS`' values in `cfg`: what `item_encodings` needs to encode as that run does."""
+    return {key: getattr(getattr(cfg, key.split(".")[0]), key.split(".")[1]) for key in ENCODER_KEYS}
+
+
 def sequence_seed_rows(split: Split, seeds: list[int], sequence_len: int = 50,
                        text: torch.Tensor | None = None) -> dict:
     """The sequential prior's network alone (`mtrec.model.build.sequence_prior`: fitted as the runs
@@ -353,19 +363,26 @@ def text_markdown(result: dict, spec: str, length: int) -> str:
     return "\n".join(lines)
 
 
-def item_encodings(dataset: str | RecDataset, spec: str, random_init: bool = False, seed: int = 0) -> torch.Tensor:
+def item_encodings(dataset: str | RecDataset, spec: str, random_init: bool = False, seed: int = 0,
+                   encoder: dict | None = None) -> torch.Tensor:
     """[items, hidden] `spec`'s encodings of `dataset`'s item texts (a registered name or a loaded data
-    set), as training computes them in full precision (cached)."""
+    set), as training computes them in full precision (cached). `encoder`: further config values
+    (``{"model.pooling": ..., ...}``, `ENCODER_KEYS`) of the run whose encodings these must equal: its
+    batch size, pooling, prompts and item tokens change them (the last two by the texts and vocabulary,
+    the first two by float rounding)."""
     from mtrec.config import load_config
     from mtrec.model.backbone import resolve_backbone
     from mtrec.model.build import build_backbone, item_text_encodings
     from mtrec.prompts import load_prompts, prompt_tasks
 
     ds = load_dataset(dataset) if isinstance(dataset, str) else dataset
-    cfg = load_config(None, [f"model.backbone={spec}", f"run.seed={seed}", f"model.random_init={str(random_init).lower()}"])
+    extra = [f"{k}={v}" for k, v in (encoder or {}).items()
+             if k not in ("model.backbone", "model.random_init") and v is not None]  # None: the default
+    cfg = load_config(None, [f"model.backbone={spec}", f"run.seed={seed}", f"model.random_init={str(random_init).lower()}",
+                             *extra])
     prompts = load_prompts(cfg.prompt.prompts_dir, prompt_tasks(cfg.train.tasks))
     ref = resolve_backbone(spec)
-    backbone, tokenizer, _, pooling = build_backbone(cfg.model, prompts, ref, seed)
+    backbone, tokenizer, _, pooling = build_backbone(cfg.model, prompts, ref, seed, item_tokens=cfg.prompt.item_tokens)
     return item_text_encodings(ds, cfg.model, backbone, tokenizer, prompts, pooling, seed,
                                ref.sha256)
 

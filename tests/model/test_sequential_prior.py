@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 
+from mtrec.bench.accuracy import prior_settings
 from mtrec.bench.baselines import PriorAlone
 from mtrec.data.splits import TEST, VALID, cold_items, make_split
 from mtrec.data.synthetic import load_synthetic
@@ -125,8 +126,10 @@ def test_the_prior_part_is_what_prior_alone_scores(run):
     seq = out["item_prior"] - none["item_prior"]
     assert seq.abs().max() > 0  # the sequence moved the prior, by the same amount as the scores
     torch.testing.assert_close(out["item_logits"] - none["item_logits"], seq)
-    fresh = PriorAlone(collab_dim=setup.cfg.model.collab_dim, ranking_prior="both", sequence_len=6, sequence_init="text",
-                       backbone=setup.cfg.model.backbone).fit(split, seed=0)
+    # the bench's settings for these runs (hybrid item tokens and the tiny config's encoding batch size: both
+    # change the encodings, by the vocabulary and by float rounding)
+    fresh = PriorAlone(**prior_settings(setup.cfg)).fit(split, seed=0)
+    assert fresh.encoder["prompt.item_tokens"] == "hybrid" and fresh.encoder["model.encode_batch_size"] == 16
     heads = next(m for n, m in setup.model.named_modules() if n.endswith("modules_to_save.default"))
     # trained heads differ from fresh ones only where training moved them: compare a fresh build at step 0
     assert torch.equal(fresh.heads.sequence.item.weight, heads.sequence.item.weight)
