@@ -368,8 +368,8 @@ def item_encodings(dataset: str | RecDataset, spec: str, random_init: bool = Fal
     """[items, hidden] `spec`'s encodings of `dataset`'s item texts (a registered name or a loaded data
     set), as training computes them in full precision (cached). `encoder`: further config values
     (``{"model.pooling": ..., ...}``, `ENCODER_KEYS`) of the run whose encodings these must equal: its
-    batch size, pooling, prompts and item tokens change them (the last two by the texts and vocabulary,
-    the first two by float rounding)."""
+    pooling changes what they are, its prompts and item tokens the texts and vocabulary encoded, its
+    batch size their last float bits."""
     from mtrec.config import load_config
     from mtrec.model.backbone import resolve_backbone
     from mtrec.model.build import build_backbone, item_text_encodings
