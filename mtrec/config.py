@@ -97,6 +97,8 @@ class ModelConfig:
     sequence_len: int = knob(50, "history items the sequential prior reads (model.ranking_prior sequence or both)")
     sequence_init: str = knob("random", "how the sequential prior's item table starts before its fit: random, or text "
                               "(the top principal components of the backbone's encodings of the items' texts)")
+    sequence_seeds: int = knob(1, "sequential prior networks, fitted with seeds run.seed, run.seed + 1, ...: the prior "
+                               "scores their mean (a seed ensemble; each fit cached); 1 = one network")
     like_text: int = knob(0, "like head's text term: the like logit becomes a * prior + c * head + s * t + b, t the "
                           "mean cosine of the backbone's encodings of the newest k history items' texts with the named "
                           "item's (frozen); (a, c, s, b) fitted on validation after training "
@@ -235,6 +237,11 @@ def check(cfg: Config) -> None:
     if cfg.model.sequence_init == "text" and cfg.model.ranking_prior == "factors":
         raise ConfigError("model.sequence_init: text starts the sequential prior, which model.ranking_prior: factors "
                           "does not use (set model.ranking_prior to sequence or both)")
+    if cfg.model.sequence_seeds < 1:
+        raise ConfigError(f"model.sequence_seeds: must be >= 1 (sequential prior networks), got {cfg.model.sequence_seeds}")
+    if cfg.model.sequence_seeds > 1 and cfg.model.ranking_prior == "factors":
+        raise ConfigError("model.sequence_seeds: more than one sequential prior network, which model.ranking_prior: "
+                          "factors does not use (set model.ranking_prior to sequence or both)")
     if cfg.model.train_top_layers is not None and cfg.model.train_top_layers < 1:
         raise ConfigError(f"model.train_top_layers: must be >= 1 or null (= every layer), got {cfg.model.train_top_layers}")
     if t.fixed_batches < 0:

@@ -138,16 +138,20 @@ def build_setup(cfg: Config, accelerator: Accelerator | None = None, split: Spli
         sequence_text = (item_text_encodings(split.dataset, cfg.model, backbone, tokenizer, prompts, pooling,
                                              cfg.run.seed, ref.sha256) if cfg.model.sequence_init == "text" else None)
     with timed(phases, "collaborative_fits"):
-        def heads_on(fit: Split):
+        def heads_on(fit: Split, sequence_split: Split | None = None):
             return build_heads(split.dataset, table, fit.train, hidden, cfg.data.like_threshold,
                                collab_dim=cfg.model.collab_dim, split=fit, seed=cfg.run.seed,
                                negatives_per_positive=cfg.data.negatives_per_positive,
                                friends=wants_friends(cfg, split.dataset), friend_dim=cfg.model.friend_dim,
                                ranking_prior=cfg.model.ranking_prior, sequence_len=cfg.model.sequence_len,
                                item_tokens={"embed_rms": token_embedding_rms(backbone)} if hybrid else None,
-                               like_text=like_text, sequence_text=sequence_text)
+                               like_text=like_text, sequence_text=sequence_text,
+                               sequence_seeds=cfg.model.sequence_seeds, sequence_split=sequence_split)
 
-        heads = heads_on(split if tail is None else prior_split(split, tail))
+        # unstacked ranking priors hold the full fits in training too (`StackedPriors` copies them over
+        # the stacked heads'): the sequential prior is fitted on the full split only, not twice
+        heads = heads_on(split) if tail is None else heads_on(prior_split(split, tail),
+                                                               None if cfg.model.stack_ranking else split)
         full = None if tail is None else heads_on(split)  # the served priors (the fits of a run without stacking)
     with timed(phases, "lora"):
         model = wrap_model(backbone, heads, pooling, lora_config(cfg.model, backbone, token_ids))

@@ -75,6 +75,14 @@ def test_a_text_start_for_a_sequential_prior_that_is_not_used_is_a_contradiction
         from_dict({"model": {"sequence_init": "pca", "ranking_prior": "both"}})
 
 
+def test_a_seed_ensemble_of_a_sequential_prior_that_is_not_used_is_a_contradiction():
+    with pytest.raises(ConfigError, match="model.sequence_seeds: more than one sequential prior network"):
+        from_dict({"model": {"sequence_seeds": 3, "ranking_prior": "factors"}})
+    with pytest.raises(ConfigError, match="model.sequence_seeds: must be >= 1"):
+        from_dict({"model": {"sequence_seeds": 0, "ranking_prior": "both"}})
+    assert from_dict({"model": {"sequence_seeds": 3, "ranking_prior": "sequence"}}).model.sequence_seeds == 3
+
+
 def test_bad_files(tmp_path):
     with pytest.raises(ConfigError, match="cannot read config"):
         load_config(tmp_path / "missing.yaml")

@@ -415,7 +415,7 @@ KEY_NEUTRAL = {("model", "train_top_layers"): None, ("train", "fixed_batches"): 
                ("model", "ranking_prior"): "factors", ("model", "sequence_len"): 50,
                ("prompt", "item_tokens"): "text", ("prompt", "item_token_curriculum"): 0,
                ("model", "stack_tail"): 0, ("model", "stack_ranking"): True, ("train", "rank_blend"): False,
-               ("model", "like_text"): 0, ("model", "sequence_init"): "random"}
+               ("model", "like_text"): 0, ("model", "sequence_init"): "random", ("model", "sequence_seeds"): 1}
 
 
 def row_key(result: dict, args: argparse.Namespace) -> dict:
@@ -465,6 +465,8 @@ def prior_settings(cfg) -> dict:
         from mtrec.bench.prior import encoder_settings
 
         out |= {"sequence_init": "text", "encoder": encoder_settings(cfg)}
+    if cfg.model.sequence_seeds > 1:  # the runs' seed ensemble of the sequential prior
+        out |= {"sequence_seeds": cfg.model.sequence_seeds}
     return out
 
 

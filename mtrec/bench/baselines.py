@@ -674,28 +674,34 @@ class PriorAlone(Baseline):
     starts, as the runs' does, from their backbone's encodings of the item texts (`encoder`: the
     runs' `mtrec.bench.prior.encoder_settings`, so the encodings are bit-identical to theirs; a
     random-init backbone's with ``model.random_init``): the backbone encodes the catalog once before
-    the fit and is not used after.
+    the fit and is not used after. With `sequence_seeds` > 1, the runs' seed ensemble of that network.
 
     Args:
-        collab_dim, like_threshold, negatives, ranking_prior, sequence_len, sequence_init: as
-            `model.collab_dim`, `data.like_threshold`, `data.negatives_per_positive`,
-            `model.ranking_prior`, `model.sequence_len` and `model.sequence_init` of the compared runs.
+        collab_dim, like_threshold, negatives, ranking_prior, sequence_len, sequence_init, sequence_seeds:
+            as `model.collab_dim`, `data.like_threshold`, `data.negatives_per_positive`,
+            `model.ranking_prior`, `model.sequence_len`, `model.sequence_init` and
+            `model.sequence_seeds` of the compared runs.
         encoder: with the text start, the runs' encoder settings (``{"model.backbone": ..., ...}``).
     """
 
     def __init__(self, collab_dim: int = 32, like_threshold: float = 4.0, negatives: int = 1,
                  ranking_prior: str = "factors", sequence_len: int = 50, sequence_init: str = "random",
-                 encoder: dict | None = None):
+                 encoder: dict | None = None, sequence_seeds: int = 1):
+        if sequence_seeds < 1 or (sequence_seeds > 1 and ranking_prior == "factors"):
+            raise ValueError(f"PriorAlone: sequence_seeds={sequence_seeds} needs >= 1, and more than one needs a "
+                             "sequential prior (ranking_prior sequence or both)")
         if sequence_init == "text" and (ranking_prior == "factors" or not (encoder or {}).get("model.backbone")):
             raise ValueError("PriorAlone: sequence_init='text' needs a sequential prior (ranking_prior sequence "
                              "or both) and the runs' encoder settings (encoder['model.backbone'] at least)")
         kw = {} if ranking_prior == "factors" else dict(ranking_prior=ranking_prior, sequence_len=sequence_len)
         if sequence_init == "text":  # stored rows of randomly started priors keep their settings
             kw |= dict(sequence_init=sequence_init, encoder=encoder)
+        if sequence_seeds > 1:  # stored rows of one network keep their settings
+            kw |= dict(sequence_seeds=sequence_seeds)
         super().__init__(collab_dim=collab_dim, like_threshold=like_threshold, negatives=negatives, **kw)
         self.collab_dim, self.like_threshold, self.negatives = collab_dim, like_threshold, negatives
         self.ranking_prior, self.sequence_len = ranking_prior, sequence_len
-        self.sequence_init, self.encoder = sequence_init, dict(encoder or {})
+        self.sequence_init, self.encoder, self.sequence_seeds = sequence_init, dict(encoder or {}), sequence_seeds
 
     def fit(self, split: Split, *, seed: int = 0, max_epochs: int | None = None, patience: int | None = None):
         from mtrec.model.build import build_heads
@@ -712,7 +718,8 @@ class PriorAlone(Baseline):
         self.heads = build_heads(ds, torch.zeros(ds.num_items, 1), split.train, 1, self.like_threshold,
                                  collab_dim=self.collab_dim, split=split, seed=seed,
                                  negatives_per_positive=self.negatives, ranking_prior=self.ranking_prior,
-                                 sequence_len=self.sequence_len, sequence_text=text).eval()
+                                 sequence_len=self.sequence_len, sequence_text=text,
+                                 sequence_seeds=self.sequence_seeds).eval()
         self._done(started, epochs_run=1, best_epoch=1, stopped_early=False)
         return self
 

@@ -162,7 +162,8 @@ def build_heads(ds: RecDataset, item_table: torch.Tensor, train_idx: np.ndarray,
                 seed: int = 0, negatives_per_positive: int = 1, friends: bool = False,
                 friend_dim: int | None = None, ranking_prior: str = "factors", sequence_len: int = 50,
                 item_tokens: dict | None = None, like_text: dict | None = None,
-                sequence_text: torch.Tensor | None = None) -> TaskHeads:
+                sequence_text: torch.Tensor | None = None, sequence_seeds: int = 1,
+                sequence_split: Split | None = None) -> TaskHeads:
     """Heads for `ds`, with priors from the *training* interactions only, all trained further.
 
     Without collaborative factors (`collab_dim` 0) the recommendation bias starts at centred log
@@ -176,7 +177,10 @@ def build_heads(ds: RecDataset, item_table: torch.Tensor, train_idx: np.ndarray,
     `ranking_prior` is what the recommendation head starts from: ``factors`` (the bias and factors
     above), ``sequence`` (the sequential prior alone: `sequence_prior`, reading `sequence_len` history
     items; the bias and factors of the ranking head start at zero) or ``both`` (summed). With
-    `sequence_text` (item text encodings) the sequence network's item table starts from them.
+    `sequence_text` (item text encodings) the sequence network's item table starts from them; with
+    `sequence_seeds` > 1 the prior is a seed ensemble (`sequence_priors`). `sequence_split`: the split
+    the sequential prior is fitted on, when not `split` (stacked heads whose ranking priors are not
+    stacked hold the full fit: `mtrec.model.stacking.StackedPriors` copies it over theirs).
 
     `like_text` ({"table": `item_text_encodings`, "len": `model.like_text`}): the like head's text term."""
     if ranking_prior not in RANKING_PRIORS:
@@ -232,8 +236,8 @@ def build_heads(ds: RecDataset, item_table: torch.Tensor, train_idx: np.ndarray,
                       (offsets["rating"][1], offsets["like"][1]) if offsets else None, ds.num_users,
                       collab_dim=collab_dim, collab=collab,
                       friends=friend_head_start(ds, item_table, train_idx, friend_dim, seed) if friends else None,
-                      sequence=(sequence_prior(split, sequence_len, seed, sequence_text)
-                                if ranking_prior != "factors" else None),
+                      sequence=(sequence_priors(sequence_split or split, sequence_len, sequence_seeds, seed,
+                                                sequence_text) if ranking_prior != "factors" else None),
                       item_tokens=item_tokens, like_text=like_text)
     with torch.no_grad():
         for name, value in head_bias.items():
@@ -248,7 +252,8 @@ def build_heads(ds: RecDataset, item_table: torch.Tensor, train_idx: np.ndarray,
             for name in COLD_ZEROED:
                 getattr(heads, name)[cold] = 0.0
             if heads.has_sequence:  # row 0 of the network's item table is padding: item i is row i + 1
-                heads.sequence.item.weight[cold + 1] = 0.0
+                for net in heads.sequence_nets():
+                    net.item.weight[cold + 1] = 0.0
     return heads
 
 
@@ -277,6 +282,18 @@ def sequence_prior(split: Split | None, max_len: int, seed: int = 0, text: torch
     return cached("collab-fits", ["sequence", *key],
                   lambda: fit_sequence(split, max_len=max_len, seed=seed, item_start=start, **SEQUENCE_NET,
                                        **SEQUENCE_FIT))
+
+
+def sequence_priors(split: Split | None, max_len: int, seeds: int = 1, seed: int = 0,
+                    text: torch.Tensor | None = None) -> dict:
+    """The sequential prior of `seeds` networks (``model.sequence_seeds``): `sequence_prior` fitted
+    with seeds `seed`, `seed` + 1, ...; {"shape", "state": the first's, "more": the others' states}
+    (`TaskHeads` scores their mean). Each fit is cached on its own, so one seed's fit is shared by
+    runs of other ensemble sizes."""
+    if seeds < 1:
+        raise ValueError(f"model.sequence_seeds: must be >= 1, got {seeds}")
+    fits = [sequence_prior(split, max_len, seed + k, text) for k in range(seeds)]
+    return {"shape": fits[0]["shape"], "state": fits[0]["state"], "more": [f["state"] for f in fits[1:]]}
 
 
 # per-item rows of the heads' priors, zeroed for a cold-items split's held-out items
@@ -316,7 +333,8 @@ def empty_heads(ds: RecDataset, cfg: ModelConfig, hidden: int, friends: bool = F
                         "S": torch.zeros(ds.num_users, width), "D": torch.zeros(ds.num_users, width)}
     sequence = None
     if cfg.ranking_prior != "factors":
-        sequence = {"shape": dict(num_items=ds.num_items, max_len=cfg.sequence_len, **SEQUENCE_NET)}
+        sequence = {"shape": dict(num_items=ds.num_items, max_len=cfg.sequence_len, **SEQUENCE_NET),
+                    "more": [None] * (cfg.sequence_seeds - 1)}
     like_text = {"table": torch.zeros(ds.num_items, hidden), "len": cfg.like_text} if cfg.like_text else None
     return TaskHeads(hidden, len(ds.categories), torch.zeros(ds.num_items, dim), torch.zeros(ds.num_items),
                      ds.rating_scale, rating_mean_of(ds, np.arange(len(ds.values))), num_users=ds.num_users,

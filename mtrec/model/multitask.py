@@ -13,12 +13,13 @@ Heads (all in one `TaskHeads` module, which peft keeps trainable via ``modules_t
   ``<r_u, t_i>`` to every item score; an unknown user or item (index -1) gets none.
 - sequential prior (optional, `sequence` given): a SASRec-shaped network (`mtrec.model.sequential`)
   fitted on the training split reads the row's history item ids in order and adds
-  ``w * <s(history), e_i>`` to every item score (``w`` learned, starting at 1). The network itself is
-  frozen (`freeze_sequence`); a row without history gets none.
+  ``w * <s(history), e_i>`` to every item score (``w`` learned, starting at 1); with a seed ensemble
+  (``model.sequence_seeds``) the mean of its networks' scores. The networks themselves are frozen
+  (`freeze_sequence`); a row without history gets none.
 - hybrid item tokens (optional, `item_tokens` given; LLaRA/E4SRec-style): a projector maps an item's
-  collaborative embedding (the sequential prior's item row, else its ranking factors, else its table
-  row) to one input embedding of the backbone, written where the prompt has `ITEM_TOKEN`
-  (`RecModel.encode`). Its output has the norm of a typical token embedding.
+  collaborative embedding (the sequential prior's item row, of its first network in a seed ensemble;
+  else its ranking factors, else its table row) to one input embedding of the backbone, written
+  where the prompt has `ITEM_TOKEN` (`RecModel.encode`). Its output has the norm of a typical token embedding.
 - like text term (optional, `like_text` given): the like logit becomes ``a * p + c * h + s * t + b``,
   where ``p`` is the like prior above (offsets and factors), ``h`` the like head's reading of the
   prompt (``w.x``) and ``t = mean_h cos(e_h, e_i)`` the mean cosine of the backbone's encodings of the
@@ -113,12 +114,16 @@ class TaskHeads(nn.Module):
                 if friends["table"].shape[1] == hidden:
                     self.friend_query.weight.copy_(torch.eye(hidden))
         # Sequential prior: present only when `sequence` is given ({"shape", "state"} of
-        # `mtrec.model.sequential.fit_sequence`; `empty_heads` passes the shape with no state).
+        # `mtrec.model.sequential.fit_sequence`, and "more": the states of a seed ensemble's other
+        # networks, model.sequence_seeds; `empty_heads` passes the shape and Nones, no state).
         self.has_sequence = sequence is not None
         if self.has_sequence:
             self.sequence = SequenceNet(dropout=0.0, **sequence["shape"])
-            if sequence.get("state") is not None:
-                self.sequence.load_state_dict(sequence["state"])
+            more = sequence.get("more", [])
+            self.sequence_members = nn.ModuleList(SequenceNet(dropout=0.0, **sequence["shape"]) for _ in more)
+            for net, state in zip(self.sequence_nets(), [sequence.get("state"), *more]):
+                if state is not None:
+                    net.load_state_dict(state)
             self.sequence_weight = nn.Parameter(torch.tensor(1.0))
             freeze_sequence(self)
         # Hybrid item tokens: {"embed_rms": the backbone's token-embedding RMS} (`empty_heads`: 1.0, the
@@ -256,12 +261,19 @@ class TaskHeads(nn.Module):
                 out["friend_prior"] = friend_prior
         return out
 
+    def sequence_nets(self) -> list[SequenceNet]:
+        """The sequential prior's networks: one, or a seed ensemble's (``model.sequence_seeds``)."""
+        return [self.sequence, *self.sequence_members]
+
     def sequence_scores(self, history: torch.Tensor, item_subset: torch.Tensor | None = None) -> torch.Tensor:
-        """[B, items] the sequential prior's scores <s(history), e_i> (0 for a row without history)."""
-        net = self.sequence
-        table = net.catalog() if item_subset is None else net.catalog().index_select(0, item_subset)
-        state = net(history)[:, -1]
-        return ((history > 0).any(1, keepdim=True).float() * state) @ table.T
+        """[B, items] the sequential prior's scores <s(history), e_i> (0 for a row without history);
+        a seed ensemble's mean over its networks."""
+        nets, real = self.sequence_nets(), (history > 0).any(1, keepdim=True).float()
+        total = 0.0
+        for net in nets:
+            table = net.catalog() if item_subset is None else net.catalog().index_select(0, item_subset)
+            total = total + (real * net(history)[:, -1]) @ table.T
+        return total / len(nets)
 
     def like_text_similarity(self, history: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         """[B] `text_similarity` of each row's newest `like_text_len` history items with its item."""
@@ -278,7 +290,8 @@ class TaskHeads(nn.Module):
     def train(self, mode: bool = True):
         super().train(mode)
         if self.has_sequence:
-            self.sequence.eval()  # a fitted prior: no dropout, whatever the heads' mode
+            for net in self.sequence_nets():
+                net.eval()  # a fitted prior: no dropout, whatever the heads' mode
         return self
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
@@ -312,7 +325,8 @@ def freeze_sequence(model: nn.Module) -> nn.Module:
     training). Needed again after peft wraps the heads: ``modules_to_save`` makes its copy trainable."""
     for module in model.modules():
         if isinstance(module, TaskHeads) and module.has_sequence:
-            module.sequence.requires_grad_(False)
+            for net in module.sequence_nets():
+                net.requires_grad_(False)
     return model
 
 

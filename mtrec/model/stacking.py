@@ -44,7 +44,8 @@ MIN_LEFT = 5  # training interactions a user keeps for the priors' fits when the
 PRIORS = ("item_bias", "item_rating_offset", "item_like_offset", "user_rating_offset", "user_like_offset",
           "user_factors", "item_factors", "rec_user_factors", "rec_item_factors", "like_factor_scale",
           "rating.bias", "like.bias")
-PRIOR_MODULES = ("sequence.",)  # the sequential prior's network (model.ranking_prior)
+# the sequential prior's network (model.ranking_prior) and a seed ensemble's others (model.sequence_seeds)
+PRIOR_MODULES = ("sequence.", "sequence_members.")
 FACTOR_TABLES = ("user_factors", "item_factors", "rec_user_factors", "rec_item_factors")  # frozen while stacking
 # the recommendation head's priors (with the sequential prior's network): stacked only with model.stack_ranking
 RANKING_PRIORS = ("item_bias", "rec_user_factors", "rec_item_factors")

@@ -7,13 +7,15 @@ from accelerate.utils import set_seed
 def reading_config(backbone, *overrides):
     """The tiny config with the sequential prior and hybrid item tokens (`model.ranking_prior=both`,
     `prompt.item_tokens=hybrid`): the model reads the history's order both ways. The sequence
-    network's item table starts from the backbone's item text encodings (`model.sequence_init=text`)."""
+    network's item table starts from the backbone's item text encodings (`model.sequence_init=text`), and
+    the prior is a seed ensemble of two such networks (`model.sequence_seeds=2`)."""
     from mtrec.config import load_config
     from tests_paths import ROOT
 
-    return load_config(ROOT / "tests/configs/tiny.yaml", [f"model.backbone={backbone}", "prompt.item_tokens=hybrid",
-                                                         "model.ranking_prior=both", "model.sequence_len=6", "model.sequence_init=text",
-                                                         "train.max_steps=4", "train.eval_every=0", *overrides])
+    return load_config(ROOT / "tests/configs/tiny.yaml",
+                       [f"model.backbone={backbone}", "prompt.item_tokens=hybrid", "model.ranking_prior=both",
+                        "model.sequence_len=6", "model.sequence_init=text", "model.sequence_seeds=2",
+                        "train.max_steps=4", "train.eval_every=0", *overrides])
 
 
 @pytest.fixture(scope="session")

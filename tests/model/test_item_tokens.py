@@ -12,6 +12,9 @@ from mtrec.model.build import heads_of
 from mtrec.prompts.render import ITEM_TOKEN
 from mtrec.training import build_setup
 
+# the reading run's config without its sequential prior (nor the settings only that prior takes)
+FACTORS_ONLY = ("model.ranking_prior=factors", "model.sequence_init=random", "model.sequence_seeds=1")
+
 
 @pytest.fixture(scope="module")
 def run(reading_run):
@@ -158,7 +161,7 @@ def test_hybrid_tokens_without_the_sequential_prior_read_the_factors(reading_cfg
     """With the factors prior alone the projector reads the ranking factors (collab_dim wide), and
     without factors the item table (a run with neither used to fail building the heads)."""
     heads = lambda s: s.model.base_model.model.heads.modules_to_save["default"]  # noqa: E731
-    factors = heads(build_setup(reading_cfg("model.ranking_prior=factors", "model.sequence_init=random", "model.collab_dim=4")))
+    factors = heads(build_setup(reading_cfg(*FACTORS_ONLY, "model.collab_dim=4")))
     assert factors.token_source == "factors" and factors.item_projector[0].normalized_shape == (4,)
-    table = heads(build_setup(reading_cfg("model.ranking_prior=factors", "model.sequence_init=random", "model.collab_dim=0")))
+    table = heads(build_setup(reading_cfg(*FACTORS_ONLY, "model.collab_dim=0")))
     assert table.token_source == "table" and table.item_projector[0].normalized_shape == (table.item_table.shape[1],)

@@ -72,6 +72,44 @@ def test_the_sequence_fit_starts_from_the_given_item_rows():
     assert not torch.equal(texted["state"]["item.weight"][1:], start)  # and trained from there
 
 
+def test_a_seed_ensemble_scores_the_mean_of_its_networks():
+    """model.sequence_seeds=2: the first network is the one-network prior's fit, the second the next
+    seed's (the same cached fits), and the prior scores their mean."""
+    from mtrec.model.build import empty_heads, sequence_prior
+
+    split = make_split(load_synthetic(num_users=40, num_items=30), "leave_one_out", seed=0)
+    ds = split.dataset
+
+    def heads(seeds):
+        return build_heads(ds, torch.randn(ds.num_items, 8), split.train, 8, 4.0, split=split, seed=3,
+                           ranking_prior="sequence", sequence_len=6, sequence_seeds=seeds).eval()
+
+    one, two = heads(1), heads(2)
+    assert len(one.sequence_members) == 0 and len(two.sequence_members) == 1
+    assert torch.equal(two.sequence.item.weight, one.sequence.item.weight)
+    assert torch.equal(two.sequence_members[0].item.weight, sequence_prior(split, 6, 4)["state"]["item.weight"])
+    history = history_inputs(split, np.arange(12), TEST, 6)
+    history[0] = 0  # a row without history: no prior
+    with torch.no_grad():
+        by_hand = [net(history)[:, -1] @ net.catalog().T for net in (two.sequence, two.sequence_members[0])]
+        mean = two.sequence_scores(history)
+        assert not torch.allclose(by_hand[0][1:], by_hand[1][1:])
+        torch.testing.assert_close(mean[1:], (by_hand[0][1:] + by_hand[1][1:]) / 2)
+        assert (mean[0] == 0).all()
+        assert torch.equal(one.sequence_scores(history)[1:], by_hand[0][1:])
+    # a run folder's empty heads have both networks' shapes, and load to the same scores
+    from mtrec.config import from_dict
+
+    cfg = from_dict({"model": {"ranking_prior": "sequence", "sequence_len": 6, "sequence_seeds": 2, "collab_dim": 0,
+                               "item_dim": 8}}).model
+    empty = empty_heads(ds, cfg, 8)
+    empty.load_state_dict(two.state_dict())
+    with torch.no_grad():
+        assert torch.equal(empty.eval().sequence_scores(history), mean)
+    with pytest.raises(ValueError, match="model.sequence_seeds: must be >= 1"):
+        heads(0)
+
+
 def test_history_ids_put_the_newest_item_last():
     split = make_split(load_synthetic(num_users=10, num_items=20), "leave_one_out", seed=0)
     factory = ExampleFactory(split, ExampleOptions(sequence_len=4))
@@ -95,7 +133,8 @@ def run(reading_run):
 def test_the_network_is_frozen_and_its_weight_trains(run, reading_run):
     _, setup, before, _ = run
     params = dict(setup.model.named_parameters())
-    seq = [n for n in params if ".sequence." in n and "original_module" not in n]
+    seq = [n for n in params if (".sequence." in n or ".sequence_members." in n) and "original_module" not in n]
+    assert any(".sequence_members.0." in n for n in seq)  # the seed ensemble's second network, frozen too
     assert seq and not any(params[n].requires_grad for n in seq)
     assert all(torch.equal(params[n], before[n]) for n in seq)
     weight = next(n for n in params if n.endswith("default.sequence_weight"))
@@ -132,7 +171,10 @@ def test_the_prior_part_is_what_prior_alone_scores(run):
     assert fresh.encoder["prompt.item_tokens"] == "hybrid" and fresh.encoder["model.encode_batch_size"] == 16
     heads = next(m for n, m in setup.model.named_modules() if n.endswith("modules_to_save.default"))
     # trained heads differ from fresh ones only where training moved them: compare a fresh build at step 0
-    assert torch.equal(fresh.heads.sequence.item.weight, heads.sequence.item.weight)
+    assert fresh.sequence_seeds == 2 and len(heads.sequence_members) == 1
+    for mine, theirs in zip(fresh.heads.sequence_nets(), heads.sequence_nets(), strict=True):
+        assert torch.equal(mine.item.weight, theirs.item.weight)
+    assert not torch.equal(heads.sequence.item.weight, heads.sequence_members[0].item.weight)  # other seeds
     # both fitted from the backbone's text start, not the random one
     randomly = PriorAlone(collab_dim=setup.cfg.model.collab_dim, ranking_prior="both", sequence_len=6).fit(split, seed=0)
     assert not torch.equal(randomly.heads.sequence.item.weight, heads.sequence.item.weight)
@@ -216,7 +258,7 @@ def test_an_update_refits_the_sequential_prior_on_the_grown_catalog(run, tmp_pat
     new = new_data(tmp_path / "new", load_catalog(run_dir / "catalog"), [("3", 5.0), ("4", 4.0)])
     update(run_dir, new, tmp_path / "out", steps=0)
     a, b = (load_file(str(d / "adapter/adapter_model.safetensors")) for d in (run_dir, tmp_path / "out"))
-    key = "base_model.model.heads.sequence.item.weight"
-    assert b[key].shape[0] == a[key].shape[0] + 1  # one row more: the new item
+    for key in ("base_model.model.heads.sequence.item.weight", "base_model.model.heads.sequence_members.0.item.weight"):
+        assert b[key].shape[0] == a[key].shape[0] + 1, key  # one row more: the new item
     w = "base_model.model.heads.sequence_weight"
     assert torch.equal(a[w], b[w])  # what training learned is carried over

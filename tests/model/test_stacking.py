@@ -123,14 +123,14 @@ def test_without_stack_ranking_the_ranking_priors_are_the_full_fits_throughout()
 
     def heads(fit):
         return build_heads(split.dataset, table, fit.train, 8, 4.0, collab_dim=4, split=fit, ranking_prior="both",
-                           sequence_len=6)
+                           sequence_len=6, sequence_seeds=2)
 
     mine, full = heads(prior_split(split, tail_mask(split, 2))), heads(split)
     stacked = {n: p.detach().clone() for n, p in mine.named_parameters()}
     stacking = StackedPriors(mine, full, ranking=False)
     served, theirs = dict(mine.named_parameters()), dict(full.named_parameters())
     ranking = {n for n in served if is_ranking_prior(n)}
-    assert {"item_bias", "rec_item_factors", "sequence.item.weight"} <= ranking
+    assert {"item_bias", "rec_item_factors", "sequence.item.weight", "sequence_members.0.item.weight"} <= ranking
     assert ranking.isdisjoint(stacking.params) and set(stacking.params) == {n for n in served if is_prior(n)} - ranking
     assert served["rec_item_factors"].requires_grad and not served["user_factors"].requires_grad
     with stacking.training():
@@ -168,3 +168,18 @@ def test_stacking_refuses_what_it_cannot_do(tiny_config):
         build_setup(tiny_config("model.stack_tail=500"))
     with pytest.raises(ConfigError, match="hybrid item tokens"):
         build_setup(tiny_config("model.stack_tail=2", "prompt.item_tokens=hybrid"))
+
+
+def test_without_stack_ranking_the_sequential_prior_is_fitted_on_all_training_data_only(tiny_config, monkeypatch):
+    """The stacked heads' sequential prior would be overwritten by the full fit (above): training fits
+    it once, on the full split, not on the tail-less one too."""
+    import mtrec.model.build as build
+
+    fitted, real = [], build.sequence_prior
+    monkeypatch.setattr(build, "sequence_prior", lambda split, *a, **k: fitted.append(split.role.copy()) or real(split, *a, **k))
+    setup = build_setup(tiny_config("model.stack_tail=2", "model.stack_ranking=false", *STACK[2:5]))
+    assert setup.stacking is not None and not setup.stacking.params.keys() & {"sequence.item.weight"}
+    assert len(fitted) == 2 and all(np.array_equal(role, setup.split.role) for role in fitted)  # both heads, one split
+    fitted.clear()
+    build_setup(tiny_config(*STACK[:5]))  # stacking the ranking priors: the sequence too, on the tail-less split
+    assert len(fitted) == 2 and sum(np.array_equal(role, setup.split.role) for role in fitted) == 1
