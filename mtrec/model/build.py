@@ -135,8 +135,10 @@ def initial_item_table(ds: RecDataset, cfg: ModelConfig, backbone, tokenizer, pr
 def item_text_encodings(ds: RecDataset, cfg: ModelConfig, backbone, tokenizer, prompts: dict[str, TaskPrompts],
                         pooling: str, seed: int, backbone_hash: str | None = None, bf16: bool = False) -> torch.Tensor:
     """[items, hidden] the backbone's encoding of each item's text (`item_texts`: each distinct text
-    encoded once, cached by the backbone's hash and the texts; an undescribed item's row is the mean
-    of its categories' encodings, zeros without categories), each row standardised."""
+    encoded once, cached by the backbone's hash, the texts and every setting that changes the result,
+    the encode batch size too: it changes the padding, so the last float bits, and whichever run
+    encoded first would otherwise decide them for all; an undescribed item's row is the mean of its
+    categories' encodings, zeros without categories), each row standardised."""
     texts, pair_item, pair_text = item_texts(ds, prompts)
     def compute():
         return encode_texts(backbone, tokenizer, texts, pooling, cfg.encode_batch_size, bf16=bf16)
@@ -144,7 +146,8 @@ def item_text_encodings(ds: RecDataset, cfg: ModelConfig, backbone, tokenizer, p
     if backbone_hash:
         # a random-init backbone is a function of its config (in the hash), the seed and torch's generator
         weights = [f"random-init:{seed}:{torch.__version__}"] if cfg.random_init else []
-        enc = cached("item-encodings", [backbone_hash, *weights, pooling, str(bf16), str(len(tokenizer)), *texts], compute)
+        enc = cached("item-encodings", [backbone_hash, *weights, pooling, str(bf16), str(len(tokenizer)),
+                                        f"batch:{cfg.encode_batch_size}", *texts], compute)
     else:
         enc = compute()
     enc = (enc - enc.mean(-1, keepdim=True)) / enc.std(-1, keepdim=True).clamp(min=1e-6)  # as the heads' LayerNorm

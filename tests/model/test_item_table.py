@@ -86,6 +86,12 @@ def test_encodings_are_cached_by_content(built, tmp_path, monkeypatch):
                                                       *ds.items[3:]], [Interaction("u1", "1", weight=1.0)])
     initial_item_table(other, cfg.model, backbone, tokenizer, prompts, pooling, hidden, 0, backbone_hash="h")
     assert len(seen) == 4 + 4 and len(list((tmp_path / "item-encodings").glob("*.pt"))) == 2  # a changed text misses
+    # another encode batch size pads otherwise (the last float bits): its own entry, not the first run's bits
+    from dataclasses import replace
+
+    wider = replace(cfg.model, encode_batch_size=cfg.model.encode_batch_size + 1)
+    initial_item_table(ds, wider, backbone, tokenizer, prompts, pooling, hidden, 0, backbone_hash="h")
+    assert len(seen) == 12 and len(list((tmp_path / "item-encodings").glob("*.pt"))) == 3
 
 
 def test_random_init_encodings_are_cached_per_seed(built, tmp_path, monkeypatch):
