@@ -155,15 +155,18 @@ def train_epoch(net: SequenceNet, windows: torch.Tensor, opt: torch.optim.Optimi
 def fit_sequence(split: Split, max_len: int = 50, hidden: int = 64, blocks: int = 2, heads: int = 1,
                  dropout: float = 0.2, lr: float = 3e-3, batch_size: int = 128, max_epochs: int = 200,
                  patience: int = 10, seed: int = 0, k: int = 10, max_logits: int = 1 << 23,
-                 item_start: torch.Tensor | None = None) -> dict:
+                 item_start: torch.Tensor | None = None, refit: bool = False) -> dict:
     """The sequential prior: a `SequenceNet` fitted on the training split only.
 
     Like the factor fits (`mtrec.model.collaborative`), it early-stops on the training split's own
     hold-out: each user's newest training interaction (users keeping at least two others) is left
     out of the training windows, and each epoch is scored by NDCG@`k` of that item over the catalog,
-    read from the user's earlier training items, those items excluded. The best epoch's weights are
-    kept (no refit: the hold-out items still reach the network as inputs when it scores). Validation
-    and test interactions are never read, so the fitted parameters do not depend on them (tested).
+    read from the user's earlier training items, those items excluded. Without `refit` the best
+    epoch's weights are kept (the hold-out items still reach the network as inputs when it scores);
+    with it, as the factor fits do, a fresh network of the same seed and start is trained for that
+    many epochs on every training window, each user's newest training item a target too (the runs'
+    fit: `mtrec.model.build.SEQUENCE_FIT`). Validation and test interactions are never read, so the
+    fitted parameters do not depend on them (tested).
     `item_start` [num_items, hidden]: the item table's starting rows instead of random ones
     (`text_start`: the backbone's encodings of the items' texts, ``model.sequence_init=text``).
 
@@ -199,22 +202,31 @@ def fit_sequence(split: Split, max_len: int = 50, hidden: int = 64, blocks: int 
                                for a in range(0, len(users), rows)])
         return metrics.ndcg(ranks, k)
 
-    started = time.perf_counter()
-    with torch.random.fork_rng(devices=[]):
+    def start() -> tuple[SequenceNet, torch.optim.Optimizer, torch.Generator]:
         torch.manual_seed(seed)
         net = SequenceNet(dropout=dropout, **shape)
         if item_start is not None:  # the item table's starting rows (`text_start`), not random ones
             with torch.no_grad():
                 net.item.weight[1:] = item_start.float()
-        opt = torch.optim.Adam(net.parameters(), lr=lr, betas=(0.9, 0.98))
-        gen = torch.Generator().manual_seed(seed)
+        return net, torch.optim.Adam(net.parameters(), lr=lr, betas=(0.9, 0.98)), torch.Generator().manual_seed(seed)
+
+    started = time.perf_counter()
+    with torch.random.fork_rng(devices=[]):
+        net, opt, gen = start()
         info = early_stopping(list(net.parameters()),
                               lambda: train_epoch(net, windows, opt, gen, batch_size, max_logits, "cpu"),
                               holdout_ndcg, max_epochs=max_epochs, patience=patience, higher_is_better=True,
                               score_start=True)
-    report = {"epochs": info["best_epoch"], "epochs_run": info["epochs_run"],
-              f"holdout_ndcg@{k}": round(info["best_valid"] or 0.0, 4), "holdout_rows": int(len(users)),
-              "windows": int(len(windows)), "seconds": round(time.perf_counter() - started, 1)}
+        report = {"epochs": info["best_epoch"], "epochs_run": info["epochs_run"],
+                  f"holdout_ndcg@{k}": round(info["best_valid"] or 0.0, 4), "holdout_rows": int(len(users)),
+                  "windows": int(len(windows))}
+        if refit:  # the hold-out said how many epochs; now every training item is a target
+            every = training_windows(split, max_len)
+            net, opt, gen = start()
+            for _ in range(info["best_epoch"]):
+                train_epoch(net, every, opt, gen, batch_size, max_logits, "cpu")
+            report |= {"refit_epochs": info["best_epoch"], "refit_windows": int(len(every))}
+    report["seconds"] = round(time.perf_counter() - started, 1)
     return {"state": {n: t.detach().clone() for n, t in net.state_dict().items()}, "shape": shape, "report": report}
 
 
