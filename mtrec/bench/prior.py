@@ -198,10 +198,11 @@ def encoder_settings(cfg) -> dict:
 
 
 def sequence_seed_rows(split: Split, seeds: list[int], sequence_len: int = 50,
-                       text: torch.Tensor | None = None) -> dict:
+                       text: torch.Tensor | None = None, fit: dict | None = None) -> dict:
     """The sequential prior's network alone (`mtrec.model.build.sequence_prior`: fitted as the runs
-    fit it, the same cache), once per seed, from a random start or with `text` (item encodings) from
-    the text start; every validation and test user's target ranked over the catalog as the bench does.
+    fit it, the same cache, or with the `fit` settings changed), once per seed, from a random start or
+    with `text` (item encodings) from the text start; every validation and test user's target ranked
+    over the catalog as the bench does.
 
     Returns:
         {"seeds": [{"seed", "epochs", "epochs_run", "holdout", "valid", "test": {"ndcg@10", "hr@10"}}],
@@ -214,11 +215,11 @@ def sequence_seed_rows(split: Split, seeds: list[int], sequence_len: int = 50,
 
     nets, rows = [], []
     for seed in seeds:
-        fit = sequence_prior(split, sequence_len, seed, text)
-        net = SequenceNet(dropout=0.0, **fit["shape"])
-        net.load_state_dict(fit["state"])
+        fitted = sequence_prior(split, sequence_len, seed, text, fit)
+        net = SequenceNet(dropout=0.0, **fitted["shape"])
+        net.load_state_dict(fitted["state"])
         nets.append(net.eval())
-        report = fit["report"]
+        report = fitted["report"]
         rows.append({"seed": seed, "epochs": report["epochs"], "epochs_run": report["epochs_run"],
                      "holdout": report["holdout_ndcg@10"]})
     out: dict = {"seeds": rows, "per_user": {}, "ensemble": {}, "users": {}}
@@ -249,12 +250,36 @@ def sequence_seed_rows(split: Split, seeds: list[int], sequence_len: int = 50,
     return out
 
 
+def sequence_fit_settings(pairs: list[str]) -> dict:
+    """``KEY=VALUE`` pairs (`--sequence-fit`) as `SEQUENCE_FIT` entries of their keys' types; a
+    clear error for an unknown key or a value of the wrong type."""
+    from mtrec.model.build import SEQUENCE_FIT
+
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or key not in SEQUENCE_FIT:
+            raise ValueError(f"--sequence-fit {pair!r}: expected KEY=VALUE with KEY one of {', '.join(SEQUENCE_FIT)}")
+        kind = type(SEQUENCE_FIT[key])
+        if kind is bool:
+            if value.lower() not in ("true", "false"):
+                raise ValueError(f"--sequence-fit {pair!r}: {key} is true or false")
+            out[key] = value.lower() == "true"
+        else:
+            try:
+                out[key] = kind(value)
+            except ValueError:
+                raise ValueError(f"--sequence-fit {pair!r}: {key} is a {kind.__name__}") from None
+    return out
+
+
 def seeds_markdown(results: dict[str, dict], dataset: str, resamples: int = 1000) -> str:
-    """`sequence_seed_rows` for each start (label -> result): a row per seed, the mean and spread, the
-    seeds' ensemble against their mean (paired over users), and the second start against the first."""
+    """`sequence_seed_rows` for each network (label -> result: a start, or fit settings): a row per seed,
+    the mean and spread, the seeds' ensemble against their mean (paired over users), and the second
+    network against the first."""
     lines = [f"The sequential prior's network alone on {dataset}, per seed (every user, full catalog; the "
              "runs' fit and cache):", "",
-             "| start | seed | best epoch / run | hold-out NDCG@10 | valid NDCG@10 | test NDCG@10 | test HR@10 |",
+             "| network | seed | best epoch / run | hold-out NDCG@10 | valid NDCG@10 | test NDCG@10 | test HR@10 |",
              "|---|---|---|---|---|---|---|"]
     for label, r in results.items():
         for row in r["seeds"]:
@@ -441,6 +466,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sequence-text", metavar="SPEC",
                    help="with --seeds: also from the text start (model.sequence_init=text) of SPEC's item encodings, "
                         "against the random start (paired)")
+    p.add_argument("--sequence-fit", action="append", default=[], metavar="KEY=VALUE",
+                   help="with --seeds: also the network fitted with this fit setting changed (repeatable; "
+                        "mtrec.model.build.SEQUENCE_FIT's keys, e.g. refit=false, dropout=0.5), against the runs' fit "
+                        "(paired)")
     args = p.parse_args(argv)
     if args.collab_dim < 0 or args.negatives < 1 or args.stack_tail < 0:
         p.error("--collab-dim and --stack-tail must be >= 0 and --negatives >= 1")
@@ -448,8 +477,14 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--text-len must be >= 1; --random-init and --against go with --text")
     if any(k < 10 for k in args.rerank) or (args.target is not None and not args.rerank):
         p.error("--rerank takes K >= 10 (the NDCG@10 cut-off); --target goes with --rerank")
-    if args.sequence_text and not args.seeds:
-        p.error("--sequence-text goes with --seeds")
+    if (args.sequence_text or args.sequence_fit) and not args.seeds:
+        p.error("--sequence-text and --sequence-fit go with --seeds")
+    if args.sequence_text and args.sequence_fit:
+        p.error("--sequence-text and --sequence-fit: one comparison at a time")
+    try:
+        changed = sequence_fit_settings(args.sequence_fit)
+    except ValueError as e:
+        p.error(str(e))
     try:
         ds = load_dataset(args.dataset)
     except (DataError, KeyError, ValueError) as e:
@@ -468,6 +503,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.sequence_text:
             enc = item_encodings(ds, args.sequence_text, False, args.seed)
             starts[f"text start ({args.sequence_text})"] = sequence_seed_rows(split, args.seeds, args.sequence_len, enc)
+        if changed:
+            label = ", ".join(f"{k}={v}" for k, v in changed.items())
+            starts = {"the runs' fit": starts["random start"],
+                      label: sequence_seed_rows(split, args.seeds, args.sequence_len, fit=changed)}
         print()
         print(seeds_markdown(starts, ds.name))
     if args.text:

@@ -269,24 +269,29 @@ SEQUENCE_NET = dict(hidden=64, blocks=2, heads=1)
 SEQUENCE_FIT = dict(dropout=0.2, lr=3e-3, max_epochs=200, patience=10, refit=True)
 
 
-def sequence_prior(split: Split | None, max_len: int, seed: int = 0, text: torch.Tensor | None = None) -> dict:
+def sequence_prior(split: Split | None, max_len: int, seed: int = 0, text: torch.Tensor | None = None,
+                   fit: dict | None = None) -> dict:
     """The sequential prior of the ranking head (`mtrec.model.sequential.fit_sequence` on the
     training split), cached in ``collab-fits`` by the training interactions and the settings.
 
     `text` [items, d]: item text encodings (`item_text_encodings`) the network's item table starts
-    from (``model.sequence_init=text``: `mtrec.model.sequential.text_start`); None: a random start."""
+    from (``model.sequence_init=text``: `mtrec.model.sequential.text_start`); None: a random start.
+    `fit`: `SEQUENCE_FIT` entries changed (the prior bench's ``--sequence-fit``; the runs use none)."""
     from mtrec.model.sequential import fit_sequence, text_start
 
     if split is None:
         raise ValueError("model.ranking_prior: the sequential prior is fitted on a split; none was given")
     start = None if text is None else text_start(text, SEQUENCE_NET["hidden"])
+    settings = SEQUENCE_FIT | (fit or {})
+    if unknown := set(settings) - set(SEQUENCE_FIT):
+        raise ValueError(f"sequence fit settings: unknown {', '.join(sorted(unknown))} (known: {', '.join(SEQUENCE_FIT)})")
     key = [SEQUENCE_VERSION, _split_key(split, split.train), str(max_len), repr(sorted(SEQUENCE_NET.items())),
-           repr(sorted(SEQUENCE_FIT.items())), str(seed)]
+           repr(sorted(settings.items())), str(seed)]
     if start is not None:
         key.append("text:" + hashlib.sha256(start.numpy().tobytes()).hexdigest())
     return cached("collab-fits", ["sequence", *key],
                   lambda: fit_sequence(split, max_len=max_len, seed=seed, item_start=start, **SEQUENCE_NET,
-                                       **SEQUENCE_FIT))
+                                       **settings))
 
 
 def sequence_priors(split: Split | None, max_len: int, seeds: int = 1, seed: int = 0,
