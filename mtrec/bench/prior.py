@@ -468,7 +468,7 @@ def main(argv: list[str] | None = None) -> int:
                         "against the random start (paired)")
     p.add_argument("--sequence-fit", action="append", default=[], metavar="KEY=VALUE",
                    help="with --seeds: also the network fitted with this fit setting changed (repeatable; "
-                        "mtrec.model.build.SEQUENCE_FIT's keys, e.g. refit=false, dropout=0.5), against the runs' fit "
+                        "mtrec.model.build.SEQUENCE_FIT's keys, e.g. refit=true, dropout=0.5), against the runs' fit "
                         "(paired)")
     args = p.parse_args(argv)
     if args.collab_dim < 0 or args.negatives < 1 or args.stack_tail < 0:

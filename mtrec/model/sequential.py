@@ -164,8 +164,8 @@ def fit_sequence(split: Split, max_len: int = 50, hidden: int = 64, blocks: int 
     read from the user's earlier training items, those items excluded. Without `refit` the best
     epoch's weights are kept (the hold-out items still reach the network as inputs when it scores);
     with it, as the factor fits do, a fresh network of the same seed and start is trained for that
-    many epochs on every training window, each user's newest training item a target too (the runs'
-    fit: `mtrec.model.build.SEQUENCE_FIT`). Validation and test interactions are never read, so the
+    many epochs on every training window, each user's newest training item a target too (measured,
+    not the runs' fit: `mtrec.model.build.SEQUENCE_FIT`). Validation and test interactions are never read, so the
     fitted parameters do not depend on them (tested).
     `item_start` [num_items, hidden]: the item table's starting rows instead of random ones
     (`text_start`: the backbone's encodings of the items' texts, ``model.sequence_init=text``).

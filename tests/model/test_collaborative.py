@@ -333,15 +333,15 @@ def test_prior_bench_seeds_table_by_hand(capsys):
     assert "| random start | 0 |" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         bench_main(["prior", "--dataset", "synthetic", "--sequence-text", "bundled:minilm-l6"])  # without --seeds
-    # another fit setting (--sequence-fit): the runs' refit against the best epoch's weights kept
-    kept = sequence_seed_rows(split, [0], sequence_len=5, fit={"refit": False})
+    # another fit setting (--sequence-fit): the refit against the runs' fit (the best epoch's weights kept)
+    kept = sequence_seed_rows(split, [0], sequence_len=5, fit={"refit": True})
     assert kept["seeds"][0]["test"] != out["seeds"][0]["test"] or kept["per_user"]["valid"].tolist() != out["per_user"][
         "valid"].tolist()
     assert bench_main(["prior", "--dataset", "synthetic", "--collab-dim", "4", "--seeds", "0", "--sequence-len", "5",
-                       "--sequence-fit", "refit=false"]) == 0
+                       "--sequence-fit", "refit=true"]) == 0
     printed = capsys.readouterr().out
-    assert "| the runs' fit | 0 |" in printed and "| refit=False | 0 |" in printed
-    assert "- refit=False minus the runs' fit, test NDCG@10" in printed
+    assert "| the runs' fit | 0 |" in printed and "| refit=True | 0 |" in printed
+    assert "- refit=True minus the runs' fit, test NDCG@10" in printed
     for bad in ("refit=maybe", "patience=three", "depth=3", "refit"):
         with pytest.raises(SystemExit):
             bench_main(["prior", "--dataset", "synthetic", "--seeds", "0", "--sequence-fit", bad])

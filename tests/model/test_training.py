@@ -38,7 +38,7 @@ def trained(tmp_path_factory, tiny_backbone_dir):
 
 
 def test_base_frozen_adapters_heads_and_token_rows_trained(trained):
-    _, setup, before, emb_before, (token_ids, other_ids), _, _ = trained
+    _, setup, before, emb_before, (token_ids, other_ids), _, result = trained
     changed, frozen_changed = [], []
     for name, p in setup.model.named_parameters():
         moved = not torch.equal(before[name], p.detach())
@@ -52,10 +52,14 @@ def test_base_frozen_adapters_heads_and_token_rows_trained(trained):
     assert any(moved for n, moved in trainable.items() if "lora_B" in n)
     for part in ("modules_to_save.default.rating.weight", "modules_to_save.default.item_table",
                  "modules_to_save.default.item_rating_offset", "modules_to_save.default.user_factors",
-                 "modules_to_save.default.rec_item_factors",
                  "modules_to_save.default.like.weight", "trainable_tokens_delta"):
         hits = [moved for n, moved in trainable.items() if part in n]
         assert hits and all(hits), f"{part} did not train"
+    # a ranking prior trains too, unless the ranking blend (chosen on validation) put the fits back; which
+    # it chooses turns on the last bits of the item encodings, so the test reads the choice
+    fitted = result["rank_blend"]["priors"] == "fitted"
+    hits = [moved for n, moved in trainable.items() if "modules_to_save.default.rec_item_factors" in n]
+    assert hits and all(hits) != fitted, f"rec_item_factors: moved {hits}, the blend kept the fits: {fitted}"
     emb = _embedding(setup.model)
     assert not torch.allclose(emb(token_ids), emb_before[0]), "instruction-token rows did not train"
     assert torch.equal(emb(other_ids), emb_before[1]), "ordinary token rows must stay frozen"
