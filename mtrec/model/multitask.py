@@ -19,7 +19,8 @@ Heads (all in one `TaskHeads` module, which peft keeps trainable via ``modules_t
 - hybrid item tokens (optional, `item_tokens` given; LLaRA/E4SRec-style): a projector maps an item's
   collaborative embedding (the sequential prior's item row, of its first network in a seed ensemble;
   else its ranking factors, else its table row) to one input embedding of the backbone, written
-  where the prompt has `ITEM_TOKEN` (`RecModel.encode`). Its output has the norm of a typical token embedding.
+  where the prompt has `ITEM_TOKEN` (`RecModel.encode`). Its output has the norm of a typical token
+  embedding.
 - like text term (optional, `like_text` given): the like logit becomes ``a * p + c * h + s * t + b``,
   where ``p`` is the like prior above (offsets and factors), ``h`` the like head's reading of the
   prompt (``w.x``) and ``t = mean_h cos(e_h, e_i)`` the mean cosine of the backbone's encodings of the
