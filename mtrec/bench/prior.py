@@ -251,8 +251,12 @@ def sequence_seed_rows(split: Split, seeds: list[int], sequence_len: int = 50,
 
 
 def sequence_fit_settings(pairs: list[str]) -> dict:
-    """``KEY=VALUE`` pairs (`--sequence-fit`) as `SEQUENCE_FIT` entries of their keys' types; a
-    clear error for an unknown key or a value of the wrong type."""
+    """``KEY=VALUE`` pairs (`--sequence-fit`) as `SEQUENCE_FIT` entries: values parsed as YAML and
+    checked against the key's type as config overrides are (`mtrec.config`); a ValueError names an
+    unknown key or a value of the wrong type."""
+    import yaml
+
+    from mtrec.config import _convert
     from mtrec.model.build import SEQUENCE_FIT
 
     out = {}
@@ -260,16 +264,10 @@ def sequence_fit_settings(pairs: list[str]) -> dict:
         key, sep, value = pair.partition("=")
         if not sep or key not in SEQUENCE_FIT:
             raise ValueError(f"--sequence-fit {pair!r}: expected KEY=VALUE with KEY one of {', '.join(SEQUENCE_FIT)}")
-        kind = type(SEQUENCE_FIT[key])
-        if kind is bool:
-            if value.lower() not in ("true", "false"):
-                raise ValueError(f"--sequence-fit {pair!r}: {key} is true or false")
-            out[key] = value.lower() == "true"
-        else:
-            try:
-                out[key] = kind(value)
-            except ValueError:
-                raise ValueError(f"--sequence-fit {pair!r}: {key} is a {kind.__name__}") from None
+        try:
+            out[key] = _convert(f"--sequence-fit {key}", yaml.safe_load(value), type(SEQUENCE_FIT[key]))
+        except yaml.YAMLError:
+            raise ValueError(f"--sequence-fit {pair!r}: cannot parse the value") from None
     return out
 
 

@@ -283,9 +283,10 @@ def sequence_prior(split: Split | None, max_len: int, seed: int = 0, text: torch
     if split is None:
         raise ValueError("model.ranking_prior: the sequential prior is fitted on a split; none was given")
     start = None if text is None else text_start(text, SEQUENCE_NET["hidden"])
+    if unknown := set(fit or {}) - set(SEQUENCE_FIT):
+        raise ValueError(f"sequence fit settings: unknown {', '.join(sorted(unknown))} "
+                         f"(known: {', '.join(SEQUENCE_FIT)})")
     settings = SEQUENCE_FIT | (fit or {})
-    if unknown := set(settings) - set(SEQUENCE_FIT):
-        raise ValueError(f"sequence fit settings: unknown {', '.join(sorted(unknown))} (known: {', '.join(SEQUENCE_FIT)})")
     key = [SEQUENCE_VERSION, _split_key(split, split.train), str(max_len), repr(sorted(SEQUENCE_NET.items())),
            repr(sorted(settings.items())), str(seed)]
     if start is not None:
